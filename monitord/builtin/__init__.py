@@ -1,0 +1,7 @@
+"""Plugins that ship with the core, registered through the same hooks as any other."""
+
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "monitord.builtin.folder_source",
+    "monitord.builtin.http_source",
+    "monitord.builtin.commands",
+)

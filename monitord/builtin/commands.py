@@ -1,0 +1,72 @@
+"""Built-in commands ``run`` and ``plugins``, added through ``register_commands``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from monitord.hookspecs import hookimpl
+from monitord.plugins import KINDS, PluginError, PluginHost, Registration
+from monitord.settings import Settings, SettingsError, load_settings
+
+config_option = click.option(
+    "--config",
+    "-c",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="MONITORD_CONFIG",
+    help="TOML settings file (see configs/monitord.toml). Env: MONITORD_CONFIG.",
+)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    @cli.command()
+    @config_option
+    @click.pass_obj
+    def run(host: PluginHost, config: Path | None) -> None:
+        """Run the daemon: watch the inbox, serve HTTP, export metrics.
+
+        With no settings at all it trains the default digits model on first use,
+        watches ./inbox and serves http://127.0.0.1:8000.
+        """
+        from monitord.logging_setup import configure_logging
+
+        try:
+            settings = load_settings(config)
+        except SettingsError as error:
+            raise click.ClickException(str(error)) from None
+        configure_logging(settings.log_level)
+        try:
+            daemon_exit = asyncio.run(_run_daemon(settings, host))
+        except PluginError as error:
+            raise click.ClickException(str(error)) from None
+        sys.exit(daemon_exit)
+
+    @cli.command()
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    @click.pass_obj
+    def plugins(host: PluginHost, as_json: bool) -> None:
+        """List loaded plugins and what each registered (name, kind, distribution, version)."""
+        rows = [reg for kind in KINDS for reg in host.registered(kind).values()]
+        rows += host.command_registrations
+        if as_json:
+            click.echo(json.dumps([reg.to_json() for reg in rows], indent=2))
+            return
+        click.echo(_table(rows))
+
+
+async def _run_daemon(settings: Settings, host: PluginHost) -> int:
+    from monitord.daemon import Daemon
+
+    return await Daemon(settings, host).run()
+
+
+def _table(rows: list[Registration]) -> str:
+    header = ("NAME", "KIND", "DISTRIBUTION", "VERSION", "PLUGIN")
+    body = [(r.name, r.kind, r.plugin.distribution, r.plugin.version, r.plugin.name) for r in rows]
+    widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(len(header))]
+    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *body])

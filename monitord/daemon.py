@@ -1,0 +1,156 @@
+"""The daemon's lifecycle: start everything in order, run, and stop without losing work.
+
+Start: HTTP server first (so ``/healthz`` answers and ``/readyz`` says why it is not ready
+yet), then the model (loaded, or trained on first use, off the event loop), then the
+pipeline and detectors, then the sources. Stop on SIGTERM/SIGINT in the reverse order:
+sources stop taking work and wait for what they took, the pipeline flushes its partial
+batch, and the whole stop is bounded by ``pipeline.shutdown_timeout``. A folder file whose
+outcome was not reached stays in the inbox, untouched, for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from monitord.detectors import DetectorStage
+from monitord.http_server import Readiness, build_app
+from monitord.metrics import Metrics
+from monitord.model import Model
+from monitord.pipeline import Pipeline
+from monitord.plugins import PluginHost
+from monitord.predictions_log import PredictionsLog
+from monitord.settings import Settings
+from monitord.sources import Source, SourceContext
+
+log = logging.getLogger("monitord")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says what to fix."""
+
+
+class Daemon:
+    def __init__(self, settings: Settings, plugins: PluginHost) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.metrics = Metrics()
+        self.readiness = Readiness()
+        self.stop_requested = asyncio.Event()
+        self.app = build_app(self.metrics, self.readiness, settings.http.max_body_bytes)
+        self.predictions_log = self._open_predictions_log()
+        self.pipeline = Pipeline(settings.pipeline, self.metrics, self.predictions_log)
+        self.sources = [self._build_source(name) for name in settings.sources]
+        self.metrics.declare_sources(settings.sources)
+        self._runner: web.AppRunner | None = None
+
+    def _open_predictions_log(self) -> PredictionsLog | None:
+        options = self.settings.predictions_log
+        if not options.enabled:
+            return None
+        return PredictionsLog(self.settings.state_dir / "predictions.jsonl", options.max_bytes, options.backups)
+
+    def _build_source(self, name: str) -> Source:
+        factory = self.plugins.factory("source", name)
+        context = SourceContext(
+            name=name,
+            settings=self.settings,
+            pipeline=self.pipeline,
+            metrics=self.metrics,
+            app=self.app,
+            options=self.settings.source_options.get(name, {}),
+        )
+        return factory(context)
+
+    async def run(self) -> int:
+        """Run until a stop is requested; return the process exit code."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop, signum)
+        try:
+            await self._start()
+        except StartupError as error:
+            log.error("%s", error)
+            await self._stop()
+            return 1
+        await self.stop_requested.wait()
+        self.readiness.set(False, "shutting down")
+        try:
+            async with asyncio.timeout(self.settings.pipeline.shutdown_timeout):
+                await self._drain()
+        except TimeoutError:
+            log.warning(
+                "shutdown deadline of %.1fs passed with work in flight (pipeline.shutdown_timeout); "
+                "unfinished files stay in the inbox for the next start",
+                self.settings.pipeline.shutdown_timeout,
+            )
+        await self._stop()
+        log.info("stopped")
+        return 0
+
+    def request_stop(self, signum: int | None = None) -> None:
+        if signum is not None and not self.stop_requested.is_set():
+            log.info("received %s, finishing in-flight work", signal.Signals(signum).name)
+        self.stop_requested.set()
+
+    async def _start(self) -> None:
+        for source in self.sources:
+            source.setup()
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
+        try:
+            await site.start()
+        except OSError as error:
+            raise StartupError(
+                f"cannot listen on {self.settings.http.host}:{self.settings.http.port}: {error.strerror}; "
+                "pick another port with http.port or MONITORD_HTTP__PORT"
+            ) from None
+        log.info("HTTP on http://%s:%d (/metrics, /healthz, /readyz)", self.settings.http.host,
+                 self.settings.http.port)
+
+        self.readiness.set(False, "loading model")
+        try:
+            model = await asyncio.to_thread(self._load_model)
+        except Exception as error:
+            raise StartupError(f"cannot load the model: {error}") from error
+        self.metrics.describe_build(model=model.name, device=model.device)
+        log.info("model %s on %s, %d classes", model.name, model.device, len(model.class_names))
+        try:
+            detectors = DetectorStage.build(
+                self.settings.detectors,
+                lambda kind: self.plugins.factory("detector", kind),
+                model.reference_signals,
+                self.metrics,
+            )
+        except Exception as error:
+            model.close()
+            raise StartupError(f"cannot build the detectors: {error}") from None
+        await self.pipeline.start(model, detectors)
+        for source in self.sources:
+            await source.start()
+            log.info("source %s", source.describe())
+        if self.predictions_log is not None:
+            log.info("predictions log: %s", self.predictions_log.path)
+        log.info("state: %s", Path(self.settings.state_dir).resolve())
+        self.readiness.set(True, "ready")
+
+    def _load_model(self) -> Model:
+        factory = self.plugins.factory("model", self.settings.model.type)
+        return factory(self.settings.model, self.settings.state_dir)
+
+    async def _drain(self) -> None:
+        self.pipeline.flush_early()
+        await asyncio.gather(*(source.stop() for source in self.sources))
+        await self.pipeline.drain()
+
+    async def _stop(self) -> None:
+        await self.pipeline.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.predictions_log is not None:
+            self.predictions_log.close()

@@ -1,0 +1,79 @@
+"""The plugin contract: the hooks a monitord plugin may implement.
+
+Every hook only *registers factories*. pluggy calls hooks synchronously at start-up, so
+nothing slow or asynchronous belongs in a hook body; the work happens later, in the
+methods of the objects the factories build. Built-in sources and commands are registered
+through these same hooks (see ``monitord.builtin``), so a third-party plugin has exactly
+the powers of a built-in one.
+
+A plugin is a module (or any object) with functions decorated by ``hookimpl``, exposed
+through an entry point in the group ``monitord``::
+
+    [project.entry-points.monitord]
+    my_plugin = "my_package.plugin"
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+PROJECT_NAME = "monitord"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+#: ``register(name, factory)``: the callback every ``register_*`` hook receives.
+Register = Callable[[str, Callable[..., Any]], None]
+
+
+@hookspec
+def register_sources(register: Register) -> None:
+    """Register image sources by name.
+
+    ``factory(context: monitord.sources.SourceContext) -> monitord.sources.Source``.
+    A source turns something outside (files, requests, a message bus) into
+    ``WorkItem``s submitted to the pipeline, and decides what to do with each outcome.
+    A source is enabled when its name is listed in the ``sources`` setting.
+    """
+
+
+@hookspec
+def register_models(register: Register) -> None:
+    """Register model loaders by name (the ``model.type`` setting picks one).
+
+    ``factory(settings: monitord.settings.ModelSettings, state_dir: Path) ->
+    monitord.model.Model``. The factory may be slow (it loads weights, or trains a
+    default model on first use); the daemon calls it off the event loop.
+    """
+
+
+@hookspec
+def register_detectors(register: Register) -> None:
+    """Register drift detector types by name (``type`` in each ``detectors`` entry).
+
+    ``factory(spec: monitord.settings.DetectorSpec, reference: numpy.ndarray | None)
+    -> monitord.detectors.Detector``. ``reference`` holds the model's saved reference
+    values of the watched signal, when the model has them.
+    """
+
+
+@hookspec
+def register_sinks(register: Register) -> None:
+    """Register alert sinks by name: destinations for drift alerts.
+
+    ``factory(config: dict) -> Sink``. Reserved for the alerting stack: the daemon does
+    not call sinks yet, and no built-in sink is registered.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``monitord`` command-line interface.
+
+    ``cli`` is the root ``click.Group``; decorate functions with ``@cli.command()``.
+    """

@@ -1,0 +1,103 @@
+"""Every Prometheus metric the daemon exports, on one registry per daemon.
+
+Names follow DESIGN.md: prefix ``monitord_``, base units, ``_total`` on counters, and
+only bounded label values (sources, outcomes, class names, detector names).
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Callable, Iterable
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from monitord import __version__
+
+#: Outcomes of ``monitord_images_total``: ``ok`` (classified), ``rejected`` (bad input),
+#: ``error`` (our failure, e.g. the model raised), ``throttled`` (refused while saturated).
+OUTCOMES = ("ok", "rejected", "error", "throttled")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+# The *_created series double the exposition for no use on a long-running daemon.
+prometheus_client.disable_created_metrics()
+
+
+class Metrics:
+    """The daemon's metrics. Pass ``registry`` in tests to keep daemons apart."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.images = Counter(
+            "monitord_images", "Images taken in, by source and outcome.", ["source", "outcome"], registry=r
+        )
+        self.predictions = Counter(
+            "monitord_predictions", "Predictions made, by predicted class.", ["class"], registry=r
+        )
+        self.confidence = Histogram(
+            "monitord_prediction_confidence",
+            "Top-1 probability of each prediction.",
+            buckets=_CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "monitord_inference_duration_seconds",
+            "Time the model took for one micro-batch.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "monitord_batch_size", "Images per micro-batch.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.end_to_end = Histogram(
+            "monitord_end_to_end_duration_seconds",
+            "Time from an image's arrival to its outcome.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "monitord_queue_depth", "Items waiting at each pipeline stage.", ["stage"], registry=r
+        )
+        detector_labels = ["detector", "type", "signal"]
+        self.drift_statistic = Gauge(
+            "monitord_drift_statistic", "Each detector's current test statistic.", detector_labels, registry=r
+        )
+        self.drift_threshold = Gauge(
+            "monitord_drift_threshold", "The statistic's drift threshold.", detector_labels, registry=r
+        )
+        self.drift_p_value = Gauge(
+            "monitord_drift_p_value", "The test's p-value, where it has one.", detector_labels, registry=r
+        )
+        self.drift_level = Gauge(
+            "monitord_drift_level", "0 ok, 1 warning, 2 drift.", detector_labels, registry=r
+        )
+        self.drift_events = Counter(
+            "monitord_drift_events",
+            "Warning and drift events raised by detectors.",
+            [*detector_labels, "level"],
+            registry=r,
+        )
+        self.build = Info("monitord_build", "Version of monitord, its runtime and model.", registry=r)
+        self.describe_build()
+
+    def describe_build(self, **extra: str) -> None:
+        """Set ``monitord_build_info``; the daemon adds the model and device once loaded."""
+        self.build.info({"version": __version__, "python": platform.python_version(), **extra})
+
+    def declare_sources(self, sources: Iterable[str]) -> None:
+        """Create every source/outcome series at 0 so ``rate()`` works from the start."""
+        for source in sources:
+            for outcome in OUTCOMES:
+                self.images.labels(source=source, outcome=outcome)
+
+    def declare_classes(self, class_names: Iterable[str]) -> None:
+        for name in class_names:
+            self.predictions.labels(name)
+
+    def watch_queue(self, stage: str, depth: Callable[[], float]) -> None:
+        """Report ``depth()`` as the queue depth of ``stage`` at every scrape."""
+        self.queue_depth.labels(stage=stage).set_function(depth)

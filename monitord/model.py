@@ -1,0 +1,63 @@
+"""What the core expects of a model plugin.
+
+The core never imports a deep-learning framework. It decodes images, asks the model to
+turn each one into an array (in decode threads), stacks arrays into micro-batches and asks
+the model to predict (in one dedicated thread per model). Results are columnar so that
+signals flow into metrics and detectors as whole arrays, one batch at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The model's answer for one micro-batch of N images.
+
+    ``signals`` maps a signal name (``confidence``, ``entropy``, ``margin``,
+    ``predicted_class``, ``activation_mean``, ``activation_std``, ...) to an array of
+    shape (N,). Detectors watch signals by these names.
+    """
+
+    class_index: np.ndarray
+    confidence: np.ndarray
+    signals: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.class_index.shape[0])
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A loaded classifier, as registered through ``register_models``."""
+
+    #: Short architecture name, used as a metric/alert label (e.g. ``digits_cnn``).
+    name: str
+    #: Class names, indexed by class index.
+    class_names: Sequence[str]
+    #: Where inference runs (``cpu``, ``cuda:0``), for logs.
+    device: str
+    #: Reference values of each signal, measured on held-out data when the model was
+    #: trained; detectors use them as their reference distribution. May be empty.
+    reference_signals: Mapping[str, Sequence[float]]
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """Turn a decoded image into one input array (C, H, W), float32.
+
+        Called concurrently from several decode threads: must be thread-safe and must
+        raise ``ValueError`` with a readable reason for an image it cannot use.
+        """
+        ...
+
+    def predict(self, batch: np.ndarray) -> BatchResult:
+        """Classify a stacked batch (N, C, H, W). Called from one thread only."""
+        ...
+
+    def close(self) -> None:
+        """Release the model's resources."""
+        ...

@@ -1,0 +1,215 @@
+"""Settings: defaults < TOML file (``--config``) < ``.env`` < ``MONITORD_*`` variables.
+
+Nested keys use ``__`` in the environment (``MONITORD_HTTP__PORT=9000`` sets
+``http.port``). ``configs/monitord.toml`` documents every key with its default; keep the
+two in step (a test checks that they agree).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+MiB = 1024 * 1024
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class HttpSettings(_Section):
+    """The HTTP server: ingest, health, readiness and ``/metrics``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    #: Largest request body accepted by ``POST /v1/predict`` (413 above it).
+    max_body_bytes: int = Field(20 * MiB, gt=0)
+    #: Most images in one multipart request (413 above it).
+    max_parts: int = Field(256, gt=0)
+    #: Seconds a client is told to wait (Retry-After) when the daemon is saturated.
+    retry_after_seconds: int = Field(1, ge=1)
+
+
+class FolderSettings(_Section):
+    """The watched folder source."""
+
+    inbox: Path = Path("inbox")
+    processed: Path = Path("processed")
+    failed: Path = Path("failed")
+    #: Take the true label from the first sub-folder under the inbox (ImageFolder style).
+    labels_from_subfolders: bool = True
+    #: Write ``<image>.json`` with the prediction beside each processed image.
+    write_prediction_json: bool = True
+    #: Where the writer of a file cannot be checked (other owner, network file system),
+    #: a file is read once its size and mtime stayed unchanged this long.
+    settle_seconds: float = Field(0.5, ge=0)
+    #: Full rescans of the inbox, a safety net for missed file-system events.
+    rescan_seconds: float = Field(30.0, gt=0)
+    #: Files submitted to the pipeline and not yet finished, at most.
+    max_in_flight: int = Field(256, gt=0)
+
+
+class PipelineSettings(_Section):
+    """Queues, micro-batching and shutdown."""
+
+    #: Items accepted but not yet decoded, at most (HTTP answers 503 beyond it).
+    queue_size: int = Field(1024, gt=0)
+    max_batch_size: int = Field(32, gt=0)
+    #: Seconds the batcher waits for a batch to fill after its first item arrives.
+    max_batch_delay: float = Field(0.01, ge=0)
+    #: Threads that decode and preprocess images.
+    decode_workers: int = Field(2, gt=0)
+    #: Images with more pixels than this are refused before decoding.
+    max_image_pixels: int = Field(40_000_000, gt=0)
+    #: Seconds allowed for a graceful shutdown to finish in-flight work.
+    shutdown_timeout: float = Field(30.0, gt=0)
+
+
+class PredictionsLogSettings(_Section):
+    """The JSON-lines log of every prediction, in the state folder."""
+
+    enabled: bool = True
+    max_bytes: int = Field(50 * MiB, gt=0)
+    #: Rotated files kept beside the live one (predictions.jsonl.1, .2, ...).
+    backups: int = Field(5, ge=0)
+
+
+class ModelSettings(BaseModel):
+    """The model. Keys beyond these belong to the model plugin, which validates them."""
+
+    model_config = ConfigDict(extra="allow", validate_default=True)
+
+    type: str = "torchvision"
+    #: The trained model's folder; defaults to ``<state_dir>/model``.
+    artifact: Path | None = None
+    #: ``auto`` picks CUDA when present, else the CPU; or ``cpu``, ``cuda``, ``cuda:1``.
+    device: str = "auto"
+
+    def plugin_options(self) -> dict[str, Any]:
+        """The keys this section holds for the model plugin."""
+        return dict(self.model_extra or {})
+
+
+class DetectorSpec(BaseModel):
+    """One detector instance: a type from a detector plugin watching one signal."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    signal: str
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.type}_{self.signal}"
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Settings(BaseSettings):
+    """Every setting of the daemon. See ``configs/monitord.toml``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MONITORD_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    #: Enabled sources, by registered name.
+    sources: list[str] = ["folder", "http"]
+    state_dir: Path = Path("state")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    http: HttpSettings = HttpSettings()
+    folder: FolderSettings = FolderSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    predictions_log: PredictionsLogSettings = PredictionsLogSettings()
+    model: ModelSettings = ModelSettings()
+    detectors: list[DetectorSpec] = []
+    #: Settings of third-party sources, keyed by source name.
+    source_options: dict[str, dict[str, Any]] = {}
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def model_artifact(self) -> Path:
+        return self.model.artifact or self.state_dir / "model"
+
+    #: The TOML file this class reads; ``load_settings`` makes a subclass per file.
+    config_path: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        toml_file = cls.config_path
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; the message says which key and what to do."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``config_file`` (TOML), ``.env`` and the environment.
+
+    Raises ``SettingsError`` naming each bad key with its value, never a traceback.
+    """
+    if config_file is not None:
+        config_file = Path(config_file)
+        if not config_file.is_file():
+            raise SettingsError(f"config file {config_file} does not exist (given with --config)")
+        try:
+            tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise SettingsError(f"config file {config_file} is not valid TOML: {error}") from None
+    settings_cls = type("Settings", (Settings,), {"config_path": config_file})
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error, config_file)) from None
+
+
+def describe_validation_error(
+    error: ValidationError, config_file: Path | None = None, prefix: tuple[str, ...] = ()
+) -> str:
+    """One line per bad key: dotted name, the value given, what is wrong, where to fix.
+
+    ``prefix`` places a plugin's own section (``("model",)``) under its settings key.
+    """
+    where = f"{config_file}, " if config_file else ""
+    lines = [f"invalid settings ({len(error.errors())} problem(s)):"]
+    for problem in error.errors():
+        loc = (*prefix, *problem["loc"])
+        key = ".".join(str(part) for part in loc)
+        env = "MONITORD_" + "__".join(str(p).upper() for p in loc if isinstance(p, str))
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown setting (value {problem['input']!r}); check the spelling")
+            continue
+        lines.append(
+            f"  {key} = {problem['input']!r}: {problem['msg']} "
+            f"(set it in {where}.env or {env})"
+        )
+    return "\n".join(lines)

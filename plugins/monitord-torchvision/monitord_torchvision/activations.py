@@ -1,0 +1,119 @@
+"""Watching one layer of a network during inference, for the activation signals.
+
+Drift often shows in a network's internal features before it shows in its confidence,
+so the plugin summarises one layer per image (mean and std). By default that layer is
+the input of the last ``nn.Linear``: the penultimate features every classifier has.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ModelLoadError
+from .signals import activation_statistics
+
+
+def default_layer(network: nn.Module) -> tuple[str, nn.Module]:
+    """The last ``nn.Linear`` (its input is the penultimate features).
+
+    Networks without one (SqueezeNet ends in a 1×1 convolution) fall back to the last
+    module that holds parameters, whose input plays the same role.
+    """
+    named = list(network.named_modules())
+    for name, module in reversed(named):
+        if isinstance(module, nn.Linear):
+            return name, module
+    for name, module in reversed(named):
+        if next(module.children(), None) is None and any(True for _ in module.parameters(False)):
+            return name, module
+    raise ModelLoadError(
+        "the network has no layer with parameters to watch; set model.activation_layer"
+    )
+
+
+class ActivationProbe:
+    """Hooks one layer and keeps per-image statistics of the last forward pass.
+
+    With ``layer=None`` it watches the *input* of ``default_layer`` (a forward
+    pre-hook); with a dotted module name, that module's *output* (a forward hook).
+    """
+
+    def __init__(
+        self, network: nn.Module, layer: str | None, *, key: str = "model.activation_layer"
+    ) -> None:
+        self._stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._problem: str | None = None
+        if layer is None:
+            name, module = default_layer(network)
+            self.description = f"input of {name}"
+            self._handle = module.register_forward_pre_hook(self._on_input)
+        else:
+            modules = dict(network.named_modules())
+            if layer not in modules or layer == "":
+                raise ModelLoadError(_unknown_layer_message(layer, modules, key))
+            self.description = f"output of {layer}"
+            self._handle = modules[layer].register_forward_hook(self._on_output)
+        self.layer = layer
+
+    def _on_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self._store(args)
+
+    def _on_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._store(output)
+
+    def _store(self, value: Any) -> None:
+        tensor = _first_tensor(value)
+        if tensor is None or tensor.ndim == 0:
+            self._problem = f"the {self.description} is not a batched tensor"
+            return
+        self._stats = activation_statistics(tensor)
+
+    def reset(self) -> None:
+        self._stats = None
+        self._problem = None
+
+    def take(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std per image from the forward pass that just ran."""
+        if self._problem is not None:
+            raise RuntimeError(self._problem)
+        if self._stats is None:
+            raise RuntimeError(f"the watched layer ({self.description}) did not run")
+        mean, std = self._stats
+        if mean.shape[0] != batch_size:
+            raise RuntimeError(
+                f"the {self.description} has {mean.shape[0]} rows for {batch_size} images; "
+                "its first dimension is not the batch"
+            )
+        self._stats = None
+        return mean.cpu().numpy(), std.cpu().numpy()
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _unknown_layer_message(layer: str, modules: dict[str, nn.Module], key: str) -> str:
+    names = [name for name in modules if name]
+    close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    shown = names if len(names) <= 12 else [*names[:6], "...", *names[-6:]]
+    return (
+        f"{key} = {layer!r}: the network has no module of that name; {hint}"
+        f"module names are dotted paths such as {', '.join(shown)} ({len(names)} in all; "
+        "print the network, or leave the key unset to watch the penultimate features)"
+    )

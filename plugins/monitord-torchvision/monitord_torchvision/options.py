@@ -1,0 +1,161 @@
+"""The plugin's own keys in the ``[model]`` settings section, and their validation.
+
+The core hands over whatever extra keys ``[model]`` holds (``ModelSettings.plugin_options``);
+validating them here, with ``extra="forbid"``, turns a misspelled key into an error that
+names it instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from monitord.settings import ModelSettings, SettingsError, describe_validation_error
+
+#: torchvision's ImageNet statistics, the right default for its architectures.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The same statistics averaged over channels, for single-channel input.
+IMAGENET_GRAY_MEAN = (0.449,)
+IMAGENET_GRAY_STD = (0.226,)
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class TorchvisionOptions(BaseModel):
+    """Keys of ``[model]`` that belong to the ``torchvision`` model type.
+
+    Without ``architecture`` the plugin serves the trained artifact folder
+    (``model.artifact``), training the default digits model there first when
+    ``train_if_missing`` allows. With ``architecture`` it builds that torchvision model and
+    loads ``weights``; ``classes`` (or ``classes_file``), ``input_size``, ``channels``,
+    ``mean`` and ``std`` then describe how the weights were trained.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    architecture: str | None = Field(None, min_length=1)
+    weights: Path | None = None
+    classes: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
+    classes_file: Path | None = None
+    input_size: tuple[PositiveInt, PositiveInt] = (224, 224)
+    channels: Literal[1, 3] = 3
+    mean: tuple[float, ...] | None = Field(None, min_length=1, max_length=3)
+    std: tuple[PositiveFloat, ...] | None = Field(None, min_length=1, max_length=3)
+    activation_layer: str | None = Field(None, min_length=1)
+    train_if_missing: bool = True
+
+    @field_validator("classes", "input_size", "mean", "std", mode="before")
+    @classmethod
+    def _json_list_from_environment(cls, value: Any) -> Any:
+        """Lists set through ``MONITORD_MODEL__*`` variables arrive as strings."""
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                return value
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            repeated = sorted({name for name in value if value.count(name) > 1})
+            raise ValueError(f"class names must be unique; repeated: {', '.join(repeated)}")
+        return value
+
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(mean, std)``, one value per channel, with ImageNet's as the default."""
+        if self.channels == 3:
+            default_mean, default_std = IMAGENET_MEAN, IMAGENET_STD
+        else:
+            default_mean, default_std = IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD
+        return (self.mean or default_mean, self.std or default_std)
+
+
+#: Keys that only make sense together with ``architecture``.
+_ARCHITECTURE_KEYS = ("weights", "classes", "classes_file", "input_size", "channels", "mean", "std")
+
+
+def parse_options(settings: ModelSettings | dict[str, Any]) -> TorchvisionOptions:
+    """Validate the plugin's keys, or raise ``SettingsError`` naming each bad one."""
+    raw = settings.plugin_options() if isinstance(settings, ModelSettings) else dict(settings)
+    try:
+        options = TorchvisionOptions.model_validate(raw)
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error, prefix=("model",))) from None
+    _check_combinations(options, raw)
+    return options
+
+
+def _check_combinations(options: TorchvisionOptions, raw: dict[str, Any]) -> None:
+    """Rules between keys, which per-field validation cannot express."""
+    problems: list[str] = []
+    if options.architecture is None:
+        stray = [key for key in _ARCHITECTURE_KEYS if key in raw]
+        if stray:
+            problems.append(
+                f"  model.{stray[0]} is set but model.architecture is not: "
+                f"{', '.join('model.' + key for key in stray)} describe a torchvision model "
+                "loaded from a weights file; set model.architecture too, or remove them to "
+                "serve the trained artifact (model.artifact), whose metadata.json holds them"
+            )
+    else:
+        if options.weights is None:
+            problems.append(
+                f"  model.weights is missing: model.architecture = {options.architecture!r} "
+                "needs a weights file (.safetensors, or a .pt/.pth state dict) trained for it"
+            )
+        if options.classes is None and options.classes_file is None:
+            problems.append(
+                "  model.classes is missing: list the class names in output order "
+                "(classes = [\"cat\", \"dog\"]) or name a text file with one per line "
+                "(classes_file)"
+            )
+        if options.classes is not None and options.classes_file is not None:
+            problems.append(
+                "  model.classes and model.classes_file are both set; keep only one of them"
+            )
+    for key in ("mean", "std"):
+        value = getattr(options, key)
+        if value is not None and len(value) != options.channels:
+            problems.append(
+                f"  model.{key} = {list(value)!r}: needs one value per channel, and "
+                f"model.channels = {options.channels}"
+            )
+    if problems:
+        raise SettingsError(
+            "\n".join([f"invalid settings ({len(problems)} problem(s)):", *problems])
+        )
+
+
+def read_classes_file(path: Path) -> list[str]:
+    """Class names from a text file, one per line; blank lines and ``#`` comments skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingsError(
+            f"model.classes_file = '{path}': no such file; give the path of a text file "
+            "with one class name per line, or list them in model.classes"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SettingsError(
+            f"model.classes_file = '{path}': cannot be read as UTF-8 text ({error})"
+        ) from None
+    names = [line.strip() for line in text.splitlines()]
+    names = [name for name in names if name and not name.startswith("#")]
+    if not names:
+        raise SettingsError(
+            f"model.classes_file = '{path}': the file lists no class names; write one per line"
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise SettingsError(
+            f"model.classes_file = '{path}': class names must be unique; repeated: "
+            + ", ".join(repeated)
+        )
+    return names

@@ -1,0 +1,128 @@
+"""Decoded image → normalised input array, the one path shared by training and serving.
+
+Training builds its tensors by calling ``preprocess_image`` on decoded PNGs, exactly as
+the daemon does on incoming images, so that what the model learnt and what it is shown
+cannot drift apart through a second, subtly different implementation.
+
+Only numpy and Pillow are used here, never torch: the daemon calls this from several
+decode threads at once, and the function keeps no state between calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+#: ITU-R 601-2 luma weights, the ones Pillow uses for RGB → L.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_TO_RGB_MODES = {"CMYK", "YCbCr", "HSV", "LAB", "RGBX"}
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a model expects its input: size (height, width), channels and normalisation."""
+
+    input_size: tuple[int, int]
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, not {self.channels}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError("mean and std need one value per channel")
+        if min(self.input_size) <= 0 or min(self.std) <= 0:
+            raise ValueError("input_size and std must be positive")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The (C, H, W) shape of one preprocessed image."""
+        return (self.channels, *self.input_size)
+
+
+def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """One model input (C, H, W), float32, normalised with the spec's mean and std.
+
+    Pixels are first brought to [0, 1]: 8-bit modes divide by 255, 16-bit ones by
+    65535 (so a 16-bit copy of an 8-bit image gives the same input), transparency is
+    composited on black, and colour converts to luma or gray repeats over RGB as the
+    model needs. Then the image is resized (bilinear) to ``input_size``.
+
+    Raises ``ValueError`` saying why for anything that is not a usable image.
+    """
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"expected a decoded PIL image, got {type(image).__name__}")
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image has no pixels (size {width}x{height})")
+    try:
+        pixels = _unit_pixels(image)
+    except OSError as error:
+        raise ValueError(f"image data cannot be decoded ({error})") from None
+    pixels = _match_channels(pixels, spec.channels)
+    pixels = _resize(pixels, spec.input_size)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    normalised = (pixels - mean) / std
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
+
+
+def _unit_pixels(image: Image.Image) -> np.ndarray:
+    """(H, W, 1 or 3) float32 in [0, 1], alpha already composited on black."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        # Pillow reads 16-bit PNG/TIFF gray as I;16 (older versions: I, 32-bit ints
+        # holding 16-bit values); both are scaled from the 16-bit range.
+        values = np.asarray(image).astype(np.float32)
+        return (np.clip(values, 0, 65535) / 65535.0)[:, :, None]
+    if mode == "1":
+        image = image.convert("L")
+    elif mode in ("P", "PA", "RGBa", "La"):
+        # Palette images may mark a colour transparent; premultiplied modes are rare
+        # enough that going through plain RGBA is the simplest correct route.
+        image = image.convert("RGBA")
+    elif mode in ("L", "RGB") and image.info.get("transparency") is not None:
+        image = image.convert("LA" if mode == "L" else "RGBA")
+    elif mode in _TO_RGB_MODES:
+        try:
+            image = image.convert("RGB")
+        except ValueError:
+            raise ValueError(f"images in {mode} mode cannot be converted to RGB") from None
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        raise ValueError(
+            f"unsupported image mode {mode!r}; send 8- or 16-bit gray, RGB or RGBA images"
+        )
+    values = np.asarray(image, dtype=np.float32) / 255.0
+    if values.ndim == 2:
+        values = values[:, :, None]
+    if image.mode in ("LA", "RGBA"):
+        values = values[:, :, :-1] * values[:, :, -1:]
+    return values
+
+
+def _match_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
+    if pixels.shape[2] == channels:
+        return pixels
+    if channels == 1:
+        return (pixels @ _LUMA)[:, :, None]
+    return np.repeat(pixels, 3, axis=2)
+
+
+def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize in float, one channel at a time (Pillow's F mode is per channel)."""
+    height, width = size
+    if pixels.shape[:2] == (height, width):
+        return pixels
+    planes = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(pixels[:, :, c], dtype=np.float32)).resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
+        )
+        for c in range(pixels.shape[2])
+    ]
+    return np.stack(planes, axis=2)
