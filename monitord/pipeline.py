@@ -43,7 +43,7 @@ class PipelineClosed(Exception):
     """The pipeline is not running (starting up or shutting down)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Pending:
     item: WorkItem
     future: asyncio.Future[Outcome]
@@ -73,9 +73,9 @@ class Pipeline:
         # Room for two batches: the batcher never starves while the decoders run ahead.
         self._ready: asyncio.Queue[_Prepared | None] = asyncio.Queue(2 * settings.max_batch_size)
         self._batches: asyncio.Queue[list[_Prepared]] = asyncio.Queue(1)
+        self._forming: list[_Prepared] = []
         self._at_model = 0
-        self._at_model_batch: list[_Prepared] = []
-        self._unfinished = 0
+        self._pending: set[_Pending] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._flushing = False
@@ -84,7 +84,7 @@ class Pipeline:
         self._decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="monitord-decode")
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="monitord-model")
         metrics.watch_queue("ingest", self._ingest.qsize)
-        metrics.watch_queue("batching", self._ready.qsize)
+        metrics.watch_queue("batching", lambda: self._ready.qsize() + len(self._forming))
         metrics.watch_queue("inference", lambda: self._at_model)
 
     # -- intake ------------------------------------------------------------------------
@@ -104,7 +104,7 @@ class Pipeline:
         try:
             await self._ingest.put(pending)
         except asyncio.CancelledError:
-            self._untrack()
+            self._untrack(pending)
             raise
         return await pending.future
 
@@ -121,16 +121,17 @@ class Pipeline:
             futures.append(pending.future)
         return futures
 
-    def _untrack(self) -> None:
-        self._unfinished -= 1
-        if self._unfinished == 0:
-            self._idle.set()
-
     def _track(self, item: WorkItem) -> _Pending:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._unfinished += 1
+        pending = _Pending(item, future)
+        self._pending.add(pending)
         self._idle.clear()
-        return _Pending(item, future)
+        return pending
+
+    def _untrack(self, pending: _Pending) -> None:
+        self._pending.discard(pending)
+        if not self._pending:
+            self._idle.set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -158,32 +159,22 @@ class Pipeline:
         await self._idle.wait()
 
     async def close(self) -> None:
-        """Refuse new work, cancel the workers and release the threads."""
+        """Refuse new work, cancel the workers and release the threads.
+
+        Items still pending get no outcome: their futures are cancelled, so a source keeps
+        them (a file stays in the inbox for the next start).
+        """
         self._accepting = False
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for pending in self._drain_queues():
-            # Not an outcome: the source keeps the item (a file stays in the inbox).
+        for pending in list(self._pending):
             pending.future.cancel()
-            self._untrack()
+            self._untrack(pending)
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._model_pool.shutdown(wait=True)
         if self.model is not None:
             self.model.close()
-
-    def _drain_queues(self) -> list[_Pending]:
-        left = []
-        while not self._ingest.empty():
-            left.append(self._ingest.get_nowait())
-        while not self._ready.empty():
-            prepared = self._ready.get_nowait()
-            if prepared is not None:
-                left.append(prepared.pending)
-        while not self._batches.empty():
-            left.extend(p.pending for p in self._batches.get_nowait())
-        left.extend(p.pending for p in self._at_model_batch if not p.pending.future.done())
-        return left
 
     # -- stages --------------------------------------------------------------------------
 
@@ -210,12 +201,15 @@ class Pipeline:
 
     async def _batch_worker(self) -> None:
         while True:
+            self._forming = []
             batch = await collect_batch(
                 self._ready,
                 self.settings.max_batch_size,
                 0.0 if self._flushing else self.settings.max_batch_delay,
+                into=self._forming,
             )
             if batch:
+                self._forming = []
                 self._at_model += len(batch)
                 await self._batches.put(batch)
 
@@ -223,7 +217,6 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._batches.get()
-            self._at_model_batch = batch
             try:
                 started = time.perf_counter()
                 result = await loop.run_in_executor(self._model_pool, self._infer, [p.array for p in batch])
@@ -239,7 +232,6 @@ class Pipeline:
                 self._finish_batch(batch, result)
             finally:
                 self._at_model -= len(batch)
-                self._at_model_batch = []
 
     def _infer(self, arrays: list[np.ndarray]) -> BatchResult:
         assert self.model is not None
@@ -283,4 +275,4 @@ class Pipeline:
         self.metrics.end_to_end.observe(time.monotonic() - item.received)
         if not pending.future.done():
             pending.future.set_result(outcome)
-        self._untrack()
+        self._untrack(pending)

@@ -1,0 +1,171 @@
+"""The trained-model folder: ``model.safetensors`` + ``metadata.json``, written atomically.
+
+Everything needed to serve the weights travels with them (architecture, class names,
+preprocessing, reference signals), so the settings only have to name the folder and a
+model can never be served with a preprocessing it was not trained with. The folder is
+built beside its destination and renamed into place, so a crash mid-training never
+leaves a half-written artifact where the daemon would load it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ModelLoadError
+from .preprocess import PreprocessSpec
+
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class ArtifactMetadata(BaseModel):
+    """The contents of ``metadata.json``. Unknown keys are kept, for newer writers."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format_version: int = Field(ge=1)
+    architecture: str
+    class_names: list[str] = Field(min_length=1)
+    input_size: tuple[int, int]
+    channels: Literal[1, 3]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    activation_layer: str | None = None
+    weights_file: str = WEIGHTS_FILE
+    held_out_accuracy: float | None = None
+    seed: int | None = None
+    trained_at: str | None = None
+    #: Signal name → values measured on held-out data, for detectors' references.
+    reference_signals: dict[str, list[float]] = {}
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        return PreprocessSpec(
+            input_size=self.input_size, channels=self.channels, mean=self.mean, std=self.std
+        )
+
+
+def is_artifact(folder: Path) -> bool:
+    """Whether ``folder`` holds a model artifact (it has a ``metadata.json``)."""
+    return (folder / METADATA_FILE).is_file()
+
+
+def read_metadata(folder: Path) -> ArtifactMetadata:
+    """The artifact's metadata, or ``ModelLoadError`` saying what is wrong with it."""
+    path = folder / METADATA_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        metadata = ArtifactMetadata.model_validate(raw)
+    except FileNotFoundError:
+        raise ModelLoadError(
+            f"{folder} is not a model artifact (no {METADATA_FILE}); point model.artifact at "
+            "a folder written by `monitord train`"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelLoadError(
+            f"{path} cannot be read ({error}); rewrite the artifact with `monitord train`"
+        ) from None
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, p['loc'])) or '(top level)'}: {p['msg']}" for p in error.errors()
+        )
+        raise ModelLoadError(
+            f"{path} is not valid artifact metadata ({problems}); rewrite the artifact with "
+            "`monitord train`"
+        ) from None
+    if metadata.format_version > FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{path} has format_version {metadata.format_version}, newer than this "
+            f"monitord-torchvision reads ({FORMAT_VERSION}); upgrade monitord-torchvision"
+        )
+    return metadata
+
+
+def write_metadata(folder: Path, metadata: ArtifactMetadata) -> None:
+    _write_durably(
+        folder / METADATA_FILE,
+        (json.dumps(metadata.model_dump(mode="json"), indent=2) + "\n").encode("utf-8"),
+    )
+
+
+def write_weights(folder: Path, state_dict: Mapping[str, torch.Tensor]) -> None:
+    from safetensors.torch import save
+
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in state_dict.items()}
+    _write_durably(folder / WEIGHTS_FILE, save(tensors, metadata={"format": "pt"}))
+
+
+def check_replaceable(output: Path) -> None:
+    """Refuse to overwrite anything but an artifact or an empty folder."""
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"{output} exists and is not a folder; choose another output path")
+    if output.is_dir() and any(output.iterdir()) and not is_artifact(output):
+        raise FileExistsError(
+            f"{output} exists, is not empty and is not a model artifact (no {METADATA_FILE}); "
+            "choose another output folder, or empty it first"
+        )
+
+
+@contextmanager
+def staged_folder(output: Path) -> Iterator[Path]:
+    """A fresh folder beside ``output`` that replaces ``output`` if the block succeeds.
+
+    The old artifact (if any) stays in place until the new one is complete; the swap is
+    two renames on the same file system.
+    """
+    check_replaceable(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o755)
+        _swap_in(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_in(staging: Path, output: Path) -> None:
+    if not output.exists():
+        os.rename(staging, output)
+    else:
+        retired = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(output, retired)
+        try:
+            os.rename(staging, output)
+        except OSError:
+            os.rename(retired, output)
+            raise
+        shutil.rmtree(retired, ignore_errors=True)
+    _fsync_folder(output.parent)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

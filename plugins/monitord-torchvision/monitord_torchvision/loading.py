@@ -1,0 +1,176 @@
+"""The ``torchvision`` model factory: settings → a ready ``TorchvisionModel``.
+
+Two ways to name a model: an artifact folder written by ``monitord train`` (the
+default, ``<state_dir>/model``), or ``model.architecture`` + ``model.weights`` +
+``model.classes`` for any torchvision classifier trained elsewhere. A fresh install has
+neither, so by default the small digits model is trained into the artifact folder on
+first start, which lets the daemon run end to end without downloading anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from monitord.settings import ModelSettings
+
+from .architectures import build_network
+from .artifact import METADATA_FILE, is_artifact, read_metadata
+from .devices import resolve_device
+from .errors import ModelLoadError, TrainingError
+from .inference import TorchvisionModel
+from .options import TorchvisionOptions, parse_options, read_classes_file
+from .preprocess import PreprocessSpec
+from .weights import load_weights, read_state_dict
+
+logger = logging.getLogger("monitord.torchvision")
+
+_ACTIVATION_SIGNALS = ("activation_mean", "activation_std")
+
+
+def load_model(settings: ModelSettings, state_dir: Path) -> TorchvisionModel:
+    """The factory registered as model type ``torchvision`` (slow: may train)."""
+    options = parse_options(settings)
+    device = resolve_device(settings.device)
+    if options.architecture is not None:
+        return load_from_options(options, device=device)
+    artifact = settings.artifact if settings.artifact is not None else Path(state_dir) / "model"
+    if is_artifact(artifact):
+        return load_artifact(artifact, device=device, activation_layer=options.activation_layer)
+    if artifact.exists() and not (artifact.is_dir() and not any(artifact.iterdir())):
+        raise ModelLoadError(
+            f"model.artifact = '{artifact}': exists but is not a model artifact (no "
+            f"{METADATA_FILE}); point model.artifact at a folder written by `monitord train`, "
+            "or at a path that does not exist yet to have the default model trained there"
+        )
+    if not options.train_if_missing:
+        raise ModelLoadError(
+            f"no trained model at '{artifact}' (model.artifact) and model.architecture is not "
+            f"set; run `monitord train --output {artifact}` (or `monitord train --config "
+            "FILE`) first, set model.train_if_missing = true to train the default digits "
+            "model on start-up, or set model.architecture, model.weights and model.classes"
+        )
+    return _train_then_load(artifact, device, options)
+
+
+def _train_then_load(
+    artifact: Path, device: torch.device, options: TorchvisionOptions
+) -> TorchvisionModel:
+    from .training import train_default_model
+
+    logger.info(
+        "no model artifact at %s: training the default digits model there on %s "
+        "(model.train_if_missing = true; takes seconds)",
+        artifact,
+        device,
+    )
+    try:
+        report = train_default_model(artifact, device=device, progress=False)
+    except TrainingError as error:
+        raise ModelLoadError(
+            f"training the default model into '{artifact}' failed: {error}; run `monitord "
+            "train` by hand to see the progress, or provide a trained artifact"
+        ) from None
+    logger.info(
+        "trained %s in %.1f s: held-out accuracy %.2f%%; artifact written to %s",
+        report.architecture,
+        report.seconds,
+        100 * report.held_out_accuracy,
+        artifact,
+    )
+    return load_artifact(artifact, device=device, activation_layer=options.activation_layer)
+
+
+def load_artifact(
+    folder: Path,
+    *,
+    device: str | torch.device = "auto",
+    activation_layer: str | None = None,
+) -> TorchvisionModel:
+    """Serve an artifact folder. ``activation_layer`` overrides the one it was saved with.
+
+    The reference values of the activation signals only describe the layer they were
+    measured on, so an override drops them rather than hand detectors a wrong reference.
+    """
+    folder = Path(folder)
+    metadata = read_metadata(folder)
+    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+    where = f"{folder / METADATA_FILE}"
+    num_classes = len(metadata.class_names)
+    network = build_network(
+        metadata.architecture, num_classes, metadata.channels, key=f"architecture in {where}"
+    )
+    weights_path = folder / metadata.weights_file
+    state = read_state_dict(weights_path, key=f"weights of artifact {folder}")
+    load_weights(
+        network,
+        state,
+        source=str(weights_path),
+        architecture=metadata.architecture,
+        num_classes=num_classes,
+        classes_key=f"class_names in {where}",
+    )
+    references = dict(metadata.reference_signals)
+    layer = metadata.activation_layer
+    if activation_layer is not None and activation_layer != metadata.activation_layer:
+        layer = activation_layer
+        if any(name in references for name in _ACTIVATION_SIGNALS):
+            logger.info(
+                "model.activation_layer = %r differs from the layer the artifact's reference "
+                "signals were measured on (%s); dropping the reference for %s",
+                activation_layer,
+                metadata.activation_layer or "the default",
+                ", ".join(_ACTIVATION_SIGNALS),
+            )
+        for name in _ACTIVATION_SIGNALS:
+            references.pop(name, None)
+    return TorchvisionModel(
+        network,
+        name=metadata.architecture,
+        class_names=metadata.class_names,
+        spec=metadata.preprocess_spec(),
+        device=torch_device,
+        activation_layer=layer,
+        reference_signals=references,
+    )
+
+
+def load_from_options(
+    options: TorchvisionOptions, *, device: str | torch.device = "auto"
+) -> TorchvisionModel:
+    """Serve a torchvision classifier described by settings keys (no reference signals)."""
+    if options.architecture is None or options.weights is None:
+        raise ModelLoadError("model.architecture and model.weights are both needed")
+    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+    if options.classes is not None:
+        class_names, classes_key = list(options.classes), "model.classes"
+    elif options.classes_file is not None:
+        class_names = read_classes_file(options.classes_file)
+        classes_key = f"model.classes_file ({options.classes_file})"
+    else:
+        raise ModelLoadError("model.classes (or model.classes_file) is needed")
+    network = build_network(options.architecture, len(class_names), options.channels)
+    state = read_state_dict(options.weights)
+    load_weights(
+        network,
+        state,
+        source=f"model.weights = '{options.weights}'",
+        architecture=options.architecture,
+        num_classes=len(class_names),
+        classes_key=classes_key,
+    )
+    mean, std = options.normalisation()
+    spec = PreprocessSpec(
+        input_size=tuple(options.input_size), channels=options.channels, mean=mean, std=std
+    )
+    return TorchvisionModel(
+        network,
+        name=options.architecture,
+        class_names=class_names,
+        spec=spec,
+        device=torch_device,
+        activation_layer=options.activation_layer,
+        reference_signals={},
+    )

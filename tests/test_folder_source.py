@@ -1,0 +1,115 @@
+"""The folder source end to end: the real daemon, real files, real metrics."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from daemon_process import wait_for
+from digit_files import drop_atomically, files_under, held_out_pngs
+
+
+def test_200_held_out_digits_are_processed_and_classified(daemon) -> None:
+    process = daemon()
+    digits = held_out_pngs(200)
+    for index, (label, data) in enumerate(digits):
+        drop_atomically(process.inbox, f"{label}/digit-{index:03d}.png", data)
+
+    wait_for(lambda: len(files_under(process.processed)) == 200, timeout=120, message="200 processed files")
+    assert process.metric("monitord_images_total", source="folder", outcome="ok") == 200
+    assert process.metric("monitord_images_total", source="folder", outcome="rejected") == 0
+    assert files_under(process.inbox) == [] and files_under(process.failed) == []
+
+    records = [json.loads(p.read_text()) for p in files_under(process.processed, "*.png.json")]
+    assert len(records) == 200
+    for record in records:
+        assert record["label"] == record["id"].split("/")[0]  # label from the sub-folder
+        assert {"confidence", "entropy", "margin", "predicted_class", "activation_mean", "activation_std"} <= set(
+            record["signals"]
+        )
+    accuracy = sum(record["correct"] for record in records) / len(records)
+    assert accuracy >= 0.95, f"accuracy {accuracy:.3f} on held-out digits"
+
+    metrics = process.metrics()
+    assert sum(v for (name, _), v in metrics.items() if name == "monitord_predictions_total") == 200
+    assert metrics[("monitord_prediction_confidence_count", ())] == 200
+    assert metrics[("monitord_end_to_end_duration_seconds_count", ())] == 200
+    assert metrics[("monitord_batch_size_sum", ())] == 200
+
+    log_lines = (process.state / "predictions.jsonl").read_text().splitlines()
+    logged = [json.loads(line) for line in log_lines]
+    assert len(logged) == 200
+    assert {"id", "source", "time", "class", "confidence", "signals"} <= set(logged[0])
+    assert process.terminate() == 0
+
+
+def test_slow_writer_is_not_read_early_and_a_corrupt_file_fails_alone(daemon) -> None:
+    process = daemon()
+    (label, data), = held_out_pngs(1)
+    slow = process.inbox / str(label) / "slow.png"
+    slow.parent.mkdir(parents=True)
+    chunks = [data[i:i + len(data) // 5 + 1] for i in range(0, len(data), len(data) // 5 + 1)]
+    with slow.open("wb") as writer:
+        for chunk in chunks:
+            writer.write(chunk)
+            writer.flush()
+            time.sleep(0.4)  # longer than folder.settle_seconds between chunks
+            assert slow.exists(), "file was taken before its last byte"
+            assert files_under(process.processed) == [] and files_under(process.failed) == []
+    wait_for(lambda: (process.processed / str(label) / "slow.png").exists(), message="slow file processed")
+    prediction = json.loads((process.processed / str(label) / "slow.png.json").read_text())
+    assert prediction["class"] == str(label)
+
+    drop_atomically(process.inbox, "broken.png", b"\x89PNG\r\n\x1a\nthis is not really a png")
+    drop_atomically(process.inbox, "notes.txt", b"plain text with no image in it")
+    wait_for(lambda: (process.failed / "notes.txt").exists(), message="text file rejected")
+    reason = (process.failed / "broken.png.reason.txt").read_text()
+    assert "PNG" in reason or "not a recognised image format" in reason, reason
+    assert "not a recognised image format" in (process.failed / "notes.txt.reason.txt").read_text()
+
+    (label2, data2), = held_out_pngs(2)[1:]
+    drop_atomically(process.inbox, f"{label2}/after.png", data2)
+    wait_for(lambda: (process.processed / str(label2) / "after.png").exists(), message="daemon keeps going")
+    assert process.metric("monitord_images_total", source="folder", outcome="rejected") == 2
+    assert process.metric("monitord_images_total", source="folder", outcome="ok") == 2
+
+
+def test_temporary_and_hidden_files_are_left_alone(daemon) -> None:
+    process = daemon()
+    (label, data), = held_out_pngs(1)
+    for name in ("upload.png.part", "upload.png.tmp", ".hidden.png", "backup.png~"):
+        drop_atomically(process.inbox, name, data)
+    drop_atomically(process.inbox, "real.png", data)
+    wait_for(lambda: (process.processed / "real.png").exists(), message="real file processed")
+    time.sleep(1.0)
+    left = sorted(p.name for p in process.inbox.iterdir())
+    assert left == [".hidden.png", "backup.png~", "upload.png.part", "upload.png.tmp"]
+
+
+def test_files_present_at_start_are_processed(tmp_path: Path, daemon) -> None:
+    inbox = tmp_path / "inbox"
+    for index, (label, data) in enumerate(held_out_pngs(10)):
+        drop_atomically(inbox, f"{label}/early-{index}.png", data)
+    process = daemon()
+    wait_for(lambda: len(files_under(process.processed)) == 10, message="backlog processed")
+
+
+def test_sigterm_with_a_batch_in_flight_loses_nothing(daemon) -> None:
+    process = daemon('[pipeline]\nmax_batch_size = 64\nmax_batch_delay = 60\n')
+    digits = held_out_pngs(40)
+    for index, (label, data) in enumerate(digits):
+        drop_atomically(process.inbox, f"{label}/d{index}.png", data)
+    # all 40 decoded and waiting in a batch that would wait a minute to fill
+    wait_for(lambda: process.metric("monitord_queue_depth", stage="batching") == 40, message="a partial batch")
+    assert files_under(process.processed) == []
+
+    started = time.monotonic()
+    assert process.terminate(timeout=60) == 0
+    assert time.monotonic() - started < 30
+    processed, left, failed = files_under(process.processed), files_under(process.inbox), files_under(process.failed)
+    assert failed == []
+    assert len(processed) + len(left) == 40
+    assert len(processed) == 40  # the partial batch was finished, not dropped
+    for path in processed:
+        assert path.with_name(path.name + ".json").exists()

@@ -1,0 +1,169 @@
+"""The pipeline in-process with a framework-free model: batching, order, errors, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from monitord_testplugin import BrightnessModel, png
+
+from monitord.batcher import collect_batch
+from monitord.detectors import DetectorStage, DetectorState, DriftEvent
+from monitord.items import Prediction, Rejection, WorkItem
+from monitord.metrics import Metrics
+from monitord.pipeline import Pipeline, PipelineClosed, PipelineFull
+from monitord.settings import DetectorSpec, PipelineSettings
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def started(model=None, **settings) -> tuple[Pipeline, Metrics, BrightnessModel]:
+    metrics = Metrics()
+    pipeline = Pipeline(PipelineSettings(**settings), metrics)
+    model = model or BrightnessModel()
+    await pipeline.start(model, DetectorStage([], metrics))
+    return pipeline, metrics, model
+
+
+async def test_collect_batch_closes_on_size_then_on_delay() -> None:
+    queue: asyncio.Queue = asyncio.Queue()
+    for i in range(5):
+        queue.put_nowait(i)
+    assert await collect_batch(queue, max_size=3, max_delay=10) == [0, 1, 2]
+    loop = asyncio.get_running_loop()
+    begun = loop.time()
+    assert await collect_batch(queue, max_size=3, max_delay=0.2) == [3, 4]
+    assert loop.time() - begun >= 0.19  # waited for the batch to fill, then gave up
+    queue.put_nowait(7)
+    queue.put_nowait(None)
+    queue.put_nowait(8)
+    assert await collect_batch(queue, max_size=10, max_delay=10) == [7]  # None flushes at once
+
+
+async def test_outcomes_arrive_in_submission_order_with_batching() -> None:
+    pipeline, metrics, model = await started(max_batch_size=8, max_batch_delay=0.05)
+    levels = [10, 240, 30, 250, 5, 200, 100, 220, 15, 245, 60, 230]
+    futures = pipeline.submit_nowait([WorkItem(id=str(i), source="t", payload=png(v)) for i, v in enumerate(levels)])
+    outcomes = await asyncio.gather(*futures)
+    assert [o.id for o in outcomes] == [str(i) for i in range(len(levels))]
+    assert [o.class_name for o in outcomes] == ["bright" if v > 127 else "dark" for v in levels]
+    assert max(model.batches) > 1 and sum(model.batches) == len(levels)
+    assert sample(metrics, "monitord_images_total", source="t", outcome="ok") == len(levels)
+    assert sample(metrics, "monitord_batch_size_count") == len(model.batches)
+    assert sample(metrics, "monitord_prediction_confidence_count") == len(levels)
+    await pipeline.close()
+
+
+async def test_undecodable_item_is_rejected_and_its_neighbours_go_through() -> None:
+    pipeline, metrics, _ = await started()
+    futures = pipeline.submit_nowait([
+        WorkItem(id="good1", source="t", payload=png(250)),
+        WorkItem(id="bad", source="t", payload=b"\x89PNG\r\n\x1a\n garbage"),
+        WorkItem(id="empty", source="t", payload=b""),
+        WorkItem(id="good2", source="t", payload=png(0)),
+    ])
+    good1, bad, empty, good2 = await asyncio.gather(*futures)
+    assert isinstance(good1, Prediction) and isinstance(good2, Prediction)
+    assert isinstance(bad, Rejection) and bad.outcome == "rejected"
+    assert "empty input" in empty.reason
+    assert sample(metrics, "monitord_images_total", source="t", outcome="rejected") == 2
+    await pipeline.close()
+
+
+async def test_decompression_bomb_is_refused_from_the_header() -> None:
+    pipeline, _, _ = await started(max_image_pixels=1000)
+    (outcome,) = await asyncio.gather(*pipeline.submit_nowait([WorkItem(id="big", source="t", payload=png(9, size=64))]))
+    assert isinstance(outcome, Rejection) and "4096 pixels, over the limit of 1000" in outcome.reason
+    await pipeline.close()
+
+
+async def test_a_failing_model_rejects_its_batch_as_error_and_the_pipeline_goes_on() -> None:
+    pipeline, metrics, _ = await started(model=BrightnessModel(fail_on=128 / 255), max_batch_size=1)
+    poisoned = await asyncio.gather(*pipeline.submit_nowait([WorkItem(id="p", source="t", payload=png(128))]))
+    assert isinstance(poisoned[0], Rejection) and poisoned[0].outcome == "error"
+    assert "poisoned batch" in poisoned[0].reason
+    healthy = await asyncio.gather(*pipeline.submit_nowait([WorkItem(id="h", source="t", payload=png(250))]))
+    assert isinstance(healthy[0], Prediction)
+    assert sample(metrics, "monitord_images_total", source="t", outcome="error") == 1
+    await pipeline.close()
+
+
+async def test_submit_nowait_is_all_or_nothing_when_full() -> None:
+    metrics = Metrics()
+    pipeline = Pipeline(PipelineSettings(queue_size=4), metrics)
+    with pytest.raises(PipelineClosed):
+        pipeline.submit_nowait([WorkItem(id="early", source="t", payload=png(1))])
+    pipeline._accepting = True  # accept without workers, so the queue cannot drain
+    pipeline.submit_nowait([WorkItem(id=str(i), source="t", payload=png(1)) for i in range(3)])
+    with pytest.raises(PipelineFull):
+        pipeline.submit_nowait([WorkItem(id=str(i), source="t", payload=png(1)) for i in range(2)])
+    assert pipeline.free_slots() == 1
+    assert sample(metrics, "monitord_queue_depth", stage="ingest") == 3
+
+
+async def test_drain_flushes_a_partial_batch_without_waiting_for_the_delay() -> None:
+    pipeline, _, model = await started(max_batch_size=64, max_batch_delay=30)
+    futures = pipeline.submit_nowait([WorkItem(id=str(i), source="t", payload=png(200)) for i in range(5)])
+    await asyncio.sleep(0.2)
+    assert not any(f.done() for f in futures)  # waiting for the batch to fill
+    await asyncio.wait_for(pipeline.drain(), timeout=5)
+    assert all(f.done() for f in futures) and model.batches == [5]
+    await pipeline.close()
+
+
+class ThresholdDetector:
+    """Raises drift when a value exceeds a threshold (a stand-in for real detectors)."""
+
+    def __init__(self, spec: DetectorSpec, reference) -> None:
+        self.threshold = float(spec.params().get("threshold", 0.5))
+        self.count = 0
+        self.last = 0.0
+        self.reference = reference
+
+    def update(self, values: np.ndarray) -> list[DriftEvent]:
+        self.count += len(values)
+        self.last = float(values[-1])
+        return [DriftEvent(int(i), "drift") for i in np.flatnonzero(values > self.threshold)]
+
+    @property
+    def state(self) -> DetectorState:
+        level = "drift" if self.last > self.threshold else "ok"
+        return DetectorState(self.last, self.threshold, None, level, self.count)
+
+    def snapshot(self) -> dict:
+        return {"count": self.count}
+
+    def restore(self, snapshot) -> None:
+        self.count = snapshot["count"]
+
+
+async def test_detector_stage_sees_every_signal_value_and_exports_state() -> None:
+    metrics = Metrics()
+    stage = DetectorStage.build(
+        [DetectorSpec(type="threshold", signal="brightness", threshold=0.9),
+         DetectorSpec(type="threshold", signal="confidence", name="conf")],
+        lambda kind: ThresholdDetector,
+        BrightnessModel.reference_signals,
+        metrics,
+    )
+    pipeline = Pipeline(PipelineSettings(max_batch_size=4), metrics)
+    await pipeline.start(BrightnessModel(), stage)
+    levels = [10, 250, 20, 30, 255, 40]
+    await asyncio.gather(*pipeline.submit_nowait([WorkItem(id=str(i), source="t", payload=png(v)) for i, v in enumerate(levels)]))
+    brightness, confidence = stage.detectors
+    assert brightness.detector.count == len(levels) and confidence.detector.count == len(levels)
+    assert confidence.detector.reference is not None  # the model's reference reached the detector
+    labels = {"detector": "threshold_brightness", "type": "threshold", "signal": "brightness"}
+    assert sample(metrics, "monitord_drift_events_total", **labels, level="drift") == 2
+    assert sample(metrics, "monitord_drift_threshold", **labels) == 0.9
+    assert [s["name"] for s in stage.states()] == ["threshold_brightness", "conf"]
+    await pipeline.close()
+
+
+def test_detector_names_must_be_unique() -> None:
+    spec = DetectorSpec(type="threshold", signal="confidence")
+    with pytest.raises(ValueError, match="repeated: threshold_confidence"):
+        DetectorStage.build([spec, spec], lambda kind: ThresholdDetector, {}, Metrics())
