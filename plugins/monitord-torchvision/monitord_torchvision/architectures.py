@@ -73,14 +73,30 @@ def build_network(
     ``key`` names where the architecture came from (a setting, or an artifact's
     metadata) so that the error says what to fix.
     """
+    # The random initial weights are overwritten by a weights file right after; drawing
+    # them from a forked generator keeps loading a model from shifting the caller's RNG.
+    with torch.random.fork_rng(devices=[]):
+        return _build(architecture, num_classes, channels, key)
+
+
+def _build(architecture: str, num_classes: int, channels: int, key: str) -> nn.Module:
     if architecture == DIGITS_CNN:
         return DigitsCNN(num_classes=num_classes, channels=channels)
     known = torchvision_classifiers()
     if architecture not in known:
         close = difflib.get_close_matches(architecture, [DIGITS_CNN, *known], n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        examples = ", ".join([DIGITS_CNN, "resnet18", "resnet50", "mobilenet_v3_small",
-                              "efficientnet_b0", "convnext_tiny", "vit_b_16"])
+        examples = ", ".join(
+            [
+                DIGITS_CNN,
+                "resnet18",
+                "resnet50",
+                "mobilenet_v3_small",
+                "efficientnet_b0",
+                "convnext_tiny",
+                "vit_b_16",
+            ]
+        )
         raise ModelLoadError(
             f"{key} = {architecture!r}: not an architecture torchvision "
             f"{torchvision.__version__} knows; {hint}valid names include {examples} "

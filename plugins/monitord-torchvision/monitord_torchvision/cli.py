@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
 from monitord.settings import SettingsError, load_settings
 
 from .defaults import DEFAULT_EPOCHS, DEFAULT_SEED, MIN_ACCURACY
@@ -34,9 +33,7 @@ class SettingsProblem(click.ClickException):
     type=click.Path(file_okay=False, path_type=Path),
     help="Artifact folder to write, instead of the one the settings name.",
 )
-@click.option(
-    "--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True
-)
+@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULT_EPOCHS, show_default=True)
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True)
 @click.option(
     "--device",

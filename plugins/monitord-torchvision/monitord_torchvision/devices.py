@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import torch
-
 from monitord.settings import SettingsError
 
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")

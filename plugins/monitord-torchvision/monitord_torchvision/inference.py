@@ -7,10 +7,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from monitord.model import BatchResult
 from PIL import Image
 from torch import nn
-
-from monitord.model import BatchResult
 
 from .activations import ActivationProbe
 from .errors import ModelLoadError
@@ -68,8 +67,7 @@ class TorchvisionModel:
         expected = self.spec.shape
         if array.ndim != 4 or tuple(array.shape[1:]) != expected:
             raise ValueError(
-                f"expected a batch of shape (N, {', '.join(map(str, expected))}), "
-                f"got {array.shape}"
+                f"expected a batch of shape (N, {', '.join(map(str, expected))}), got {array.shape}"
             )
         if self._closed:
             raise RuntimeError(f"model {self.name} is closed")
@@ -82,6 +80,8 @@ class TorchvisionModel:
             )
         inputs = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
         with self._lock, torch.inference_mode():
+            if self._closed:
+                raise RuntimeError(f"model {self.name} is closed")
             self._probe.reset()
             logits = self._network(inputs.to(self._torch_device))
             activation_mean, activation_std = self._probe.take(array.shape[0])
@@ -95,12 +95,13 @@ class TorchvisionModel:
         )
 
     def close(self) -> None:
-        """Drop the hooks and the network; safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        self._probe.remove()
-        self._network = nn.Identity()
+        """Drop the hooks and the network; safe to call twice, waits for a running batch."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._probe.remove()
+            self._network = nn.Identity()
         if self._torch_device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -118,9 +119,9 @@ class TorchvisionModel:
                 f"{self.name} cannot run on {channels}-channel {height}x{width} input "
                 f"({error}); check model.input_size and model.channels"
             ) from None
-        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, len(self.class_names)):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+        if shape != (2, len(self.class_names)):
             self.close()
-            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
             raise ModelLoadError(
                 f"{self.name} returns output of shape {shape} for 2 images, but "
                 f"{len(self.class_names)} class names are configured; the network must "

@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 
 import torch
-
 from monitord.settings import ModelSettings
 
 from .architectures import build_network

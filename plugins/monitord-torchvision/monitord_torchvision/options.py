@@ -11,9 +11,8 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from monitord.settings import ModelSettings, SettingsError, describe_validation_error
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 #: torchvision's ImageNet statistics, the right default for its architectures.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -113,7 +112,7 @@ def _check_combinations(options: TorchvisionOptions, raw: dict[str, Any]) -> Non
         if options.classes is None and options.classes_file is None:
             problems.append(
                 "  model.classes is missing: list the class names in output order "
-                "(classes = [\"cat\", \"dog\"]) or name a text file with one per line "
+                '(classes = ["cat", "dog"]) or name a text file with one per line '
                 "(classes_file)"
             )
         if options.classes is not None and options.classes_file is not None:

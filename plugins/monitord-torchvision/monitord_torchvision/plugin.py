@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-
 from monitord.hookspecs import Register, hookimpl
 from monitord.settings import ModelSettings
 

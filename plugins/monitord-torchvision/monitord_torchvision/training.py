@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +24,24 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .architectures import DIGITS_CNN, DigitsCNN
-from .artifact import ArtifactMetadata, FORMAT_VERSION, check_replaceable, staged_folder
-from .artifact import write_metadata, write_weights
+from .artifact import (
+    FORMAT_VERSION,
+    ArtifactMetadata,
+    check_replaceable,
+    staged_folder,
+    write_metadata,
+    write_weights,
+)
 from .defaults import DEFAULT_EPOCHS, DEFAULT_SEED, MIN_ACCURACY
 from .devices import resolve_device
-from .digits import DIGIT_CLASS_NAMES, HELD_OUT_FRACTION, SPLIT_SEED, decode_png
-from .digits import digit_png_bytes, digits_split
+from .digits import (
+    DIGIT_CLASS_NAMES,
+    HELD_OUT_FRACTION,
+    SPLIT_SEED,
+    decode_png,
+    digit_png_bytes,
+    digits_split,
+)
 from .errors import TrainingError
 from .inference import TorchvisionModel
 from .loading import load_artifact
@@ -87,7 +99,8 @@ def train_default_model(
 ) -> TrainingReport:
     """Train ``digits_cnn`` and write the artifact to ``output`` (atomically).
 
-    Deterministic for a given seed on the CPU (the global torch RNG is left as it was).
+    Deterministic for a given seed on the CPU, whatever the core count (training runs
+    on one thread; the global torch RNG and thread count are left as they were).
     Raises ``TrainingError`` — and leaves ``output`` untouched — when the held-out
     accuracy is below ``min_accuracy``; ``FileExistsError`` when ``output`` is something
     other than an artifact or an empty folder.
@@ -103,7 +116,7 @@ def train_default_model(
     inputs = torch.from_numpy(png_inputs(split.train_images, spec)).to(torch_device)
     labels = torch.from_numpy(split.train_labels).to(torch_device)
 
-    with _seeded(seed, torch_device):
+    with _reproducible(seed, torch_device):
         network = DigitsCNN(num_classes=len(DIGIT_CLASS_NAMES), channels=1).to(torch_device)
         final_loss = _fit(network, inputs, labels, seed=seed, epochs=epochs, progress=progress)
 
@@ -117,7 +130,7 @@ def train_default_model(
         std=spec.std,
         activation_layer=None,
         seed=seed,
-        trained_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
         epochs=epochs,
         train_samples=int(labels.shape[0]),
         dataset=(
@@ -222,20 +235,32 @@ def _evaluate(
         for name, values in result.signals.items():
             signals.setdefault(name, []).append(values)
     accuracy = float(np.mean(np.concatenate(predictions) == labels))
-    references = {name: np.concatenate(parts).astype(float).tolist() for name, parts in signals.items()}
+    references = {
+        name: np.concatenate(parts).astype(float).tolist() for name, parts in signals.items()
+    }
     return accuracy, references
 
 
 @contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch for one run without disturbing the caller's RNG or cuDNN settings."""
+def _reproducible(seed: int, device: torch.device) -> Iterator[None]:
+    """Seeded, single-threaded training that leaves the caller's torch state as it was.
+
+    One CPU thread, because results then do not depend on the machine's core count
+    (reductions split differently over threads round differently), and because
+    torch's spinning worker threads slow training several-fold when the cores are
+    shared — with the daemon's decode threads, say. This network is too small to gain
+    much from a second thread anyway.
+    """
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     deterministic, benchmark = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
+        torch.set_num_threads(1)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         try:
             yield
         finally:
+            torch.set_num_threads(threads)
             torch.backends.cudnn.deterministic = deterministic
             torch.backends.cudnn.benchmark = benchmark

@@ -56,7 +56,7 @@ def _unwrap(loaded: object) -> dict[str, torch.Tensor] | None:
         state = {str(k): v for k, v in loaded.items()}
         # Weights saved from nn.DataParallel carry a "module." prefix on every key.
         if all(k.startswith("module.") for k in state):
-            state = {k[len("module."):]: v for k, v in state.items()}
+            state = {k[len("module.") :]: v for k, v in state.items()}
         return state
     for nested in _NESTED_KEYS:
         if isinstance(loaded.get(nested), Mapping):

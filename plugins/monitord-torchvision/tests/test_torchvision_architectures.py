@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monitord.settings import ModelSettings, SettingsError
 from PIL import Image
 
-from monitord.settings import ModelSettings, SettingsError
 from monitord_torchvision.architectures import DigitsCNN, available_architectures, build_network
 from monitord_torchvision.errors import ModelLoadError
 from monitord_torchvision.loading import load_model
@@ -19,8 +19,11 @@ CLASSES = ["cat", "dog", "bird"]
 
 def resnet_settings(weights: Path, **extra: object) -> ModelSettings:
     options: dict[str, object] = {
-        "architecture": "resnet18", "weights": str(weights), "classes": CLASSES,
-        "input_size": [32, 32], "device": "cpu",
+        "architecture": "resnet18",
+        "weights": str(weights),
+        "classes": CLASSES,
+        "input_size": [32, 32],
+        "device": "cpu",
     }
     options.update(extra)
     return ModelSettings(**options)
@@ -60,8 +63,11 @@ def test_classes_file_and_custom_activation_layer(
 ) -> None:
     (tmp_path / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     settings = ModelSettings(
-        architecture="resnet18", weights=str(resnet_weights["safetensors"]),
-        classes_file=str(tmp_path / "classes.txt"), input_size=[32, 32], device="cpu",
+        architecture="resnet18",
+        weights=str(resnet_weights["safetensors"]),
+        classes_file=str(tmp_path / "classes.txt"),
+        input_size=[32, 32],
+        device="cpu",
         activation_layer="layer4",
     )
     model = load_model(settings, tmp_path)
@@ -84,7 +90,9 @@ def test_nested_checkpoint_with_data_parallel_prefix(
     model.close()
 
 
-def test_class_count_not_matching_the_weights(resnet_weights: dict[str, Path], tmp_path: Path) -> None:
+def test_class_count_not_matching_the_weights(
+    resnet_weights: dict[str, Path], tmp_path: Path
+) -> None:
     settings = resnet_settings(resnet_weights["safetensors"], classes=["a", "b", "c", "d"])
     with pytest.raises(ModelLoadError) as caught:
         load_model(settings, tmp_path)
@@ -97,7 +105,9 @@ def test_missing_weights_file(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as caught:
         load_model(resnet_settings(tmp_path / "gone.safetensors"), tmp_path)
     message = str(caught.value)
-    assert "model.weights" in message and "gone.safetensors" in message and "no such file" in message
+    assert (
+        "model.weights" in message and "gone.safetensors" in message and "no such file" in message
+    )
 
 
 def test_unreadable_weights_file(tmp_path: Path) -> None:
@@ -107,7 +117,9 @@ def test_unreadable_weights_file(tmp_path: Path) -> None:
         load_model(resnet_settings(path), tmp_path)
 
 
-def test_unknown_architecture_lists_valid_names(resnet_weights: dict[str, Path], tmp_path: Path) -> None:
+def test_unknown_architecture_lists_valid_names(
+    resnet_weights: dict[str, Path], tmp_path: Path
+) -> None:
     settings = resnet_settings(resnet_weights["safetensors"], architecture="resnet19")
     with pytest.raises(ModelLoadError) as caught:
         load_model(settings, tmp_path)
@@ -145,7 +157,10 @@ def test_input_too_small_for_the_network_fails_at_load(tmp_path: Path) -> None:
     path = tmp_path / "tiny.pt"
     torch.save(network.state_dict(), path)
     settings = ModelSettings(
-        architecture="digits_cnn", weights=str(path), classes=["a", "b"], input_size=[1, 1],
+        architecture="digits_cnn",
+        weights=str(path),
+        classes=["a", "b"],
+        input_size=[1, 1],
         device="cpu",
     )
     with pytest.raises(ModelLoadError, match="cannot run on 3-channel 1x1 input"):

@@ -49,7 +49,9 @@ def test_config_decides_the_default_output(cli: click.Group, tmp_path: Path) -> 
     assert "on cpu" in result.stdout
 
 
-def test_accuracy_below_the_minimum_fails_and_writes_nothing(cli: click.Group, tmp_path: Path) -> None:
+def test_accuracy_below_the_minimum_fails_and_writes_nothing(
+    cli: click.Group, tmp_path: Path
+) -> None:
     output = tmp_path / "model"
     args = ["train", "--output", str(output), "--epochs", "1", "--min-accuracy", "1.0"]
     result = CliRunner().invoke(cli, args)
@@ -76,7 +78,9 @@ def test_cuda_device_without_a_gpu(cli: click.Group, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "CUDA is not available" in result.stderr
 
 
-def test_will_not_overwrite_a_folder_that_is_not_an_artifact(cli: click.Group, tmp_path: Path) -> None:
+def test_will_not_overwrite_a_folder_that_is_not_an_artifact(
+    cli: click.Group, tmp_path: Path
+) -> None:
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
     result = CliRunner().invoke(cli, ["train", "--output", str(tmp_path / "photos")])

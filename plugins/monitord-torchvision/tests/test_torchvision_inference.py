@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monitord.model import BatchResult, Model
 from PIL import Image
 
-from monitord.model import BatchResult, Model
 from monitord_torchvision.digits import digit_png_bytes, held_out_digits
 from monitord_torchvision.inference import TorchvisionModel
 from monitord_torchvision.loading import load_artifact
@@ -114,7 +114,9 @@ def test_empty_and_misshapen_batches(digits_model: TorchvisionModel) -> None:
 
 
 def test_activation_layer_is_configurable_and_changes_the_signals(
-    artifact_dir: Path, digits_model: TorchvisionModel, held_out_inputs: tuple[np.ndarray, np.ndarray]
+    artifact_dir: Path,
+    digits_model: TorchvisionModel,
+    held_out_inputs: tuple[np.ndarray, np.ndarray],
 ) -> None:
     inputs, _ = held_out_inputs
     conv = load_artifact(artifact_dir, device="cpu", activation_layer="features.conv3")
@@ -124,12 +126,16 @@ def test_activation_layer_is_configurable_and_changes_the_signals(
         custom = conv.predict(inputs[:20])
         # Same predictions, different layer measured.
         assert np.array_equal(default.class_index, custom.class_index)
-        assert not np.allclose(default.signals["activation_mean"], custom.signals["activation_mean"])
+        assert not np.allclose(
+            default.signals["activation_mean"], custom.signals["activation_mean"]
+        )
         with torch.no_grad():
             network = conv.network
             x = torch.from_numpy(inputs[:20])
             after_conv3 = network.features[:6](x).double().flatten(1)
-        np.testing.assert_allclose(custom.signals["activation_mean"], after_conv3.mean(1).numpy(), rtol=1e-5)
+        np.testing.assert_allclose(
+            custom.signals["activation_mean"], after_conv3.mean(1).numpy(), rtol=1e-5
+        )
         # References measured on another layer would mislead detectors: dropped.
         assert "activation_mean" not in conv.reference_signals
         assert "confidence" in conv.reference_signals
@@ -143,7 +149,7 @@ def test_preprocess_is_thread_safe(digits_model: TorchvisionModel) -> None:
     serial = [digits_model.preprocess(image) for image in pil_images]
     with ThreadPoolExecutor(max_workers=8) as pool:
         parallel = list(pool.map(digits_model.preprocess, pil_images))
-    assert all(np.array_equal(a, b) for a, b in zip(serial, parallel))
+    assert all(np.array_equal(a, b) for a, b in zip(serial, parallel, strict=True))
 
 
 def test_closed_model_refuses_to_predict(artifact_dir: Path) -> None:

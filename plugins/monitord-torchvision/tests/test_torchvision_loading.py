@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from monitord.settings import ModelSettings, SettingsError
 
 import monitord_torchvision.training as training
-from monitord.settings import ModelSettings, SettingsError
 from monitord_torchvision.artifact import METADATA_FILE, WEIGHTS_FILE
 from monitord_torchvision.errors import ModelLoadError
 from monitord_torchvision.loading import load_model
@@ -93,14 +93,18 @@ def test_corrupt_metadata_is_reported_with_its_path(artifact_dir: Path, tmp_path
     metadata = json.loads((broken / METADATA_FILE).read_text())
     del metadata["class_names"]
     (broken / METADATA_FILE).write_text(json.dumps(metadata))
-    with pytest.raises(ModelLoadError, match=r"metadata\.json is not valid artifact metadata \(class_names"):
+    with pytest.raises(
+        ModelLoadError, match=r"metadata\.json is not valid artifact metadata \(class_names"
+    ):
         load_model(ModelSettings(device="cpu"), tmp_path)
     (broken / METADATA_FILE).write_text("{not json")
     with pytest.raises(ModelLoadError, match="cannot be read"):
         load_model(ModelSettings(device="cpu"), tmp_path)
 
 
-def test_artifact_from_a_newer_format_asks_for_an_upgrade(artifact_dir: Path, tmp_path: Path) -> None:
+def test_artifact_from_a_newer_format_asks_for_an_upgrade(
+    artifact_dir: Path, tmp_path: Path
+) -> None:
     newer = tmp_path / "model"
     shutil.copytree(artifact_dir, newer)
     metadata = json.loads((newer / METADATA_FILE).read_text())
@@ -110,7 +114,9 @@ def test_artifact_from_a_newer_format_asks_for_an_upgrade(artifact_dir: Path, tm
         load_model(ModelSettings(device="cpu"), tmp_path)
 
 
-def test_artifact_weights_that_do_not_match_its_class_list(artifact_dir: Path, tmp_path: Path) -> None:
+def test_artifact_weights_that_do_not_match_its_class_list(
+    artifact_dir: Path, tmp_path: Path
+) -> None:
     broken = tmp_path / "model"
     shutil.copytree(artifact_dir, broken)
     metadata = json.loads((broken / METADATA_FILE).read_text())

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from monitord.settings import ModelSettings, SettingsError
+
 from monitord_torchvision.devices import resolve_device
 from monitord_torchvision.options import parse_options, read_classes_file
 
@@ -40,7 +40,9 @@ def test_bad_values_name_the_key_and_value(key: str, value: object, expected: st
 
 
 def test_cross_key_rules() -> None:
-    with pytest.raises(SettingsError, match=r"model\.weights is set but model\.architecture is not"):
+    with pytest.raises(
+        SettingsError, match=r"model\.weights is set but model\.architecture is not"
+    ):
         parse_options(ModelSettings(weights="w.pt"))
     with pytest.raises(SettingsError, match=r"model\.weights is missing") as caught:
         parse_options(ModelSettings(architecture="resnet18", classes=["a"]))
@@ -52,15 +54,22 @@ def test_cross_key_rules() -> None:
             ModelSettings(architecture="resnet18", weights="w.pt", classes=["a"], classes_file="c")
         )
     with pytest.raises(SettingsError, match=r"model\.mean = \[0\.5\]: needs one value per channel"):
-        parse_options(ModelSettings(architecture="resnet18", weights="w.pt", classes=["a"], mean=[0.5]))
+        parse_options(
+            ModelSettings(architecture="resnet18", weights="w.pt", classes=["a"], mean=[0.5])
+        )
     with pytest.raises(SettingsError, match="repeated: cat"):
         parse_options(ModelSettings(architecture="x", weights="w", classes=["cat", "dog", "cat"]))
 
 
 def test_lists_from_environment_variables_are_json() -> None:
     options = parse_options(
-        {"architecture": "resnet18", "weights": "w.pt", "classes": '["a", "b"]',
-         "input_size": "[32, 48]", "train_if_missing": "false"}
+        {
+            "architecture": "resnet18",
+            "weights": "w.pt",
+            "classes": '["a", "b"]',
+            "input_size": "[32, 48]",
+            "train_if_missing": "false",
+        }
     )
     assert options.input_size == (32, 48) and options.classes == ["a", "b"]
     assert options.train_if_missing is False

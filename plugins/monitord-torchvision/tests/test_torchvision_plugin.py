@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
+import monitord.hookspecs
 import pluggy
 
-import monitord.hookspecs
 from monitord_torchvision import plugin
 
 

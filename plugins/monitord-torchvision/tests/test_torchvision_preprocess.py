@@ -32,7 +32,7 @@ def test_rgb_to_one_channel_uses_luma_and_gray_to_three_repeats() -> None:
     three = preprocess_image(gray, RGB)
     assert three.shape == (3, 8, 8)
     unit = ramp() / 255.0
-    for c, (m, s) in enumerate(zip(RGB.mean, RGB.std)):
+    for c, (m, s) in enumerate(zip(RGB.mean, RGB.std, strict=True)):
         np.testing.assert_allclose(three[c], (unit - m) / s, atol=1e-5)
 
 

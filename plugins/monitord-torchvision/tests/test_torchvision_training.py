@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from monitord_torchvision.artifact import METADATA_FILE, WEIGHTS_FILE
@@ -22,8 +23,17 @@ def test_artifact_holds_weights_and_complete_metadata(artifact_dir: Path) -> Non
     assert sorted(p.name for p in artifact_dir.iterdir()) == [METADATA_FILE, WEIGHTS_FILE]
     metadata = json.loads((artifact_dir / METADATA_FILE).read_text())
     for key in (
-        "format_version", "architecture", "class_names", "input_size", "channels", "mean",
-        "std", "activation_layer", "held_out_accuracy", "seed", "trained_at",
+        "format_version",
+        "architecture",
+        "class_names",
+        "input_size",
+        "channels",
+        "mean",
+        "std",
+        "activation_layer",
+        "held_out_accuracy",
+        "seed",
+        "trained_at",
         "reference_signals",
     ):
         assert key in metadata, key
@@ -44,6 +54,7 @@ def test_nothing_is_left_beside_the_artifact(artifact_dir: Path) -> None:
 
 
 def test_same_seed_gives_identical_weights(tmp_path: Path) -> None:
+    threads, rng_state = torch.get_num_threads(), torch.get_rng_state()
     first = train_default_model(tmp_path / "a", seed=3, epochs=1, progress=False, min_accuracy=0)
     second = train_default_model(tmp_path / "b", seed=3, epochs=1, progress=False, min_accuracy=0)
     other = train_default_model(tmp_path / "c", seed=4, epochs=1, progress=False, min_accuracy=0)
@@ -51,6 +62,9 @@ def test_same_seed_gives_identical_weights(tmp_path: Path) -> None:
     assert all((a[name] == b[name]).all() for name in a)
     assert any((a[name] != c[name]).any() for name in a)
     assert first.held_out_accuracy == second.held_out_accuracy
+    # The caller's torch state is untouched (training seeds and single-threads itself).
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.get_rng_state(), rng_state)
 
 
 def test_low_accuracy_writes_nothing_and_keeps_the_old_artifact(tmp_path: Path) -> None:
@@ -81,6 +95,8 @@ def test_refuses_to_overwrite_a_folder_that_is_not_an_artifact(tmp_path: Path) -
     assert (output / "holiday.jpg").read_bytes() == b"precious"
 
 
-def test_progress_bar_is_drawn_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_is_drawn_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     train_default_model(tmp_path / "m", epochs=2, progress=True, min_accuracy=0)
     assert "training digits_cnn" in capsys.readouterr().err
