@@ -180,4 +180,4 @@ def test_networks_without_linear_layers_watch_the_last_parameterised_layer() -> 
 
     network = build_network("squeezenet1_1", num_classes=5, channels=3)
     assert default_layer(network)[0] == "classifier.1"
-    assert default_layer(DigitsCNN())[0] == "classifier.fc2"
+    assert default_layer(DigitsCNN())[0] == "classifier.fc1"

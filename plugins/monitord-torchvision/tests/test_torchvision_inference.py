@@ -20,7 +20,7 @@ def test_model_meets_the_core_protocol(digits_model: TorchvisionModel) -> None:
     assert digits_model.name == "digits_cnn"
     assert list(digits_model.class_names) == [str(d) for d in range(10)]
     assert digits_model.device == "cpu"
-    assert digits_model.activation_layer == "input of classifier.fc2"
+    assert digits_model.activation_layer == "input of classifier.fc1"
 
 
 def test_predict_returns_columnar_arrays_in_range(
@@ -51,7 +51,7 @@ def test_signals_agree_with_a_direct_computation(
     network = digits_model.network
     with torch.no_grad():
         x = torch.from_numpy(batch)
-        features = network.classifier[:-1](network.features(x)).double()
+        features = network.features(x).flatten(1).double()  # the input of classifier.fc1
         probabilities = torch.softmax(network(x).double(), dim=1).numpy()
     top2 = np.sort(probabilities, axis=1)[:, ::-1][:, :2]
     entropy = -(probabilities * np.log(np.clip(probabilities, 1e-300, None))).sum(axis=1)
