@@ -17,7 +17,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from monitord.api import add_api_routes
 from monitord.detectors import DetectorStage
+from monitord.feedback import Feedback
 from monitord.http_server import Readiness, build_app
 from monitord.metrics import Metrics
 from monitord.model import Model
@@ -42,6 +44,15 @@ class Daemon:
         self.readiness = Readiness()
         self.stop_requested = asyncio.Event()
         self.app = build_app(self.metrics, self.readiness, settings.http.max_body_bytes)
+        self.detectors: DetectorStage | None = None
+        self.feedback: Feedback | None = None
+        add_api_routes(
+            self.app,
+            settings.feedback,
+            lambda: self.feedback,
+            lambda: self.detectors,
+            settings.http.retry_after_seconds,
+        )
         self.predictions_log = self._open_predictions_log()
         self.pipeline = Pipeline(settings.pipeline, self.metrics, self.predictions_log)
         self.sources = [self._build_source(name) for name in settings.sources]
@@ -130,7 +141,10 @@ class Daemon:
         except Exception as error:
             model.close()
             raise StartupError(f"cannot build the detectors: {error}") from None
-        await self.pipeline.start(model, detectors)
+        feedback = Feedback(self.settings.feedback, self.metrics)
+        feedback.attach(model.class_names, detectors)
+        await self.pipeline.start(model, detectors, feedback)
+        self.detectors, self.feedback = detectors, feedback
         for source in self.sources:
             await source.start()
             log.info("source %s", source.describe())

@@ -25,10 +25,16 @@ LEVEL_VALUES: dict[str, int] = {"ok": 0, "warning": 1, "drift": 2}
 
 @dataclass(frozen=True)
 class DriftEvent:
-    """A detector crossed into ``level`` at ``index`` within the batch it was given."""
+    """A detector crossed into ``level`` at ``index`` within the batch it was given.
+
+    ``statistic`` and ``threshold`` are the values at that sample (the threshold of the
+    level crossed), for alerts and for ``monitord replay``.
+    """
 
     index: int
     level: Level
+    statistic: float | None = None
+    threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,11 @@ class DetectorState:
     p_value: float | None
     level: Level
     samples: int
+    #: The statistic's warning threshold, for detectors that have one.
+    warning_threshold: float | None = None
+    #: Size of the reference sample; 0 while it is still being collected from the
+    #: stream, None for detectors without a reference.
+    reference_samples: int | None = None
 
 
 @runtime_checkable
@@ -47,7 +58,11 @@ class Detector(Protocol):
     """One detector instance watching one signal."""
 
     def update(self, values: np.ndarray) -> list[DriftEvent]:
-        """Consume a batch of values in order; return the events found in it."""
+        """Consume a batch in order; return the events found in it.
+
+        ``values`` has shape (N,) for a detector watching one signal, (N, d) for one
+        watching d signals (columns in the order of its ``signal`` setting).
+        """
         ...
 
     @property
@@ -67,12 +82,19 @@ class WatchedDetector:
 
 
 class DetectorStage:
-    """Feeds each batch's signals to every configured detector."""
+    """Feeds signals to every configured detector and mirrors their state into metrics.
+
+    Model batches arrive from the pipeline; the ``error`` signal (1 for a wrong
+    prediction, 0 for a right one) arrives whenever a label does, from a folder label or
+    from ``POST /v1/feedback``. Both run on the event loop, so detectors need no locks.
+    """
 
     def __init__(self, detectors: Sequence[WatchedDetector], metrics: Metrics) -> None:
         self.detectors = list(detectors)
         self._metrics = metrics
         self._missing_reported: set[str] = set()
+        for watched in self.detectors:
+            self._export(watched)
 
     @classmethod
     def build(
@@ -89,20 +111,24 @@ class DetectorStage:
             raise ValueError(f"detector names must be unique; repeated: {', '.join(duplicates)} (set `name`)")
         watched = []
         for spec in specs:
-            reference = reference_signals.get(spec.signal)
-            ref_array = None if reference is None else np.asarray(reference, dtype=np.float64)
-            watched.append(WatchedDetector(spec, factory_for(spec.type)(spec, ref_array)))
+            reference = model_reference(spec, reference_signals)
+            if reference is None and spec.signals != [ERROR_SIGNAL]:
+                log.info("detector %s takes its reference from the first samples of the stream", spec.label)
+            watched.append(WatchedDetector(spec, factory_for(spec.type)(spec, reference)))
         return cls(watched, metrics)
 
-    def update(self, signals: Mapping[str, np.ndarray]) -> list[tuple[WatchedDetector, DriftEvent]]:
-        """Run every detector over its signal from one batch; return all events raised."""
+    def update(
+        self, signals: Mapping[str, np.ndarray], *, from_model: bool = True
+    ) -> list[tuple[WatchedDetector, DriftEvent]]:
+        """Run every detector whose signals are all in ``signals``; return the events raised.
+
+        ``from_model`` says ``signals`` is a model batch, where a missing signal (other
+        than ``error``) is a configuration mistake worth a warning.
+        """
         raised = []
         for watched in self.detectors:
-            values = signals.get(watched.spec.signal)
-            if values is None:
-                self._report_missing(watched.spec)
-                continue
-            if values.size == 0:
+            values = self._values(watched.spec, signals, from_model)
+            if values is None or len(values) == 0:
                 continue
             for event in watched.detector.update(values):
                 raised.append((watched, event))
@@ -112,9 +138,20 @@ class DetectorStage:
 
     def states(self) -> list[dict[str, Any]]:
         return [
-            {"name": w.spec.label, "type": w.spec.type, "signal": w.spec.signal, **vars(w.detector.state)}
+            {"name": w.spec.label, "type": w.spec.type, "signal": w.spec.signal_label, **vars(w.detector.state)}
             for w in self.detectors
         ]
+
+    def _values(self, spec: DetectorSpec, signals: Mapping[str, np.ndarray], from_model: bool) -> np.ndarray | None:
+        columns = [signals.get(name) for name in spec.signals]
+        if any(column is None for column in columns):
+            missing = [name for name, column in zip(spec.signals, columns) if column is None]
+            if from_model and ERROR_SIGNAL not in missing:
+                self._report_missing(spec, missing)
+            return None
+        if len(columns) == 1:
+            return np.asarray(columns[0], dtype=np.float64)
+        return np.column_stack(columns).astype(np.float64, copy=False)
 
     def _export(self, watched: WatchedDetector) -> None:
         state = watched.detector.state
@@ -127,14 +164,36 @@ class DetectorStage:
 
     @staticmethod
     def _labels(spec: DetectorSpec) -> tuple[str, str, str]:
-        return (spec.label, spec.type, spec.signal)
+        return (spec.label, spec.type, spec.signal_label)
 
-    def _report_missing(self, spec: DetectorSpec) -> None:
+    def _report_missing(self, spec: DetectorSpec, missing: list[str]) -> None:
         if spec.label not in self._missing_reported:
             self._missing_reported.add(spec.label)
             log.warning(
-                "detector %s watches signal %r, which the model does not produce; "
+                "detector %s watches %s, which the model does not produce; "
                 "it will stay idle (check `signal` in its settings)",
                 spec.label,
-                spec.signal,
+                ", ".join(missing),
             )
+
+
+#: The signal labels produce: 1 for a wrong prediction, 0 for a right one.
+ERROR_SIGNAL = "error"
+
+
+def model_reference(spec: DetectorSpec, reference_signals: Mapping[str, Sequence[float]]) -> np.ndarray | None:
+    """The model's saved reference for the spec's signals: (n,) for one, (n, d) for several.
+
+    None (the detector then collects its reference from the stream) when the spec asks
+    for ``reference = "stream"`` or the model saved no reference for one of the signals.
+    """
+    if spec.reference == "stream":
+        return None
+    columns = [reference_signals.get(name) for name in spec.signals]
+    if any(column is None or len(column) == 0 for column in columns):
+        return None
+    if len({len(column) for column in columns}) != 1:
+        return None
+    if len(columns) == 1:
+        return np.asarray(columns[0], dtype=np.float64)
+    return np.column_stack([np.asarray(column, dtype=np.float64) for column in columns])

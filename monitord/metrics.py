@@ -18,6 +18,11 @@ from monitord import __version__
 #: ``error`` (our failure, e.g. the model raised), ``throttled`` (refused while saturated).
 OUTCOMES = ("ok", "rejected", "error", "throttled")
 
+#: Outcomes of ``monitord_feedback_total``: ``joined`` (label matched a prediction),
+#: ``unknown`` (no such id), ``late`` (the prediction had expired, feedback.ttl_seconds),
+#: ``duplicate`` (the prediction already had a label), ``invalid`` (malformed record).
+FEEDBACK_OUTCOMES = ("joined", "unknown", "late", "duplicate", "invalid")
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -81,6 +86,17 @@ class Metrics:
             [*detector_labels, "level"],
             registry=r,
         )
+        self.accuracy = Gauge(
+            "monitord_accuracy",
+            "Share of correct predictions among the most recent labelled ones (feedback.accuracy_window).",
+            registry=r,
+        )
+        self.accuracy.set(float("nan"))
+        self.feedback = Counter(
+            "monitord_feedback", "Labels received, by how they joined a prediction.", ["outcome"], registry=r
+        )
+        for outcome in FEEDBACK_OUTCOMES:
+            self.feedback.labels(outcome)
         self.build = Info("monitord_build", "Version of monitord, its runtime and model.", registry=r)
         self.describe_build()
 

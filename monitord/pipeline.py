@@ -26,6 +26,7 @@ import numpy as np
 from monitord.batcher import collect_batch
 from monitord.decode import DecodeError, decode_image, read_payload
 from monitord.detectors import DetectorStage
+from monitord.feedback import Feedback
 from monitord.items import Outcome, Prediction, Rejection, WorkItem
 from monitord.metrics import Metrics
 from monitord.model import BatchResult, Model
@@ -69,6 +70,7 @@ class Pipeline:
         self.predictions_log = predictions_log
         self.model: Model | None = None
         self.detectors: DetectorStage | None = None
+        self.feedback: Feedback | None = None
         self._ingest: asyncio.Queue[_Pending] = asyncio.Queue(settings.queue_size)
         # Room for two batches: the batcher never starves while the decoders run ahead.
         self._ready: asyncio.Queue[_Prepared | None] = asyncio.Queue(2 * settings.max_batch_size)
@@ -135,9 +137,10 @@ class Pipeline:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self, model: Model, detectors: DetectorStage) -> None:
+    async def start(self, model: Model, detectors: DetectorStage, feedback: Feedback | None = None) -> None:
         self.model = model
         self.detectors = detectors
+        self.feedback = feedback
         self.metrics.declare_classes(model.class_names)
         self._tasks = [
             asyncio.create_task(self._decode_worker(), name=f"decode-{i}")
@@ -251,17 +254,22 @@ class Pipeline:
         predictions = []
         for row, prepared in enumerate(batch):
             item = prepared.pending.item
-            prediction = Prediction(
-                id=item.id,
-                source=item.source,
-                class_name=names[class_index[row]],
-                class_index=class_index[row],
-                confidence=confidence[row],
-                signals={name: values[row] for name, values in columns.items()},
-                time=now,
-                label=item.label,
+            predictions.append(
+                Prediction(
+                    id=item.id,
+                    source=item.source,
+                    class_name=names[class_index[row]],
+                    class_index=class_index[row],
+                    confidence=confidence[row],
+                    signals={name: values[row] for name, values in columns.items()},
+                    time=now,
+                    label=item.label,
+                )
             )
-            predictions.append(prediction)
+        # Known for feedback before any client sees its prediction and can send a label.
+        if self.feedback is not None:
+            self.feedback.observe(predictions)
+        for prediction, prepared in zip(predictions, batch):
             self.metrics.predictions.labels(prediction.class_name).inc()
             self.metrics.confidence.observe(prediction.confidence)
             self._resolve(prepared.pending, prediction)

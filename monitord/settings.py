@@ -74,6 +74,20 @@ class PipelineSettings(_Section):
     shutdown_timeout: float = Field(30.0, gt=0)
 
 
+class FeedbackSettings(_Section):
+    """Joining delayed ground truth (``POST /v1/feedback``) to earlier predictions."""
+
+    #: Predictions remembered for a later label, at most; the oldest are forgotten first.
+    max_pending: int = Field(100_000, gt=0)
+    #: Seconds a prediction waits for its label; later labels count as ``late``.
+    ttl_seconds: float = Field(3600.0, gt=0)
+    #: ``monitord_accuracy`` is the share of correct predictions among the last N labelled.
+    accuracy_window: int = Field(500, gt=0)
+    #: Largest ``POST /v1/feedback`` body in bytes, and most records in one request.
+    max_body_bytes: int = Field(MiB, gt=0)
+    max_records: int = Field(10_000, gt=0)
+
+
 class PredictionsLogSettings(_Section):
     """The JSON-lines log of every prediction, in the state folder."""
 
@@ -100,20 +114,61 @@ class ModelSettings(BaseModel):
 
 
 class DetectorSpec(BaseModel):
-    """One detector instance: a type from a detector plugin watching one signal."""
+    """One detector instance: a type from a detector plugin, the signal(s) it watches,
+    where its reference comes from, and the type's own parameters (every other key)."""
 
     model_config = ConfigDict(extra="allow")
 
-    type: str
-    signal: str
-    name: str | None = None
+    type: str = Field(min_length=1)
+    #: One signal name, or a list of them for a multivariate detector (``nm_ddm``).
+    signal: str | list[str]
+    #: Name in metrics, alerts and ``GET /v1/detectors``; default ``<type>_<signal>``.
+    name: str | None = Field(None, min_length=1)
+    #: ``model``: the model's saved reference signals when it has them (else the
+    #: stream); ``stream``: always the first ``reference_size`` samples of the stream.
+    reference: Literal["model", "stream"] = "model"
+
+    @field_validator("signal")
+    @classmethod
+    def _signal_names(cls, value: str | list[str]) -> str | list[str]:
+        names = [value] if isinstance(value, str) else value
+        if not names or any(not name for name in names):
+            raise ValueError("name at least one signal, e.g. signal = \"confidence\"")
+        if len(set(names)) != len(names):
+            raise ValueError(f"signals must be distinct, got {names}")
+        return value
+
+    @property
+    def signals(self) -> list[str]:
+        return [self.signal] if isinstance(self.signal, str) else list(self.signal)
+
+    @property
+    def signal_label(self) -> str:
+        """The ``signal`` label of the detector's metrics: names joined with ``+``."""
+        return "+".join(self.signals)
 
     @property
     def label(self) -> str:
-        return self.name or f"{self.type}_{self.signal}"
+        return self.name or f"{self.type}_{'_'.join(self.signals)}"
 
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+def default_detectors() -> list[DetectorSpec]:
+    """The detector set that runs out of the box (types from ``monitord-drift``).
+
+    Page-Hinkley on the confidence catches a shift of its mean within a few hundred
+    images; IKS on the entropy catches any change of its distribution; NM-DDM watches the
+    joint distribution of the activation statistics; DDM watches the error rate once
+    labels arrive.
+    """
+    return [
+        DetectorSpec(type="pht", signal="confidence"),
+        DetectorSpec(type="iks", signal="entropy"),
+        DetectorSpec(type="nm_ddm", signal=["activation_mean", "activation_std"]),
+        DetectorSpec(type="ddm", signal="error"),
+    ]
 
 
 class Settings(BaseSettings):
@@ -135,8 +190,9 @@ class Settings(BaseSettings):
     folder: FolderSettings = FolderSettings()
     pipeline: PipelineSettings = PipelineSettings()
     predictions_log: PredictionsLogSettings = PredictionsLogSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
     model: ModelSettings = ModelSettings()
-    detectors: list[DetectorSpec] = []
+    detectors: list[DetectorSpec] = Field(default_factory=default_detectors)
     #: Settings of third-party sources, keyed by source name.
     source_options: dict[str, dict[str, Any]] = {}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monitord.settings import Settings, SettingsError, load_settings
+from monitord.settings import DetectorSpec, Settings, SettingsError, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +27,12 @@ def test_defaults_match_the_public_contract() -> None:
     assert settings.folder.inbox == Path("inbox")
     assert settings.sources == ["folder", "http"]
     assert settings.model_artifact == Path("state") / "model"
-    assert settings.detectors == []
+    assert [(spec.type, spec.signals) for spec in settings.detectors] == [
+        ("pht", ["confidence"]),
+        ("iks", ["entropy"]),
+        ("nm_ddm", ["activation_mean", "activation_std"]),
+        ("ddm", ["error"]),
+    ]
 
 
 def test_precedence_env_over_dotenv_over_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,5 +112,8 @@ def test_example_config_documents_every_setting_with_its_default() -> None:
             assert key in example, f"[{key}] missing from configs/monitord.toml"
             for sub_key, sub_value in value.items():
                 assert example[key].get(sub_key) == sub_value, f"{key}.{sub_key} differs from its default"
-        elif key not in ("detectors", "source_options"):
+        elif key == "detectors":
+            listed = [DetectorSpec(**entry) for entry in example["detectors"]]
+            assert listed == Settings.model_construct().detectors, "[[detectors]] differ from the default set"
+        elif key != "source_options":
             assert example.get(key) == value, f"{key} differs from its default"

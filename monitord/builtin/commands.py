@@ -1,4 +1,4 @@
-"""Built-in commands ``run`` and ``plugins``, added through ``register_commands``."""
+"""Built-in commands ``run``, ``plugins`` and ``replay``, added through ``register_commands``."""
 
 from __future__ import annotations
 
@@ -57,6 +57,10 @@ def register_commands(cli: click.Group) -> None:
             click.echo(json.dumps([reg.to_json() for reg in rows], indent=2))
             return
         click.echo(_table(rows))
+
+    from monitord.builtin.replay import replay_command
+
+    cli.add_command(replay_command())
 
 
 async def _run_daemon(settings: Settings, host: PluginHost) -> int:

@@ -1,0 +1,118 @@
+"""The daemon's own API routes: label feedback and detector state.
+
+They belong to the daemon, not to a source: labels and detectors exist whichever sources
+are enabled. Routes are added before the server starts (aiohttp freezes its router), and
+answer 503 until the model, and with it the detectors, are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable
+
+from aiohttp import web
+
+from monitord.detectors import DetectorStage
+from monitord.feedback import Feedback, FeedbackResult
+from monitord.http_server import json_error
+from monitord.settings import FeedbackSettings
+
+#: HTTP status of a single feedback record, by outcome.
+_STATUS = {"joined": 200, "unknown": 404, "late": 410, "duplicate": 409, "invalid": 422}
+
+
+def add_api_routes(
+    app: web.Application,
+    settings: FeedbackSettings,
+    feedback: Callable[[], Feedback | None],
+    detectors: Callable[[], DetectorStage | None],
+    retry_after_seconds: int,
+) -> None:
+    """Add ``POST /v1/feedback`` and ``GET /v1/detectors``; the getters give None while loading."""
+
+    def not_ready() -> web.Response:
+        response = json_error(503, "the model and detectors are still loading; retry shortly")
+        response.headers["Retry-After"] = str(retry_after_seconds)
+        return response
+
+    async def post_feedback(request: web.Request) -> web.Response:
+        joiner = feedback()
+        if joiner is None:
+            return not_ready()
+        declared = request.headers.get("Content-Type")
+        if declared and request.content_type != "application/json" and not request.content_type.endswith("+json"):
+            return json_error(415, f"send JSON with Content-Type: application/json, not {request.content_type}")
+        if request.content_length is not None and request.content_length > settings.max_body_bytes:
+            return json_error(413, f"feedback body of {request.content_length} bytes exceeds feedback.max_body_bytes ({settings.max_body_bytes})")
+        body = await request.content.read(settings.max_body_bytes + 1)
+        if len(body) > settings.max_body_bytes:
+            return json_error(413, f"feedback body exceeds feedback.max_body_bytes ({settings.max_body_bytes})")
+        try:
+            document = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            return json_error(400, f"the body is not valid JSON: {error}")
+        single = isinstance(document, dict)
+        if not single and not isinstance(document, list):
+            return json_error(422, 'send {"id": ..., "label": ...} or a list of such objects')
+        records = [document] if single else document
+        if len(records) > settings.max_records:
+            return json_error(413, f"{len(records)} records exceed feedback.max_records ({settings.max_records})")
+        results: list[FeedbackResult | None] = []
+        valid: list[tuple[str, str]] = []
+        for record in records:
+            parsed = _parse_record(record)
+            if isinstance(parsed, str):
+                results.append(FeedbackResult(_record_id(record), "invalid", reason=parsed))
+            else:
+                results.append(None)
+                valid.append(parsed)
+        invalid = sum(1 for result in results if result is not None)
+        if invalid:
+            joiner.count_invalid(invalid)
+        joined = iter(joiner.receive(valid))
+        final = [result if result is not None else next(joined) for result in results]
+        if single:
+            return web.json_response(final[0].to_json(), status=_STATUS[final[0].outcome])
+        counts: dict[str, int] = {}
+        for result in final:
+            counts[result.outcome] = counts.get(result.outcome, 0) + 1
+        return web.json_response({"results": [result.to_json() for result in final], "counts": counts})
+
+    async def get_detectors(request: web.Request) -> web.Response:
+        stage = detectors()
+        if stage is None:
+            return not_ready()
+        return web.json_response({"detectors": [_finite(state) for state in stage.states()]})
+
+    app.router.add_post("/v1/feedback", post_feedback)
+    app.router.add_get("/v1/detectors", get_detectors)
+
+
+def _parse_record(record: Any) -> tuple[str, str] | str:
+    """``(id, label)``, or the reason the record cannot be used."""
+    if not isinstance(record, dict):
+        return f'each record must be an object like {{"id": "...", "label": "..."}}, got {type(record).__name__}'
+    missing = [key for key in ("id", "label") if key not in record]
+    if missing:
+        return f"missing {' and '.join(missing)}"
+    prediction_id, label = record["id"], record["label"]
+    if not isinstance(prediction_id, str) or not prediction_id:
+        return "id must be a non-empty string (the id POST /v1/predict returned)"
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        return "label must be a class name (a string; an integer is read as its decimal name)"
+    return prediction_id, str(label)
+
+
+def _record_id(record: Any) -> str:
+    if isinstance(record, dict) and isinstance(record.get("id"), str):
+        return record["id"]
+    return ""
+
+
+def _finite(state: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN or infinity: such readings are reported as null."""
+    return {
+        key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+        for key, value in state.items()
+    }

@@ -1,0 +1,182 @@
+"""Ground truth that arrives with or after a prediction: joining, accuracy, the error signal.
+
+A label comes with the image (a folder's sub-folder, ``?label=`` on ``POST /v1/predict``)
+or later through ``POST /v1/feedback`` with the prediction's id. Either way it becomes one
+value of the ``error`` signal (1 wrong, 0 right) for the error-stream detectors and one
+step of the rolling ``monitord_accuracy``. Predictions waiting for a label are bounded in
+number and in age, so a client that never sends labels costs bounded memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from monitord.detectors import ERROR_SIGNAL, DetectorStage
+from monitord.items import Prediction
+from monitord.metrics import Metrics
+from monitord.settings import FeedbackSettings
+
+log = logging.getLogger("monitord.feedback")
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """How one label fared; ``outcome`` is a ``monitord_feedback_total`` label."""
+
+    id: str
+    outcome: str
+    correct: bool | None = None
+    predicted: str | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+class PendingPredictions:
+    """Predictions waiting for their label, the oldest forgotten first.
+
+    Forgotten ids (by age or by capacity) are remembered a while longer, ids only, so a
+    label that comes too late is told ``late`` rather than ``unknown``: the first means
+    "raise feedback.ttl_seconds", the second "check the id".
+    """
+
+    def __init__(self, capacity: int, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = capacity
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+        self._waiting: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._forgotten: OrderedDict[str, None] = OrderedDict()
+        self._labelled: OrderedDict[str, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def add(self, prediction_id: str, class_name: str) -> None:
+        self._expire()
+        self._waiting.pop(prediction_id, None)
+        self._waiting[prediction_id] = (class_name, self._clock() + self.ttl_seconds)
+        while len(self._waiting) > self.capacity:
+            oldest, _ = self._waiting.popitem(last=False)
+            self._remember(self._forgotten, oldest)
+
+    def labelled(self, prediction_id: str) -> None:
+        """The prediction came with its label: a later one is a duplicate."""
+        self._waiting.pop(prediction_id, None)
+        self._remember(self._labelled, prediction_id)
+
+    def take(self, prediction_id: str) -> tuple[str, str | None]:
+        """``(outcome, predicted class)``: joined, late, duplicate or unknown."""
+        self._expire()
+        entry = self._waiting.pop(prediction_id, None)
+        if entry is not None:
+            self._remember(self._labelled, prediction_id)
+            return "joined", entry[0]
+        if prediction_id in self._labelled:
+            return "duplicate", None
+        if prediction_id in self._forgotten:
+            return "late", None
+        return "unknown", None
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._waiting:
+            oldest, (_, expires) = next(iter(self._waiting.items()))
+            if expires > now:
+                break
+            del self._waiting[oldest]
+            self._remember(self._forgotten, oldest)
+
+    def _remember(self, ids: OrderedDict[str, None], prediction_id: str) -> None:
+        ids[prediction_id] = None
+        ids.move_to_end(prediction_id)
+        while len(ids) > self.capacity:
+            ids.popitem(last=False)
+
+
+class Feedback:
+    """Scores labelled predictions and joins late labels; feeds accuracy and detectors."""
+
+    def __init__(self, settings: FeedbackSettings, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._metrics = metrics
+        self.pending = PendingPredictions(settings.max_pending, settings.ttl_seconds, clock)
+        self._recent: deque[bool] = deque(maxlen=settings.accuracy_window)
+        self._classes: frozenset[str] = frozenset()
+        self._detectors: DetectorStage | None = None
+        self._warned_labels: set[str] = set()
+
+    def attach(self, class_names: Iterable[str], detectors: DetectorStage) -> None:
+        self._classes = frozenset(class_names)
+        self._detectors = detectors
+
+    @property
+    def accuracy(self) -> float | None:
+        return sum(self._recent) / len(self._recent) if self._recent else None
+
+    def observe(self, predictions: Sequence[Prediction]) -> None:
+        """Score predictions that came with a label; keep the others for a later one."""
+        correct = []
+        for prediction in predictions:
+            if prediction.label is None:
+                self.pending.add(prediction.id, prediction.class_name)
+            elif self._known_label(prediction.label, prediction.source):
+                self.pending.labelled(prediction.id)
+                correct.append(prediction.label == prediction.class_name)
+        self._score(correct)
+
+    def receive(self, records: Sequence[tuple[str, str]]) -> list[FeedbackResult]:
+        """Join ``(id, label)`` pairs to earlier predictions, in order."""
+        results, correct = [], []
+        for prediction_id, label in records:
+            if label not in self._classes:
+                results.append(FeedbackResult(prediction_id, "invalid", reason=self._unknown_label(label)))
+                continue
+            outcome, predicted = self.pending.take(prediction_id)
+            if outcome == "joined":
+                correct.append(label == predicted)
+                results.append(FeedbackResult(prediction_id, outcome, label == predicted, predicted))
+            else:
+                results.append(FeedbackResult(prediction_id, outcome, reason=_REASONS[outcome]))
+        for result in results:
+            self._metrics.feedback.labels(result.outcome).inc()
+        self._score(correct)
+        return results
+
+    def count_invalid(self, count: int = 1) -> None:
+        """Records refused before they could be joined (malformed JSON entries)."""
+        self._metrics.feedback.labels("invalid").inc(count)
+
+    def _score(self, correct: list[bool]) -> None:
+        if not correct:
+            return
+        self._recent.extend(correct)
+        self._metrics.accuracy.set(self.accuracy)
+        if self._detectors is not None:
+            errors = 1.0 - np.asarray(correct, dtype=np.float64)
+            self._detectors.update({ERROR_SIGNAL: errors}, from_model=False)
+
+    def _known_label(self, label: str, source: str) -> bool:
+        if label in self._classes:
+            return True
+        if label not in self._warned_labels and len(self._warned_labels) < 100:
+            self._warned_labels.add(label)
+            log.warning("%s: %s; such predictions are not scored", source, self._unknown_label(label))
+        return False
+
+    def _unknown_label(self, label: str) -> str:
+        shown = ", ".join(sorted(self._classes)[:20])
+        return f"label {label!r} is not one of the model's classes ({shown})"
+
+
+_REASONS = {
+    "unknown": "no prediction with this id; use the id returned by POST /v1/predict (or the file's path under the inbox)",
+    "late": "the prediction was forgotten before its label came (feedback.ttl_seconds, feedback.max_pending)",
+    "duplicate": "this prediction already has its label",
+}

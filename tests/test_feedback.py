@@ -1,0 +1,98 @@
+"""Joining late labels to predictions: bounded memory, time-to-live, accuracy, the error signal."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from monitord.detectors import DetectorStage, WatchedDetector
+from monitord.feedback import Feedback, PendingPredictions
+from monitord.items import Prediction
+from monitord.metrics import Metrics
+from monitord.settings import DetectorSpec, FeedbackSettings
+from monitord_testplugin import OverDetector
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def prediction(prediction_id: str, predicted: str, label: str | None = None) -> Prediction:
+    return Prediction(prediction_id, "test", predicted, int(predicted == "b"), 0.9, {}, "t", label)
+
+
+def test_pending_predictions_join_once_then_report_duplicates() -> None:
+    pending = PendingPredictions(capacity=10, ttl_seconds=60)
+    pending.add("x", "a")
+    assert pending.take("x") == ("joined", "a")
+    assert pending.take("x") == ("duplicate", None)
+    assert pending.take("never") == ("unknown", None)
+
+
+def test_expired_and_evicted_predictions_are_late_not_unknown() -> None:
+    clock = Clock()
+    pending = PendingPredictions(capacity=3, ttl_seconds=10, clock=clock)
+    pending.add("old", "a")
+    clock.now = 11
+    assert pending.take("old") == ("late", None)
+    for name in ("p1", "p2", "p3", "p4"):
+        pending.add(name, "a")
+    assert len(pending) == 3  # bounded: p1 made room for p4
+    assert pending.take("p1") == ("late", None)
+    assert pending.take("p4") == ("joined", "a")
+
+
+def test_memory_stays_bounded_under_a_flood_of_unlabelled_predictions() -> None:
+    pending = PendingPredictions(capacity=100, ttl_seconds=60)
+    for index in range(10_000):
+        pending.add(str(index), "a")
+    assert len(pending) == 100
+    assert len(pending._forgotten) <= 100 and len(pending._labelled) <= 100
+
+
+def stage_with_error_detector(metrics: Metrics) -> tuple[DetectorStage, OverDetector]:
+    detector = OverDetector(limit=0.5, window=4)
+    return DetectorStage([WatchedDetector(DetectorSpec(type="over", signal="error"), detector)], metrics), detector
+
+
+def test_labels_feed_accuracy_and_the_error_signal() -> None:
+    metrics = Metrics()
+    stage, detector = stage_with_error_detector(metrics)
+    feedback = Feedback(FeedbackSettings(accuracy_window=4), metrics)
+    feedback.attach(["a", "b"], stage)
+    assert math.isnan(metrics.registry.get_sample_value("monitord_accuracy"))
+
+    feedback.observe([prediction("1", "a", label="a"), prediction("2", "a"), prediction("3", "b")])
+    assert detector.recent == [0.0] and feedback.accuracy == 1.0
+    results = feedback.receive([("2", "b"), ("3", "b"), ("2", "a"), ("nope", "a"), ("3", "zebra"), ("1", "a")])
+    assert [r.outcome for r in results] == ["joined", "joined", "duplicate", "unknown", "invalid", "duplicate"]
+    assert [r.correct for r in results[:2]] == [False, True]
+    assert "not one of the model's classes" in results[4].reason
+    assert detector.recent == [0.0, 1.0, 0.0]
+    assert metrics.registry.get_sample_value("monitord_accuracy") == pytest.approx(2 / 3)
+    assert metrics.registry.get_sample_value("monitord_feedback_total", {"outcome": "joined"}) == 2
+    assert metrics.registry.get_sample_value("monitord_feedback_total", {"outcome": "duplicate"}) == 2
+
+    # accuracy is over the last accuracy_window labels only
+    for index in range(4):
+        feedback.observe([prediction(f"w{index}", "a", label="b")])
+    assert feedback.accuracy == 0.0
+    assert detector.level == "drift"
+    assert metrics.registry.get_sample_value(
+        "monitord_drift_level", {"detector": "over_error", "type": "over", "signal": "error"}) == 2
+
+
+def test_folder_labels_outside_the_classes_are_not_scored(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics()
+    stage, detector = stage_with_error_detector(metrics)
+    feedback = Feedback(FeedbackSettings(), metrics)
+    feedback.attach(["a", "b"], stage)
+    feedback.observe([prediction("2024-01-01/x.png", "a", label="2024-01-01")] * 3)
+    assert detector.samples == 0 and feedback.accuracy is None
+    assert sum("'2024-01-01' is not one of the model's classes" in r.message for r in caplog.records) == 1
