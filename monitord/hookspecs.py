@@ -57,8 +57,11 @@ def register_detectors(register: Register) -> None:
     """Register drift detector types by name (``type`` in each ``detectors`` entry).
 
     ``factory(spec: monitord.settings.DetectorSpec, reference: numpy.ndarray | None)
-    -> monitord.detectors.Detector``. ``reference`` holds the model's saved reference
-    values of the watched signal, when the model has them.
+    -> monitord.detectors.Detector``. ``spec.params()`` holds the type's own
+    parameters; ``reference`` holds the model's saved reference values of the watched
+    signal(s), shape (n,) or (n, d) for ``spec.signals`` of length d, or None when the
+    detector must take its reference from the stream. Raise ``ValueError`` naming the
+    bad parameter; the daemon refuses to start with that message.
     """
 
 
