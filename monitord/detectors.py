@@ -93,6 +93,7 @@ class DetectorStage:
         self.detectors = list(detectors)
         self._metrics = metrics
         self._missing_reported: set[str] = set()
+        self._failure_reported: set[str] = set()
         for watched in self.detectors:
             self._export(watched)
 
@@ -130,7 +131,12 @@ class DetectorStage:
             values = self._values(watched.spec, signals, from_model)
             if values is None or len(values) == 0:
                 continue
-            for event in watched.detector.update(values):
+            try:
+                events = watched.detector.update(values)
+            except Exception as error:  # one broken detector must not stop the pipeline
+                self._report_failure(watched.spec, error)
+                continue
+            for event in events:
                 raised.append((watched, event))
                 self._metrics.drift_events.labels(*self._labels(watched.spec), event.level).inc()
             self._export(watched)
@@ -165,6 +171,16 @@ class DetectorStage:
     @staticmethod
     def _labels(spec: DetectorSpec) -> tuple[str, str, str]:
         return (spec.label, spec.type, spec.signal_label)
+
+    def _report_failure(self, spec: DetectorSpec, error: Exception) -> None:
+        self._metrics.detector_errors.labels(*self._labels(spec)).inc()
+        if spec.label not in self._failure_reported:
+            self._failure_reported.add(spec.label)
+            log.error(
+                "detector %s failed on a batch of %s and skipped it: %s: %s "
+                "(later failures are counted in monitord_detector_errors_total)",
+                spec.label, spec.signal_label, type(error).__name__, error,
+            )
 
     def _report_missing(self, spec: DetectorSpec, missing: list[str]) -> None:
         if spec.label not in self._missing_reported:

@@ -86,6 +86,12 @@ class Metrics:
             [*detector_labels, "level"],
             registry=r,
         )
+        self.detector_errors = Counter(
+            "monitord_detector_errors",
+            "Batches a detector failed on and skipped (see the log for the first failure).",
+            detector_labels,
+            registry=r,
+        )
         self.accuracy = Gauge(
             "monitord_accuracy",
             "Share of correct predictions among the most recent labelled ones (feedback.accuracy_window).",

@@ -159,15 +159,18 @@ def default_detectors() -> list[DetectorSpec]:
     """The detector set that runs out of the box (types from ``monitord-drift``).
 
     Page-Hinkley on the confidence catches a shift of its mean within a few hundred
-    images; IKS on the entropy catches any change of its distribution; NM-DDM watches the
-    joint distribution of the activation statistics; DDM watches the error rate once
-    labels arrive.
+    images; IKS on the entropy catches any change of its distribution (its test runs at
+    every sample, so its per-test alpha is set low: at 0.001 a quarter of 100,000-sample
+    clean streams see a false alarm); NM-DDM watches the
+    joint distribution of the activation statistics; HDDM_A watches the error rate once
+    labels arrive (DDM raises an early false alarm in a quarter of clean runs; HDDM_A in
+    none of 20, see benchmarks/RESULTS.md).
     """
     return [
         DetectorSpec(type="pht", signal="confidence"),
-        DetectorSpec(type="iks", signal="entropy"),
+        DetectorSpec(type="iks", signal="entropy", alpha=1e-5),
         DetectorSpec(type="nm_ddm", signal=["activation_mean", "activation_std"]),
-        DetectorSpec(type="ddm", signal="error"),
+        DetectorSpec(type="hddm_a", signal="error"),
     ]
 
 

@@ -66,3 +66,22 @@ def test_metrics_exist_before_traffic_and_follow_each_batch(caplog: pytest.LogCa
     caplog.clear()
     stage.update({"error": np.array([1.0])}, from_model=False)
     assert caplog.text == ""
+
+
+def test_a_failing_detector_is_skipped_and_counted_while_the_others_go_on(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(OverDetector):
+        def update(self, values):
+            raise ValueError("values must be 0 or 1")
+
+    metrics = Metrics()
+    healthy = OverDetector(limit=0.5)
+    stage = DetectorStage([
+        WatchedDetector(DetectorSpec(type="broken", signal="confidence"), Broken()),
+        WatchedDetector(DetectorSpec(type="over", signal="confidence"), healthy),
+    ], metrics)
+    for _ in range(3):
+        stage.update({"confidence": np.array([0.9])})
+    assert healthy.samples == 3
+    assert metrics.registry.get_sample_value(
+        "monitord_detector_errors_total", {"detector": "broken_confidence", "type": "broken", "signal": "confidence"}) == 3
+    assert caplog.text.count("values must be 0 or 1") == 1

@@ -31,7 +31,7 @@ def test_defaults_match_the_public_contract() -> None:
         ("pht", ["confidence"]),
         ("iks", ["entropy"]),
         ("nm_ddm", ["activation_mean", "activation_std"]),
-        ("ddm", ["error"]),
+        ("hddm_a", ["error"]),
     ]
 
 

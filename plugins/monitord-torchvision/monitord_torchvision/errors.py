@@ -23,3 +23,8 @@ class TrainingError(RuntimeError):
     def __init__(self, message: str, report: object) -> None:
         super().__init__(message)
         self.report = report
+
+
+class DemoError(RuntimeError):
+    """``monitord demo`` cannot go on: the daemon is missing, not ready, or not taking
+    its images. The message says what happened and what to try."""

@@ -35,5 +35,7 @@ def register_models(register: Register) -> None:
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     from .cli import train_command
+    from .demo import demo_command
 
     cli.add_command(train_command)
+    cli.add_command(demo_command)
