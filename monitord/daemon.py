@@ -132,7 +132,9 @@ class Daemon:
         self.metrics.describe_build(model=model.name, device=model.device)
         log.info("model %s on %s, %d classes", model.name, model.device, len(model.class_names))
         try:
-            detectors = DetectorStage.build(
+            # Off the event loop: detectors may calibrate on their reference (seconds).
+            detectors = await asyncio.to_thread(
+                DetectorStage.build,
                 self.settings.detectors,
                 lambda kind: self.plugins.factory("detector", kind),
                 model.reference_signals,
