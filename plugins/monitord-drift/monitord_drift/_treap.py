@@ -231,6 +231,8 @@ def slide(
             statistic = max(table[root, MAXP], -table[root, MINP]) * scale
             statistics[index] = statistic
             code = 2 if statistic > drift_threshold else (1 if statistic > warning_threshold else 0)
+            if level == 2 and code == 1:
+                code = 2  # hysteresis: a drift lasts until D falls to the warning threshold
         else:
             statistics[index] = np.nan
             code = 0

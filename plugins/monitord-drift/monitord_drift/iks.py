@@ -70,7 +70,9 @@ class IncrementalKS(DriftDetector):
     state is the asymptotic one, ``scipy.special.kolmogorov(D * sqrt(n * m / (n + m)))``,
     computed when the state is read rather than per sample. After drift the reference
     stays: the level stays at ``drift`` while the window differs from the reference and
-    falls back once it no longer does.
+    falls back once ``D`` is no more than the *warning* threshold. That hysteresis makes
+    one change one drift event, where a statistic hovering at the drift threshold would
+    otherwise fire again at every crossing.
 
     A batch runs in one compiled loop (numba, cached on disk; the very first call in a
     fresh environment compiles for a few seconds): millions of values per second at any
