@@ -2,9 +2,13 @@
 
 Start: HTTP server first (so ``/healthz`` answers and ``/readyz`` says why it is not ready
 yet), then the model (loaded, or trained on first use, off the event loop), then the
-pipeline and detectors, then the sources. Stop on SIGTERM/SIGINT in the reverse order:
-sources stop taking work and wait for what they took, the pipeline flushes its partial
-batch, and the whole stop is bounded by ``pipeline.shutdown_timeout``. A folder file whose
+detectors and the alerting (alert sinks are built right after the HTTP server, so a bad
+sink setting fails fast, and started once the detectors exist; spooled notifications
+from an earlier run are delivered then), then the pipeline, then the sources. Stop on
+SIGTERM/SIGINT in the reverse order: sources stop taking work and wait for what they
+took, the pipeline flushes its partial batch, the sinks flush what they can (undelivered
+notifications stay in their spool; open alerts stay open for the next start), and the
+whole stop is bounded by ``pipeline.shutdown_timeout``. A folder file whose
 outcome was not reached stays in the inbox, untouched, for the next start.
 """
 
@@ -13,10 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from pathlib import Path
 
 from aiohttp import web
 
+from monitord.alerting.dispatcher import AlertDispatcher
+from monitord.alerting.episodes import AlertSource
+from monitord.alerting.sinks import Sink, SinkContext, build_sinks
 from monitord.api import add_api_routes
 from monitord.detectors import DetectorStage
 from monitord.feedback import Feedback
@@ -26,7 +34,7 @@ from monitord.model import Model
 from monitord.pipeline import Pipeline
 from monitord.plugins import PluginHost
 from monitord.predictions_log import PredictionsLog
-from monitord.settings import Settings
+from monitord.settings import Settings, SinkSpec
 from monitord.sources import Source, SourceContext
 
 log = logging.getLogger("monitord")
@@ -57,7 +65,36 @@ class Daemon:
         self.pipeline = Pipeline(settings.pipeline, self.metrics, self.predictions_log)
         self.sources = [self._build_source(name) for name in settings.sources]
         self.metrics.declare_sources(settings.sources)
+        self.sinks: list[Sink] = []
+        self.alerting: AlertDispatcher | None = None
         self._runner: web.AppRunner | None = None
+
+    @property
+    def external_url(self) -> str:
+        if self.settings.alerts.external_url:
+            return self.settings.alerts.external_url.rstrip("/")
+        host = self.settings.http.host
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.settings.http.port}"
+
+    @property
+    def instance(self) -> str:
+        return self.settings.alerts.instance or f"{socket.gethostname()}:{self.settings.http.port}"
+
+    def _sink_context(self, spec: SinkSpec) -> SinkContext:
+        return SinkContext(
+            name=spec.label,
+            type=spec.type,
+            options=spec.options(),
+            state_dir=Path(self.settings.state_dir),
+            metrics=self.metrics,
+            alerts=self.settings.alerts,
+            external_url=self.external_url,
+            shutdown_timeout=self.settings.pipeline.shutdown_timeout,
+        )
 
     def _open_predictions_log(self) -> PredictionsLog | None:
         options = self.settings.predictions_log
@@ -124,6 +161,14 @@ class Daemon:
         log.info("HTTP on http://%s:%d (/metrics, /healthz, /readyz)", self.settings.http.host,
                  self.settings.http.port)
 
+        if self.settings.alerts.enabled:
+            try:
+                self.sinks = build_sinks(
+                    self.settings.sinks, lambda kind: self.plugins.factory("sink", kind), self._sink_context
+                )
+            except ValueError as error:
+                raise StartupError(f"cannot build the alert sinks: {error}") from None
+
         self.readiness.set(False, "loading model")
         try:
             model = await asyncio.to_thread(self._load_model)
@@ -143,6 +188,16 @@ class Daemon:
         except Exception as error:
             model.close()
             raise StartupError(f"cannot build the detectors: {error}") from None
+        if self.settings.alerts.enabled:
+            self.alerting = AlertDispatcher(
+                self.settings.alerts,
+                self.sinks,
+                AlertSource(model=model.name, instance=self.instance, generator_url=self.external_url + "/v1/detectors"),
+                Path(self.settings.state_dir),
+            )
+            self.alerting.attach(detectors)
+            await self.alerting.start()
+            log.info("alerts to %s", ", ".join(getattr(sink, "name", "?") for sink in self.sinks) or "no sink")
         feedback = Feedback(self.settings.feedback, self.metrics)
         feedback.attach(model.class_names, detectors)
         await self.pipeline.start(model, detectors, feedback)
@@ -166,6 +221,9 @@ class Daemon:
 
     async def _stop(self) -> None:
         await self.pipeline.close()
+        if self.alerting is not None:
+            # After the pipeline: notifications the last batches raised still reach the sinks.
+            await self.alerting.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.predictions_log is not None:

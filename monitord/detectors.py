@@ -94,6 +94,9 @@ class DetectorStage:
         self._metrics = metrics
         self._missing_reported: set[str] = set()
         self._failure_reported: set[str] = set()
+        #: Called after every update with each detector that took values and its events
+        #: (possibly none), e.g. the alert state machines.
+        self.listeners: list[Callable[[list[tuple[WatchedDetector, list[DriftEvent]]]], None]] = []
         for watched in self.detectors:
             self._export(watched)
 
@@ -127,6 +130,7 @@ class DetectorStage:
         than ``error``) is a configuration mistake worth a warning.
         """
         raised = []
+        updated: list[tuple[WatchedDetector, list[DriftEvent]]] = []
         for watched in self.detectors:
             values = self._values(watched.spec, signals, from_model)
             if values is None or len(values) == 0:
@@ -140,6 +144,13 @@ class DetectorStage:
                 raised.append((watched, event))
                 self._metrics.drift_events.labels(*self._labels(watched.spec), event.level).inc()
             self._export(watched)
+            updated.append((watched, list(events)))
+        if updated:
+            for listener in self.listeners:
+                try:
+                    listener(updated)
+                except Exception:  # alerting must not stop the pipeline either
+                    log.exception("a detector listener failed")
         return raised
 
     def states(self) -> list[dict[str, Any]]:

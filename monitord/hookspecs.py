@@ -2,7 +2,7 @@
 
 Every hook only *registers factories*. pluggy calls hooks synchronously at start-up, so
 nothing slow or asynchronous belongs in a hook body; the work happens later, in the
-methods of the objects the factories build. Built-in sources and commands are registered
+methods of the objects the factories build. Built-in sources, sinks and commands are registered
 through these same hooks (see ``monitord.builtin``), so a third-party plugin has exactly
 the powers of a built-in one.
 
@@ -67,10 +67,19 @@ def register_detectors(register: Register) -> None:
 
 @hookspec
 def register_sinks(register: Register) -> None:
-    """Register alert sinks by name: destinations for drift alerts.
+    """Register alert sinks by name (``type`` in each ``[[sinks]]`` entry).
 
-    ``factory(config: dict) -> Sink``. Reserved for the alerting stack: the daemon does
-    not call sinks yet, and no built-in sink is registered.
+    ``factory(context: monitord.alerting.sinks.SinkContext) -> monitord.alerting.sinks.Sink``.
+    ``context`` carries the instance's ``name``, its ``options`` (the entry's other keys),
+    ``state_dir``, ``metrics``, the ``alerts`` settings, ``external_url`` and
+    ``shutdown_timeout``. Validate the options in the factory and raise ``ValueError``
+    naming the bad key; the daemon refuses to start with that message. The sink's
+    ``async start(firing)``, ``async send(alerts)`` and ``async close()`` run on the event
+    loop: ``send`` must return promptly (queue, and deliver in a task of your own), and
+    ``close`` flushes within ``context.shutdown_timeout``. Each ``send`` gets
+    ``monitord.alerting.alert.Alert`` records, one notification each (firing, re-notified
+    or resolved). The built-in ``log``, ``webhook`` and ``alertmanager`` sinks register
+    through this hook.
     """
 
 

@@ -23,6 +23,11 @@ OUTCOMES = ("ok", "rejected", "error", "throttled")
 #: ``duplicate`` (the prediction already had a label), ``invalid`` (malformed record).
 FEEDBACK_OUTCOMES = ("joined", "unknown", "late", "duplicate", "invalid")
 
+#: Outcomes of ``monitord_alerts_total``: ``delivered`` (a notification reached its
+#: destination), ``failed`` (an attempt failed; it will be retried), ``dropped`` (given up:
+#: the spool was full, or the receiver refused it for good with a 4xx).
+ALERT_OUTCOMES = ("delivered", "failed", "dropped")
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -103,6 +108,18 @@ class Metrics:
         )
         for outcome in FEEDBACK_OUTCOMES:
             self.feedback.labels(outcome)
+        self.alerts = Counter(
+            "monitord_alerts",
+            "Alert notifications by sink and outcome (delivered, failed attempt, dropped).",
+            ["sink", "outcome"],
+            registry=r,
+        )
+        self.alert_spool_depth = Gauge(
+            "monitord_alert_spool_depth",
+            "Notifications waiting in a sink's on-disk spool for delivery.",
+            ["sink"],
+            registry=r,
+        )
         self.build = Info("monitord_build", "Version of monitord, its runtime and model.", registry=r)
         self.describe_build()
 
@@ -115,6 +132,13 @@ class Metrics:
         for source in sources:
             for outcome in OUTCOMES:
                 self.images.labels(source=source, outcome=outcome)
+
+    def declare_sink(self, sink: str, spooled: bool = False) -> None:
+        """Create the sink's ``monitord_alerts_total`` series (and spool depth) at 0."""
+        for outcome in ALERT_OUTCOMES:
+            self.alerts.labels(sink=sink, outcome=outcome)
+        if spooled:
+            self.alert_spool_depth.labels(sink=sink).set(0)
 
     def declare_classes(self, class_names: Iterable[str]) -> None:
         for name in class_names:

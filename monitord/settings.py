@@ -155,6 +155,45 @@ class DetectorSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+class AlertSettings(_Section):
+    """The alert state machine: one alert per drift episode of a detector."""
+
+    enabled: bool = True
+    #: Also raise ``severity="warning"`` alerts (``MonitordDriftWarning``) at the warning level.
+    warning_alerts: bool = True
+    #: An episode resolves once its detector stayed below the level this many seconds.
+    cooldown_seconds: float = Field(60.0, ge=0)
+    #: Re-send a still-firing alert this often; 0 never re-sends.
+    renotify_seconds: float = Field(3600.0, ge=0)
+    #: Base of each alert's generatorURL; default ``http://<http.host>:<http.port>``.
+    external_url: str = ""
+    #: The ``instance`` label; default ``<hostname>:<http.port>``.
+    instance: str = ""
+
+
+class SinkSpec(BaseModel):
+    """One alert sink instance: a ``type`` from a sink plugin, an optional ``name``, and the
+    type's own keys (every other key), which the sink validates at start-up."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(min_length=1)
+    #: Name in logs, metrics (``sink`` label), the spool folder and the webhook ``receiver``.
+    name: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def default_sinks() -> list[SinkSpec]:
+    """Out of the box alerts go to the log only; add webhook or alertmanager sinks."""
+    return [SinkSpec(type="log")]
+
+
 def default_detectors() -> list[DetectorSpec]:
     """The detector set that runs out of the box (types from ``monitord-drift``).
 
@@ -197,6 +236,9 @@ class Settings(BaseSettings):
     feedback: FeedbackSettings = FeedbackSettings()
     model: ModelSettings = ModelSettings()
     detectors: list[DetectorSpec] = Field(default_factory=default_detectors)
+    alerts: AlertSettings = AlertSettings()
+    #: Alert sinks, a list of instances (``[[sinks]]``).
+    sinks: list[SinkSpec] = Field(default_factory=default_sinks)
     #: Settings of third-party sources, keyed by source name.
     source_options: dict[str, dict[str, Any]] = {}
 

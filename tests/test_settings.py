@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monitord.settings import DetectorSpec, Settings, SettingsError, load_settings
+from monitord.settings import DetectorSpec, Settings, SettingsError, SinkSpec, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +60,17 @@ def test_detectors_list_from_toml(tmp_path: Path) -> None:
     config.write_text('[[detectors]]\ntype = "pht"\nsignal = "confidence"\nthreshold = 5\n')
     (spec,) = load_settings(config).detectors
     assert (spec.type, spec.signal, spec.label, spec.params()) == ("pht", "confidence", "pht_confidence", {"threshold": 5})
+
+
+def test_alerts_and_sinks_from_toml(tmp_path: Path) -> None:
+    config = tmp_path / "monitord.toml"
+    config.write_text('[alerts]\ncooldown_seconds = 5\n[[sinks]]\ntype = "webhook"\nname = "ops"\n'
+                      'urls = ["http://x/hook"]\n')
+    settings = load_settings(config)
+    assert settings.alerts.cooldown_seconds == 5 and settings.alerts.warning_alerts is True
+    (sink,) = settings.sinks
+    assert (sink.type, sink.label, sink.options()) == ("webhook", "ops", {"urls": ["http://x/hook"]})
+    assert [spec.label for spec in load_settings().sinks] == ["log"]
 
 
 def test_bad_value_names_the_key_the_value_and_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,5 +126,8 @@ def test_example_config_documents_every_setting_with_its_default() -> None:
         elif key == "detectors":
             listed = [DetectorSpec(**entry) for entry in example["detectors"]]
             assert listed == Settings.model_construct().detectors, "[[detectors]] differ from the default set"
+        elif key == "sinks":
+            listed = [SinkSpec(**entry) for entry in example["sinks"]]
+            assert listed == Settings.model_construct().sinks, "[[sinks]] differ from the default set"
         elif key != "source_options":
             assert example.get(key) == value, f"{key} differs from its default"

@@ -3,5 +3,8 @@
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "monitord.builtin.folder_source",
     "monitord.builtin.http_source",
+    "monitord.builtin.log_sink",
+    "monitord.builtin.webhook_sink",
+    "monitord.builtin.alertmanager_sink",
     "monitord.builtin.commands",
 )

@@ -1,0 +1,171 @@
+"""From detector updates to sink notifications, and open episodes across restarts.
+
+The dispatcher keeps one ``DetectorAlerts`` state machine per detector instance. It is a
+listener of the ``DetectorStage`` (so both model batches and labels from feedback feed
+it), ticks every second for resolution and re-notification, and hands each notification
+to every sink in order from its own task, so the pipeline never waits on a sink.
+
+Open episodes are saved to ``<state_dir>/alerts.json`` whenever they change. A restart
+(graceful or not) resolves nothing: the saved episodes reopen with the same labels and
+``startsAt`` (the same fingerprint), and resolve after the cool-down if the detector
+stays below the level. An episode of a detector no longer configured resolves at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+from monitord.alerting.alert import Alert
+from monitord.alerting.episodes import AlertSource, DetectorAlerts
+from monitord.alerting.sinks import Sink
+from monitord.detectors import DetectorStage, DriftEvent, WatchedDetector
+from monitord.settings import AlertSettings
+
+log = logging.getLogger("monitord.alerts")
+
+STATE_FILE = "alerts.json"
+
+
+class AlertDispatcher:
+    def __init__(
+        self,
+        settings: AlertSettings,
+        sinks: Sequence[Sink],
+        source: AlertSource,
+        state_dir: Path,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        tick_seconds: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.sinks = list(sinks)
+        self.source = source
+        self.state_path = Path(state_dir) / STATE_FILE
+        self._clock, self._wall = clock, wall
+        self.tick_seconds = tick_seconds
+        self.machines: dict[str, tuple[WatchedDetector, DetectorAlerts]] = {}
+        self._queue: asyncio.Queue[list[Alert] | None] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._saved: list[dict] | None = None
+
+    def attach(self, stage: DetectorStage) -> None:
+        """Watch every detector of ``stage``."""
+        for watched in stage.detectors:
+            spec = watched.spec
+            machine = DetectorAlerts(spec.label, spec.type, spec.signal_label, self.source, self.settings,
+                                     self._clock, self._wall)
+            self.machines[spec.label] = (watched, machine)
+        stage.listeners.append(self.observe)
+
+    def observe(self, updates: list[tuple[WatchedDetector, list[DriftEvent]]]) -> None:
+        """The detector stage's listener: runs on the event loop after every update."""
+        notify: list[Alert] = []
+        for watched, events in updates:
+            entry = self.machines.get(watched.spec.label)
+            if entry is not None:
+                notify.extend(entry[1].observe(watched.detector.state, events))
+        if notify:
+            self._queue.put_nowait(notify)
+
+    def tick(self) -> None:
+        notify: list[Alert] = []
+        for watched, machine in self.machines.values():
+            if machine.open:
+                notify.extend(machine.tick(watched.detector.state))
+        if notify:
+            self._queue.put_nowait(notify)
+
+    def firing(self) -> list[Alert]:
+        return [alert for _, machine in self.machines.values() for alert in machine.firing()]
+
+    async def start(self) -> None:
+        """Reopen saved episodes, start the sinks (they deliver what they spooled), then run."""
+        saved = await asyncio.to_thread(self._load)
+        self._saved = [alert.to_state() for alert in saved]
+        orphaned = []
+        for alert in saved:
+            entry = self.machines.get(alert.labels.get("detector", ""))
+            if entry is not None and entry[1].labels(alert.labels.get("severity", "")) == alert.labels:
+                entry[1].resume(alert)
+            else:
+                orphaned.append(alert.resolved(datetime.fromtimestamp(self._wall(), timezone.utc)))
+        firing = self.firing()
+        if firing:
+            log.info("%d alert(s) still firing from before the restart; their episodes continue", len(firing))
+        for sink in self.sinks:
+            await sink.start(firing)
+        self._tasks = [
+            asyncio.create_task(self._dispatch(), name="alerts-dispatch"),
+            asyncio.create_task(self._ticker(), name="alerts-tick"),
+        ]
+        if orphaned:
+            log.info("resolving %d alert(s) of detectors no longer configured", len(orphaned))
+            self._queue.put_nowait(orphaned)
+
+    async def close(self) -> None:
+        """Hand queued notifications to the sinks, then close them (they flush or keep a spool)."""
+        ticker = self._tasks[1] if len(self._tasks) > 1 else None
+        if ticker is not None:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+        if self._tasks:
+            self._queue.put_nowait(None)
+            await asyncio.gather(self._tasks[0], return_exceptions=True)
+        for sink in self.sinks:
+            try:
+                await sink.close()
+            except Exception:
+                log.exception("sink %s failed to close", getattr(sink, "name", sink))
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_seconds)
+            self.tick()
+
+    async def _dispatch(self) -> None:
+        while True:
+            alerts = await self._queue.get()
+            if alerts is None:
+                return
+            await self._save()
+            for sink in self.sinks:
+                try:
+                    await sink.send(alerts)
+                except Exception:
+                    log.exception("sink %s failed to take %d notification(s)", getattr(sink, "name", sink), len(alerts))
+
+    async def _save(self) -> None:
+        state = [alert.to_state() for alert in self.firing()]
+        if state == self._saved:
+            return
+        try:
+            await asyncio.to_thread(self._write, state)
+            self._saved = state
+        except OSError as error:
+            log.error("cannot save open alerts to %s: %s (a restart would forget them)", self.state_path, error)
+
+    def _write(self, state: list[dict]) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.state_path.with_name(self.state_path.name + ".tmp")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump({"open": state}, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.state_path)
+
+    def _load(self) -> list[Alert]:
+        try:
+            data = json.loads(self.state_path.read_text(encoding="utf-8"))
+            return [Alert.from_state(item) for item in data.get("open", [])]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            log.error("cannot read open alerts from %s (%s); starting without them", self.state_path, error)
+            return []

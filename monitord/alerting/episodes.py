@@ -1,0 +1,161 @@
+"""The alert state machine of one detector instance: one alert per drift episode.
+
+An episode opens (a ``firing`` notification) when the detector reaches a level: a drift
+event or the ``drift`` level opens a ``MonitordDrift`` alert of severity ``critical``; a
+warning event or the ``warning`` level opens a ``MonitordDriftWarning`` alert of severity
+``warning`` (when ``alerts.warning_alerts`` is on). The episode stays open, without
+further notifications, as long as the detector keeps coming back to the level (a detector
+that restarts after each detection, like PHT or DDM, re-fires within one episode), and
+resolves (a ``resolved`` notification with ``endsAt``) once the detector stayed below the
+level for ``alerts.cooldown_seconds``. A still-firing alert is sent again every
+``alerts.renotify_seconds`` (0: never). Drift counts as being at or above the warning
+level, so an open warning episode lasts while the detector is at drift too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Sequence
+
+from monitord.alerting.alert import DRIFT_ALERT, WARNING_ALERT, Alert
+from monitord.detectors import LEVEL_VALUES, DetectorState, DriftEvent
+from monitord.settings import AlertSettings
+
+#: Severity -> (alertname, detector level that opens it).
+SEVERITIES: dict[str, tuple[str, str]] = {
+    "critical": (DRIFT_ALERT, "drift"),
+    "warning": (WARNING_ALERT, "warning"),
+}
+
+
+@dataclass(frozen=True)
+class AlertSource:
+    """Who raises the alerts: the labels common to a daemon's alerts, and the link back."""
+
+    model: str
+    instance: str
+    generator_url: str
+
+
+@dataclass
+class _Episode:
+    alert: Alert
+    #: Monotonic time the detector was last seen at (or above) the level.
+    last_active: float
+    last_notified: float
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+class DetectorAlerts:
+    """One detector instance's episodes, by severity. Not thread-safe: run on the loop."""
+
+    def __init__(
+        self,
+        name: str,
+        type_: str,
+        signal: str,
+        source: AlertSource,
+        settings: AlertSettings,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.name, self.type, self.signal = name, type_, signal
+        self.source = source
+        self.settings = settings
+        self._clock, self._wall = clock, wall
+        self.open: dict[str, _Episode] = {}
+
+    def labels(self, severity: str) -> dict[str, str]:
+        return {
+            "alertname": SEVERITIES[severity][0],
+            "detector": self.name,
+            "type": self.type,
+            "signal": self.signal,
+            "model": self.source.model,
+            "instance": self.source.instance,
+            "severity": severity,
+        }
+
+    def observe(self, state: DetectorState, events: Sequence[DriftEvent] = ()) -> list[Alert]:
+        """Take the detector's level after a batch (and the batch's events); return what to notify."""
+        now = self._clock()
+        notify: list[Alert] = []
+        for severity, (_, level) in SEVERITIES.items():
+            episode = self.open.get(severity)
+            if episode is None and severity == "warning" and not self.settings.warning_alerts:
+                continue  # (an episode reopened from before a settings change still resolves)
+            opening = [event for event in events if event.level == level]
+            rank = LEVEL_VALUES[level]
+            at_or_above = LEVEL_VALUES[state.level] >= rank or any(LEVEL_VALUES[e.level] >= rank for e in events)
+            if episode is None:
+                if state.level == level or opening:
+                    alert = self._new_alert(severity, state, opening[-1] if opening else None)
+                    self.open[severity] = _Episode(alert, now, now)
+                    notify.append(alert)
+                continue
+            if at_or_above:
+                episode.last_active = now
+            elif now - episode.last_active >= self.settings.cooldown_seconds:
+                del self.open[severity]
+                notify.append(episode.alert.resolved(_utc(self._wall())))
+                continue
+            renotify = self.settings.renotify_seconds
+            if renotify > 0 and now - episode.last_notified >= renotify:
+                episode.last_notified = now
+                notify.append(episode.alert)
+        return notify
+
+    def tick(self, state: DetectorState) -> list[Alert]:
+        """Periodic check without new samples: resolution and re-notification."""
+        return self.observe(state, ())
+
+    def resume(self, alert: Alert) -> None:
+        """Reopen an episode saved before a restart; its cool-down starts now."""
+        severity = alert.labels.get("severity", "")
+        if severity in SEVERITIES:
+            now = self._clock()
+            self.open[severity] = _Episode(alert, now, now)
+
+    def firing(self) -> list[Alert]:
+        return [episode.alert for episode in self.open.values()]
+
+    def _new_alert(self, severity: str, state: DetectorState, event: DriftEvent | None) -> Alert:
+        level = SEVERITIES[severity][1]
+        statistic = event.statistic if event is not None and event.statistic is not None else state.statistic
+        if event is not None and event.threshold is not None:
+            threshold = event.threshold
+        else:
+            threshold = state.threshold if level == "drift" else state.warning_threshold
+        cooldown = self.settings.cooldown_seconds
+        summary = (
+            f"Detector {self.name} ({self.type}) on signal {self.signal} of model {self.source.model} "
+            f"reached {level}: statistic {_number(statistic)} against threshold {_number(threshold)}"
+        )
+        description = (
+            f"The {self.type} detector {self.name!r} watching the {self.signal} signal of model "
+            f"{self.source.model} on {self.source.instance} crossed its {level} threshold "
+            f"(statistic {_number(statistic)}, threshold {_number(threshold)}): the images it sees "
+            f"no longer look like its reference. Check GET /v1/detectors and the drift panels of the "
+            f"dashboard; the alert resolves once the detector stayed below the {level} level for "
+            f"{cooldown:g} s."
+        )
+        return Alert(
+            labels=self.labels(severity),
+            annotations={
+                "statistic": _number(statistic),
+                "threshold": _number(threshold),
+                "summary": summary,
+                "description": description,
+            },
+            starts_at=_utc(self._wall()),
+            generator_url=self.source.generator_url,
+        )

@@ -1,0 +1,132 @@
+"""A sink's on-disk spool: one JSON file per pending (URL, notification), oldest first.
+
+Files are ``<state_dir>/spool/<sink>/<sequence>.json``, written atomically (temporary file,
+fsync, ``os.replace``, fsync of the folder) before delivery is attempted and deleted once
+delivered, so a notification survives a receiver outage, a restart and ``kill -9``. The
+spool holds at most ``max_files``; when full the oldest is dropped to make room.
+The index lives on the event loop; only the file I/O runs in threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("monitord.alerts")
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    sequence: int
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    path: Path
+
+
+class Spool:
+    def __init__(self, directory: Path, max_files: int) -> None:
+        self.directory = Path(directory)
+        self.max_files = max_files
+        self._entries: OrderedDict[int, SpoolEntry] = OrderedDict()
+        self._next = 1
+        #: Sequences whose file is on disk; only those may be delivered.
+        self._written: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def load(self) -> list[SpoolEntry]:
+        """Read what an earlier run left (blocking I/O: call from a thread at start)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        found = []
+        for path in self.directory.iterdir():
+            if path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)  # a write cut short by a crash: never promised
+                continue
+            if path.suffix != ".json" or not path.stem.isdigit():
+                continue
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                entry = SpoolEntry(int(path.stem), str(data["url"]), data["body"].encode("utf-8"),
+                                   {str(k): str(v) for k, v in data.get("headers", {}).items()}, path)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                log.error("spool file %s is unreadable (%s); moved aside as %s.bad", path, error, path.name)
+                path.replace(path.with_name(path.name + ".bad"))
+                continue
+            found.append(entry)
+        found.sort(key=lambda entry: entry.sequence)
+        for entry in found:
+            self._entries[entry.sequence] = entry
+            self._written.add(entry.sequence)
+        self._next = (found[-1].sequence + 1) if found else 1
+        return found
+
+    def reserve(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[SpoolEntry, list[SpoolEntry]]:
+        """Index a new entry (write it with ``write`` before delivering); return it and the
+        oldest entries dropped to stay within ``max_files``."""
+        entry = SpoolEntry(self._next, url, body, dict(headers), self.directory / f"{self._next:016d}.json")
+        self._next += 1
+        dropped = []
+        while len(self._entries) >= self.max_files:
+            _, oldest = self._entries.popitem(last=False)
+            self._written.discard(oldest.sequence)
+            dropped.append(oldest)
+        self._entries[entry.sequence] = entry
+        return entry, dropped
+
+    def next_for(self, url: str) -> SpoolEntry | None:
+        """The oldest pending entry for ``url``, once its file is written (None before)."""
+        for entry in self._entries.values():
+            if entry.url == url:
+                return entry if entry.sequence in self._written else None
+        return None
+
+    def mark_written(self, entry: SpoolEntry) -> None:
+        if entry.sequence in self._entries:
+            self._written.add(entry.sequence)
+
+    def urls(self) -> list[str]:
+        return list(dict.fromkeys(entry.url for entry in self._entries.values()))
+
+    def forget(self, entry: SpoolEntry) -> bool:
+        """Take ``entry`` out of the index; False when it was already dropped."""
+        self._written.discard(entry.sequence)
+        return self._entries.pop(entry.sequence, None) is not None
+
+    def contains(self, entry: SpoolEntry) -> bool:
+        return entry.sequence in self._entries
+
+    # Blocking file I/O, for asyncio.to_thread.
+
+    def write(self, entry: SpoolEntry) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        data = json.dumps({"url": entry.url, "headers": entry.headers, "body": entry.body.decode("utf-8")})
+        temporary = entry.path.with_name(entry.path.name + ".tmp")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, entry.path)
+        _fsync_directory(self.directory)
+
+    @staticmethod
+    def delete(entry: SpoolEntry) -> None:
+        entry.path.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
