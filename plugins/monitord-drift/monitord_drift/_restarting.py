@@ -126,3 +126,15 @@ def check_errors(type_name: str, values: np.ndarray, *, binary: bool) -> None:
             f"{type_name} watches the error signal (1 wrong, 0 right) and takes {accepted}; got "
             f"{float(values[at])!r} at finite value {at} of the batch: set signal = \"error\""
         )
+
+
+def confidences(drift_confidence: Any, warning_confidence: Any) -> tuple[float, float]:
+    """The HDDM pair of bounds, each in (0, 1), the warning's looser than the drift's."""
+    drift = number("drift_confidence", drift_confidence, low=0.0, low_open=True, high=1.0, high_open=True)
+    warning = number("warning_confidence", warning_confidence, low=0.0, low_open=True, high=1.0, high_open=True)
+    if warning <= drift:
+        raise ValueError(
+            f"warning_confidence ({warning}) must be larger than drift_confidence ({drift}): "
+            "a warning comes before a drift"
+        )
+    return drift, warning

@@ -9,7 +9,7 @@ import numpy as np
 from monitord.detectors import DriftEvent
 from numpy.typing import ArrayLike
 
-from ._restarting import CARRY, Scan, check_errors, count, number, run_batch
+from ._restarting import CARRY, Scan, check_errors, confidences, count, run_batch
 from .base import DriftDetector, Reading
 
 
@@ -94,17 +94,7 @@ class HDDMA(DriftDetector):
         min_samples: int = 30,
         reference: ArrayLike | None = None,
     ) -> None:
-        self.drift_confidence = number(
-            "drift_confidence", drift_confidence, low=0.0, low_open=True, high=1.0, high_open=True
-        )
-        self.warning_confidence = number(
-            "warning_confidence", warning_confidence, low=0.0, low_open=True, high=1.0, high_open=True
-        )
-        if self.warning_confidence <= self.drift_confidence:
-            raise ValueError(
-                f"warning_confidence ({self.warning_confidence}) must be larger than drift_confidence "
-                f"({self.drift_confidence}): a warning comes before a drift"
-            )
+        self.drift_confidence, self.warning_confidence = confidences(drift_confidence, warning_confidence)
         if not isinstance(two_sided, bool):
             raise ValueError(f"two_sided must be true or false, got {two_sided!r}")
         self.two_sided = two_sided
