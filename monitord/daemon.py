@@ -15,6 +15,7 @@ outcome was not reached stays in the inbox, untouched, for the next start.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import socket
@@ -40,6 +41,16 @@ from monitord.sources import Source, SourceContext
 log = logging.getLogger("monitord")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server to this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class StartupError(Exception):
     """The daemon cannot start; the message says what to fix."""
 
@@ -51,7 +62,10 @@ class Daemon:
         self.metrics = Metrics()
         self.readiness = Readiness()
         self.stop_requested = asyncio.Event()
-        self.app = build_app(self.metrics, self.readiness, settings.http.max_body_bytes)
+        token = settings.http.token.get_secret_value() if settings.http.token else None
+        self.app = build_app(
+            self.metrics, self.readiness, settings.http.max_body_bytes, token, settings.http.protect_metrics
+        )
         self.detectors: DetectorStage | None = None
         self.feedback: Feedback | None = None
         add_api_routes(
@@ -160,6 +174,13 @@ class Daemon:
             ) from None
         log.info("HTTP on http://%s:%d (/metrics, /healthz, /readyz)", self.settings.http.host,
                  self.settings.http.port)
+        if self.settings.http.token is None and not is_loopback(self.settings.http.host):
+            log.warning(
+                "http.host = %s accepts connections from other machines and http.token is not set: "
+                "anyone who reaches port %d can post images and labels; set http.token "
+                "(MONITORD_HTTP__TOKEN) or bind to 127.0.0.1",
+                self.settings.http.host, self.settings.http.port,
+            )
 
         if self.settings.alerts.enabled:
             try:

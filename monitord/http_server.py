@@ -5,6 +5,7 @@ Sources add their own routes (the built-in HTTP source adds ``POST /v1/predict``
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -52,8 +53,39 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return response
 
 
-def build_app(metrics: Metrics, readiness: Readiness, max_body_bytes: int) -> web.Application:
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[json_errors])
+def bearer_auth(token: str, protect_metrics: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Require ``Authorization: Bearer <token>`` on ``/v1/*`` (and ``/metrics`` if asked).
+
+    Health and readiness stay open: orchestrators probe them without credentials. The
+    comparison takes constant time, so the token cannot be guessed byte by byte.
+    """
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/v1/") or (protect_metrics and path == "/metrics"):
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                response = json_error(401, "missing or wrong bearer token: send Authorization: Bearer <http.token>")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="monitord"'
+                return response
+        return await handler(request)
+
+    return check
+
+
+def build_app(
+    metrics: Metrics,
+    readiness: Readiness,
+    max_body_bytes: int,
+    token: str | None = None,
+    protect_metrics: bool = False,
+) -> web.Application:
+    middlewares: list = [json_errors]
+    if token:
+        middlewares.append(bearer_auth(token, protect_metrics))
+    app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,6 +37,11 @@ class HttpSettings(_Section):
     max_parts: int = Field(256, gt=0)
     #: Seconds a client is told to wait (Retry-After) when the daemon is saturated.
     retry_after_seconds: int = Field(1, ge=1)
+    #: Bearer token required on every ``/v1/*`` route (``Authorization: Bearer <token>``);
+    #: unset, the API is open, which is only safe on loopback.
+    token: SecretStr | None = Field(None, min_length=16)
+    #: Require the token on ``/metrics`` too (set Prometheus's ``authorization`` then).
+    protect_metrics: bool = False
 
 
 class FolderSettings(_Section):
@@ -294,6 +299,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise SettingsError(describe_validation_error(error, config_file)) from None
 
 
+#: Settings whose values never appear in error messages or logs.
+SECRET_KEYS = frozenset({"token", "secret", "password"})
+
+
 def describe_validation_error(
     error: ValidationError, config_file: Path | None = None, prefix: tuple[str, ...] = ()
 ) -> str:
@@ -310,8 +319,7 @@ def describe_validation_error(
         if problem["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown setting (value {problem['input']!r}); check the spelling")
             continue
-        lines.append(
-            f"  {key} = {problem['input']!r}: {problem['msg']} "
-            f"(set it in {where}.env or {env})"
-        )
+        secret = any(isinstance(part, str) and part in SECRET_KEYS for part in loc)
+        shown = "<hidden>" if secret else repr(problem["input"])
+        lines.append(f"  {key} = {shown}: {problem['msg']} (set it in {where}.env or {env})")
     return "\n".join(lines)
