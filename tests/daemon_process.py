@@ -71,19 +71,8 @@ class DaemonProcess:
             self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"daemon not ready after {timeout}s:\n{self.log()}")
+        assert self.process is not None
+        wait_http_ok(self.url + "/readyz", self.process, self.log, timeout, "daemon")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -112,6 +101,22 @@ class DaemonProcess:
             self.process.wait(10)
         if self.process is not None:
             self._log.close()
+
+
+def wait_http_ok(url: str, process: subprocess.Popen, log, timeout: float, name: str) -> None:
+    """Poll ``url`` until it answers 200; fail early, with the log, if ``process`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{name} exited with {process.returncode}:\n{log()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{name} not ready after {timeout}s:\n{log()}")
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.1, message: str = "condition") -> None:

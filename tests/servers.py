@@ -13,8 +13,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from daemon_process import free_port
+from daemon_process import free_port, wait_http_ok
 
 
 def require_binary(name: str) -> str:
@@ -50,18 +48,7 @@ class Server:
         self.log_path = workdir / f"{name}.log"
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(argv, cwd=workdir, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"{name} exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.url + ready_path, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{name} not ready after 60 s:\n{self.log()}")
+        wait_http_ok(self.url + ready_path, self.process, self.log, 60, name)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

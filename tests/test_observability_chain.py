@@ -9,7 +9,6 @@ drift on bright images and fall back on dark ones.
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path

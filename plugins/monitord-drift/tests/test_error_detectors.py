@@ -19,6 +19,7 @@ from monitord_drift.eddm import EDDM
 from monitord_drift.hddm_a import HDDMA
 from monitord_drift.hddm_w import HDDMW
 from monitord_drift.plugin import detector_class
+from streams import run_in_pieces, with_holes
 
 river_binary = pytest.importorskip("river.drift.binary")
 LEVEL = {"ok": 0, "warning": 1, "drift": 2}
@@ -267,7 +268,7 @@ DETECTORS = {
 }
 
 error_streams = st.builds(
-    lambda seed, segments, holes, real: _holes(_stream(seed, segments, real), holes),
+    lambda seed, segments, holes, real: with_holes(_stream(seed, segments, real), holes),
     st.integers(0, 2**32 - 1),
     st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(1, 80)), min_size=1, max_size=5),
     st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from([math.nan, math.inf])), max_size=2),
@@ -282,19 +283,8 @@ def _stream(seed, segments, real):
     return np.concatenate([rng.beta(1 + 8 * rate, 9 - 8 * rate, length) for rate, length in segments])
 
 
-def _holes(values, holes):
-    values = values.copy()
-    for position, value in holes:
-        values[position % len(values)] = value
-    return values
 
 
-def _run(detector, values, splits):
-    cuts = sorted({cut % (len(values) + 1) for cut in splits} | {0, len(values)})
-    events = []
-    for start, end in zip(cuts[:-1], cuts[1:]):
-        events += [(start + e.index, e.level, e.statistic, e.threshold) for e in detector.update(values[start:end])]
-    return events
 
 
 def _usable(make, values):
@@ -311,9 +301,9 @@ def test_batch_equals_sample_by_sample(name, data, values, splits):
     if not _usable(make, values):
         values = np.where(np.isfinite(values), np.round(values), values)
     whole, pieces, single = make(**params), make(**params), make(**params)
-    expected = _run(whole, values, [])
-    assert _run(pieces, values, splits) == expected
-    assert _run(single, values, range(len(values))) == expected
+    expected = run_in_pieces(whole, values, [])
+    assert run_in_pieces(pieces, values, splits) == expected
+    assert run_in_pieces(single, values, range(len(values))) == expected
     assert pieces.snapshot() == whole.snapshot() == single.snapshot()
     assert pieces.state == whole.state == single.state
 
@@ -328,13 +318,13 @@ def test_snapshot_restore_continue_equals_never_stopping(name, data, values, cut
         values = np.where(np.isfinite(values), np.round(values), values)
     cut %= len(values) + 1
     never = make(**params)
-    expected = _run(never, values, [cut])
+    expected = run_in_pieces(never, values, [cut])
     first = make(**params)
-    before = _run(first, values[:cut], [])
+    before = run_in_pieces(first, values[:cut], [])
     saved = json.loads(json.dumps(first.snapshot(), allow_nan=False))
     second = make(**params)
     second.restore(saved)
-    after = [(cut + i, level, s, t) for i, level, s, t in _run(second, values[cut:], [])]
+    after = [(cut + i, level, s, t) for i, level, s, t in run_in_pieces(second, values[cut:], [])]
     assert before + after == expected
     assert second.snapshot() == never.snapshot()
     assert second.state == never.state

@@ -16,6 +16,7 @@ from monitord_drift import pht
 from monitord_drift.base import build_detector
 from monitord_drift.pht import PageHinkley
 from monitord_drift.plugin import detector_class
+from streams import run_in_pieces, with_holes
 
 LEVEL = {"ok": 0, "warning": 1, "drift": 2}
 
@@ -99,27 +100,15 @@ parameters = st.fixed_dictionaries(
     }
 )
 streams = st.builds(
-    lambda seed, segments, holes: _with_holes(shifted(seed, segments), holes),
+    lambda seed, segments, holes: with_holes(shifted(seed, segments), holes),
     st.integers(0, 2**32 - 1),
     st.lists(st.tuples(st.floats(-3, 3), st.integers(1, 80)), min_size=1, max_size=5),
     st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from([math.nan, math.inf, -math.inf])), max_size=3),
 )
 
 
-def _with_holes(values: np.ndarray, holes) -> np.ndarray:
-    values = values.copy()
-    for position, value in holes:
-        values[position % len(values)] = value
-    return values
 
 
-def _run(detector, values, splits):
-    """Events (with global indices) of ``values`` fed in the pieces that ``splits`` cut."""
-    cuts = sorted({cut % (len(values) + 1) for cut in splits} | {0, len(values)})
-    events = []
-    for start, end in zip(cuts[:-1], cuts[1:]):
-        events += [(start + e.index, e.level, e.statistic, e.threshold) for e in detector.update(values[start:end])]
-    return events
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -131,9 +120,9 @@ def test_batch_equals_sample_by_sample(params, values, with_reference, splits):
     whole = PageHinkley(reference=reference, **params)
     pieces = PageHinkley(reference=reference, **params)
     single = PageHinkley(reference=reference, **params)
-    expected = _run(whole, values, [])
-    assert _run(pieces, values, splits) == expected
-    assert _run(single, values, range(len(values))) == expected
+    expected = run_in_pieces(whole, values, [])
+    assert run_in_pieces(pieces, values, splits) == expected
+    assert run_in_pieces(single, values, range(len(values))) == expected
     assert pieces.snapshot() == whole.snapshot() == single.snapshot()
     assert pieces.state == whole.state == single.state
 
@@ -144,13 +133,13 @@ def test_snapshot_restore_continue_equals_never_stopping(params, values, with_re
     reference = np.random.default_rng(0).normal(0.0, 1.0, 50) if with_reference else None
     cut %= len(values) + 1
     never = PageHinkley(reference=reference, **params)
-    expected = _run(never, values, [cut])
+    expected = run_in_pieces(never, values, [cut])
     first = PageHinkley(reference=reference, **params)
-    before = _run(first, values[:cut], [])
+    before = run_in_pieces(first, values[:cut], [])
     saved = json.loads(json.dumps(first.snapshot(), allow_nan=False))
     second = PageHinkley(reference=reference, **params)
     second.restore(saved)
-    after = [(cut + i, level, s, t) for i, level, s, t in _run(second, values[cut:], [])]
+    after = [(cut + i, level, s, t) for i, level, s, t in run_in_pieces(second, values[cut:], [])]
     assert before + after == expected
     assert second.snapshot() == never.snapshot()
     assert second.state == never.state
