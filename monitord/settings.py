@@ -42,6 +42,14 @@ class HttpSettings(_Section):
     token: SecretStr | None = Field(None, min_length=16)
     #: Require the token on ``/metrics`` too (set Prometheus's ``authorization`` then).
     protect_metrics: bool = False
+    #: Seconds a client has to send its request line and headers; slower connections are
+    #: closed (a slowloris client cannot hold a connection open by trickling bytes).
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    #: Seconds a client has to send a whole request body (408 after that).
+    body_timeout_seconds: float = Field(60.0, gt=0)
+    #: ``POST /v1/predict`` requests being read or waiting for their outcome, at most;
+    #: more get 429 with Retry-After before their body is read.
+    max_concurrent_requests: int = Field(64, gt=0)
 
 
 class FolderSettings(_Section):
@@ -61,6 +69,9 @@ class FolderSettings(_Section):
     rescan_seconds: float = Field(30.0, gt=0)
     #: Files submitted to the pipeline and not yet finished, at most.
     max_in_flight: int = Field(256, gt=0)
+    #: Waiting files remembered in memory, at most; the rest stay on disk and the next
+    #: scan finds them, so a backlog of any size costs the same memory.
+    max_backlog: int = Field(4096, gt=0)
 
 
 class PipelineSettings(_Section):
@@ -75,6 +86,9 @@ class PipelineSettings(_Section):
     decode_workers: int = Field(2, gt=0)
     #: Images with more pixels than this are refused before decoding.
     max_image_pixels: int = Field(40_000_000, gt=0)
+    #: Encoded bytes of accepted images not yet decoded, at most (HTTP answers 503 beyond
+    #: it); with ``queue_size`` this bounds the memory queued work can take.
+    max_queued_bytes: int = Field(256 * MiB, gt=0)
     #: Seconds allowed for a graceful shutdown to finish in-flight work.
     shutdown_timeout: float = Field(30.0, gt=0)
 
@@ -91,6 +105,15 @@ class FeedbackSettings(_Section):
     #: Largest ``POST /v1/feedback`` body in bytes, and most records in one request.
     max_body_bytes: int = Field(MiB, gt=0)
     max_records: int = Field(10_000, gt=0)
+
+
+class SnapshotSettings(_Section):
+    """Detector state saved to ``<state_dir>/detectors.json`` and restored at start."""
+
+    enabled: bool = True
+    #: Seconds between snapshots while running (one is always taken at shutdown);
+    #: after a crash at most this much detector history is lost.
+    interval_seconds: float = Field(60.0, gt=0)
 
 
 class PredictionsLogSettings(_Section):
@@ -238,6 +261,7 @@ class Settings(BaseSettings):
     folder: FolderSettings = FolderSettings()
     pipeline: PipelineSettings = PipelineSettings()
     predictions_log: PredictionsLogSettings = PredictionsLogSettings()
+    snapshots: SnapshotSettings = SnapshotSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     model: ModelSettings = ModelSettings()
     detectors: list[DetectorSpec] = Field(default_factory=default_detectors)

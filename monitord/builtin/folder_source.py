@@ -17,14 +17,13 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import stat
-import uuid
 from collections import OrderedDict
 from pathlib import Path
 
 import watchfiles
 
+from monitord.builtin.folder_files import free_name, move, sidecar, write_atomically
 from monitord.file_readiness import FileSignature, WriterState, writer_state
 from monitord.hookspecs import hookimpl
 from monitord.items import Outcome, Prediction, WorkItem
@@ -216,40 +215,18 @@ class FolderSource(Source):
 
     def _finish(self, path: Path, relative: Path, outcome: Outcome) -> None:
         if isinstance(outcome, Prediction):
-            target = _free_name(self.processed / relative)
+            target = free_name(self.processed / relative)
             if self.settings.write_prediction_json:
-                _write_atomically(target.with_name(target.name + ".json"), json.dumps(outcome.to_json(), indent=1))
-            _move(path, target)
+                write_atomically(sidecar(target, ".json"), json.dumps(outcome.to_json(), indent=1))
+            move(path, target)
         else:
             self._fail(path, relative, outcome.reason)
 
     def _fail(self, path: Path, relative: Path, reason: str) -> None:
-        target = _free_name(self.failed / relative)
-        _write_atomically(target.with_name(target.name + ".reason.txt"), reason + "\n")
-        _move(path, target)
+        target = free_name(self.failed / relative)
+        write_atomically(sidecar(target, ".reason.txt"), reason + "\n")
+        move(path, target)
         log.warning("rejected %s: %s", relative, reason)
-
-
-def _free_name(target: Path) -> Path:
-    """``target``, or a sibling name that is not taken yet (never overwrite a result)."""
-    if not os.path.lexists(target):
-        return target
-    return target.with_name(f"{target.stem}-{uuid.uuid4().hex[:8]}{target.suffix}")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def _move(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(source, target)
-    except OSError:
-        shutil.move(source, target)  # across file systems: copy, then remove
 
 
 @hookimpl
