@@ -36,6 +36,7 @@ from monitord.pipeline import Pipeline
 from monitord.plugins import PluginHost
 from monitord.predictions_log import PredictionsLog
 from monitord.settings import Settings, SinkSpec
+from monitord.snapshots import DetectorSnapshots, reference_fingerprint
 from monitord.sources import Source, SourceContext
 
 log = logging.getLogger("monitord")
@@ -81,6 +82,7 @@ class Daemon:
         self.metrics.declare_sources(settings.sources)
         self.sinks: list[Sink] = []
         self.alerting: AlertDispatcher | None = None
+        self.snapshots: DetectorSnapshots | None = None
         self._runner: web.AppRunner | None = None
 
     @property
@@ -161,7 +163,10 @@ class Daemon:
 
     async def _start(self) -> None:
         for source in self.sources:
-            source.setup()
+            try:
+                source.setup()
+            except Exception as error:
+                raise StartupError(f"source {source.name} cannot start: {error}") from error
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
@@ -209,6 +214,14 @@ class Daemon:
         except Exception as error:
             model.close()
             raise StartupError(f"cannot build the detectors: {error}") from None
+        if self.settings.snapshots.enabled:
+            self.snapshots = DetectorSnapshots(
+                Path(self.settings.state_dir),
+                detectors,
+                reference_fingerprint(model.name, model.reference_signals),
+            )
+            # Before the alerting starts: reopened alert episodes meet restored detectors.
+            await asyncio.to_thread(self.snapshots.restore)
         if self.settings.alerts.enabled:
             self.alerting = AlertDispatcher(
                 self.settings.alerts,
@@ -223,6 +236,8 @@ class Daemon:
         feedback.attach(model.class_names, detectors)
         await self.pipeline.start(model, detectors, feedback)
         self.detectors, self.feedback = detectors, feedback
+        if self.snapshots is not None:
+            self.snapshots.start(self.settings.snapshots.interval_seconds)
         for source in self.sources:
             await source.start()
             log.info("source %s", source.describe())
@@ -242,6 +257,11 @@ class Daemon:
 
     async def _stop(self) -> None:
         await self.pipeline.close()
+        if self.snapshots is not None:
+            await self.snapshots.stop()
+            if self.detectors is not None:
+                # After the last batch, so the next start continues exactly from here.
+                await asyncio.to_thread(self.snapshots.save)
         if self.alerting is not None:
             # After the pipeline: notifications the last batches raised still reach the sinks.
             await self.alerting.close()

@@ -89,9 +89,15 @@ class DetectorStage:
     from ``POST /v1/feedback``. Both run on the event loop, so detectors need no locks.
     """
 
-    def __init__(self, detectors: Sequence[WatchedDetector], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        detectors: Sequence[WatchedDetector],
+        metrics: Metrics,
+        make: Callable[[DetectorSpec], Detector] | None = None,
+    ) -> None:
         self.detectors = list(detectors)
         self._metrics = metrics
+        self._make = make
         self._missing_reported: set[str] = set()
         self._failure_reported: set[str] = set()
         #: Called after every update with each detector that took values and its events
@@ -113,13 +119,28 @@ class DetectorStage:
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"detector names must be unique; repeated: {', '.join(duplicates)} (set `name`)")
+
+        def make(spec: DetectorSpec) -> Detector:
+            return factory_for(spec.type)(spec, model_reference(spec, reference_signals))
+
         watched = []
         for spec in specs:
-            reference = model_reference(spec, reference_signals)
-            if reference is None and spec.signals != [ERROR_SIGNAL]:
+            if model_reference(spec, reference_signals) is None and spec.signals != [ERROR_SIGNAL]:
                 log.info("detector %s takes its reference from the first samples of the stream", spec.label)
-            watched.append(WatchedDetector(spec, factory_for(spec.type)(spec, reference)))
-        return cls(watched, metrics)
+            watched.append(WatchedDetector(spec, make(spec)))
+        return cls(watched, metrics, make)
+
+    def rebuild(self, watched: WatchedDetector) -> None:
+        """Replace a detector with a fresh instance of its spec (a refused restore may have
+        left it half-restored)."""
+        if self._make is None:
+            raise RuntimeError("this stage was not built from specs; it cannot rebuild a detector")
+        watched.detector = self._make(watched.spec)
+        self.refresh(watched)
+
+    def refresh(self, watched: WatchedDetector) -> None:
+        """Mirror a detector's state into the metrics after it changed outside ``update``."""
+        self._export(watched)
 
     def update(
         self, signals: Mapping[str, np.ndarray], *, from_model: bool = True

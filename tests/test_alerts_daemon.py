@@ -32,6 +32,8 @@ type = "brightness"
 [pipeline]
 max_batch_delay = 0.0
 shutdown_timeout = 5.0
+[snapshots]
+interval_seconds = 0.5
 [alerts]
 cooldown_seconds = 2.0
 warning_alerts = false
@@ -89,7 +91,11 @@ def test_every_notification_survives_a_receiver_outage_and_restarts(tmp_path: Pa
         assert daemon.terminate() == 0  # graceful restart: nothing resolves on shutdown
         assert spooled(daemon) == 2
         daemon.start()
-        # The detector restarts at ok: episode 2 (reopened from alerts.json) resolves.
+        # The detector continues from its snapshot, still at drift: episode 2 (reopened from
+        # alerts.json) stays open until the detector comes back to ok.
+        time.sleep(3.0)  # longer than the cool-down
+        assert spooled(daemon) == 2
+        post_image(daemon, 5)
         wait_for(lambda: spooled(daemon) == 3, 10, message="episode 2 resolved after the restart")
         post_image(daemon, 250)  # episode 3 fires
         wait_for(lambda: spooled(daemon) == 4, 10, message="episode 3 in the spool")
@@ -98,6 +104,7 @@ def test_every_notification_survives_a_receiver_outage_and_restarts(tmp_path: Pa
         daemon.process.send_signal(signal.SIGKILL)
         daemon.process.wait(10)
         daemon.start()
+        post_image(daemon, 5)
         wait_for(lambda: spooled(daemon) == 5, 10, message="episode 3 resolved after kill -9")
         assert receiver.bodies() == [receiver.bodies()[0]]  # nothing got through the outage
 

@@ -7,8 +7,9 @@ to every sink in order from its own task, so the pipeline never waits on a sink.
 
 Open episodes are saved to ``<state_dir>/alerts.json`` whenever they change. A restart
 (graceful or not) resolves nothing: the saved episodes reopen with the same labels and
-``startsAt`` (the same fingerprint), and resolve after the cool-down if the detector
-stays below the level. An episode of a detector no longer configured resolves at start.
+``startsAt`` (the same fingerprint), and resolve after the cool-down once the detector
+(its state restored from ``detectors.json``, see ``monitord.snapshots``) stays below the
+level. An episode of a detector no longer configured resolves at start.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +27,7 @@ from monitord.alerting.episodes import AlertSource, DetectorAlerts
 from monitord.alerting.sinks import Sink
 from monitord.detectors import DetectorStage, DriftEvent, WatchedDetector
 from monitord.settings import AlertSettings
+from monitord.state_files import set_aside, write_json_durably
 
 log = logging.getLogger("monitord.alerts")
 
@@ -152,13 +153,7 @@ class AlertDispatcher:
             log.error("cannot save open alerts to %s: %s (a restart would forget them)", self.state_path, error)
 
     def _write(self, state: list[dict]) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.state_path.with_name(self.state_path.name + ".tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump({"open": state}, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.state_path)
+        write_json_durably(self.state_path, {"open": state})
 
     def _load(self) -> list[Alert]:
         try:
@@ -166,6 +161,10 @@ class AlertDispatcher:
             return [Alert.from_state(item) for item in data.get("open", [])]
         except FileNotFoundError:
             return []
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        except OSError as error:
             log.error("cannot read open alerts from %s (%s); starting without them", self.state_path, error)
+            return []
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            log.error("open alerts in %s are unreadable (%s); starting without them", self.state_path, error)
+            set_aside(self.state_path, "corrupt")
             return []

@@ -7,8 +7,15 @@ up as ``processed/7/a.png``; with ``folder.labels_from_subfolders`` the first su
 names the true class (ImageFolder layout).
 
 Files are found three ways: a scan at start, file-system events (watchfiles), and a
-periodic rescan that reconciles anything an event missed. A file is read only once no
-writer has it open (see ``monitord.file_readiness``).
+periodic rescan that reconciles anything an event missed (an inotify queue overflow
+included). A file is read only once no writer has it open (see
+``monitord.file_readiness``). At most ``folder.max_backlog`` waiting files are held in
+memory; the rest stay on disk until a scan finds room for them, so a backlog of any size
+costs the same memory.
+
+Every outcome goes through the ledger (``monitord.builtin.folder_ledger``) before the
+file moves, so after a ``kill -9`` each file ends up in ``processed/`` or ``failed/``
+exactly once.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pathlib import Path
 import watchfiles
 
 from monitord.builtin.folder_files import free_name, move, sidecar, write_atomically
+from monitord.builtin.folder_ledger import Entry, FileIdentity, Ledger
 from monitord.file_readiness import FileSignature, WriterState, writer_state
 from monitord.hookspecs import hookimpl
 from monitord.items import Outcome, Prediction, WorkItem
@@ -61,8 +69,13 @@ class FolderSource(Source):
         self.inbox = self.settings.inbox.resolve()
         self.processed = self.settings.processed.resolve()
         self.failed = self.settings.failed.resolve()
+        self.ledger_path = Path(context.settings.state_dir).resolve() / "ledger.sqlite3"
+        self.ledger: Ledger | None = None
         self._candidates: OrderedDict[Path, _Candidate] = OrderedDict()
         self._in_flight: dict[Path, asyncio.Task[None]] = {}
+        #: Files were left out of the backlog (it was full): scan again once it empties.
+        self._overflowed = False
+        self._scan_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -71,12 +84,14 @@ class FolderSource(Source):
     def setup(self) -> None:
         for folder in (self.inbox, self.processed, self.failed):
             folder.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(self.ledger_path)
 
     def describe(self) -> str:
         return f"folder: watching {self.inbox} (processed -> {self.processed}, failed -> {self.failed})"
 
     async def start(self) -> None:
-        self._scan()
+        await asyncio.to_thread(self._recover)
+        await self._scan()
         self._tasks = [
             asyncio.create_task(self._watch(), name="folder-watch"),
             asyncio.create_task(self._rescan_periodically(), name="folder-rescan"),
@@ -87,8 +102,48 @@ class FolderSource(Source):
         self._stopping.set()
         self._wake.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._scan_task is not None:
+            await asyncio.gather(self._scan_task, return_exceptions=True)
         if self._in_flight:
             await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+        if self.ledger is not None:
+            self.ledger.close()
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Complete the moves a crash interrupted; report files that were mid-batch."""
+        assert self.ledger is not None
+        entries = self.ledger.unfinished()
+        decided = [entry for entry in entries if entry.decided]
+        for entry in decided:
+            self._complete(self.inbox / entry.relative, entry)
+        interrupted = len(entries) - len(decided)
+        if decided:
+            log.info("completed %d file move(s) interrupted by the last stop", len(decided))
+        if interrupted:
+            log.warning("%d file(s) were being processed when the daemon last stopped; processing them again "
+                        "(each is counted once)", interrupted)
+        totals = self.ledger.totals()
+        if totals:
+            log.info("ledger %s: %s file(s) finished so far (%s)", self.ledger_path, sum(totals.values()),
+                     ", ".join(f"{outcome} {count}" for outcome, count in totals.items()))
+
+    def _complete(self, path: Path, entry: Entry) -> None:
+        """Finish the steps of a decided outcome: the file beside, the move, the count."""
+        assert self.ledger is not None and entry.outcome is not None and entry.target is not None
+        target = Path(entry.target)
+        source_is_it = FileIdentity.of(path) == entry.identity
+        if not source_is_it and not os.path.lexists(target):
+            log.warning("%s vanished from the inbox before its outcome (%s) was stored; nothing to move",
+                        entry.relative, entry.outcome)
+            self.ledger.forget(entry.relative)
+            return
+        if entry.sidecar and entry.sidecar_text is not None:
+            write_atomically(Path(entry.sidecar), entry.sidecar_text)
+        if source_is_it:
+            move(path, target)
+        self.ledger.finish(entry.relative, entry.outcome)
 
     # -- discovery -----------------------------------------------------------------------
 
@@ -104,7 +159,10 @@ class FolderSource(Source):
         if not is_candidate_name(relative):
             return
         if path.is_dir() and not path.is_symlink():
-            self._scan(path)  # a folder moved in whole brings files no event announced
+            self._scan_soon()  # a folder moved in whole brings files no event announced
+            return
+        if len(self._candidates) >= self.settings.max_backlog:
+            self._overflowed = True  # it stays on disk; a scan finds it once there is room
             return
         self._candidates[path] = _Candidate()
 
@@ -112,13 +170,41 @@ class FolderSource(Source):
         """Files under processed/ or failed/ when those live inside the inbox."""
         return path.is_relative_to(self.processed) or path.is_relative_to(self.failed)
 
-    def _scan(self, top: Path | None = None) -> None:
-        for root, dirs, files in os.walk(top or self.inbox):
+    def _scan_soon(self) -> None:
+        if self._scan_task is None or self._scan_task.done():
+            self._scan_task = asyncio.create_task(self._scan(), name="folder-scan")
+        else:
+            self._overflowed = True  # a scan is running; look again when it is done
+
+    async def _scan(self) -> None:
+        """List the inbox off the event loop, taking files up to the backlog's room."""
+        room = self.settings.max_backlog - len(self._candidates)
+        known = set(self._candidates) | set(self._in_flight)
+        found, complete = await asyncio.to_thread(self._list_inbox, room, known)
+        for path in found:
+            if len(self._candidates) >= self.settings.max_backlog:
+                complete = False
+                break
+            if path not in self._in_flight and path not in self._candidates:
+                self._candidates[path] = _Candidate()
+        if not complete:
+            self._overflowed = True
+        self._wake.set()
+
+    def _list_inbox(self, room: int, known: set[Path]) -> tuple[list[Path], bool]:
+        """Up to ``room`` new candidate files, in name order; and whether that was all of them."""
+        found: list[Path] = []
+        for root, dirs, files in os.walk(self.inbox):
             root_path = Path(root)
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not self._is_ours(root_path / d))
             for name in sorted(files):
-                self._offer(root_path / name)
-        self._wake.set()
+                path = root_path / name
+                if path in known or not is_candidate_name(path.relative_to(self.inbox)):
+                    continue
+                if len(found) >= room:
+                    return found, False
+                found.append(path)
+        return found, True
 
     async def _watch(self) -> None:
         async for changes in watchfiles.awatch(
@@ -134,7 +220,7 @@ class FolderSource(Source):
             try:
                 await asyncio.wait_for(self._stopping.wait(), self.settings.rescan_seconds)
             except TimeoutError:
-                self._scan()
+                self._scan_soon()
 
     # -- readiness and dispatch ------------------------------------------------------------
 
@@ -143,6 +229,9 @@ class FolderSource(Source):
         poll = max(0.05, min(self.settings.settle_seconds / 2, 0.25))
         while not self._stopping.is_set():
             waiting = self._release_ready(loop.time())
+            if self._overflowed and len(self._candidates) <= self.settings.max_backlog // 2:
+                self._overflowed = False
+                self._scan_soon()
             self._wake.clear()
             timeout = poll if waiting else None
             try:
@@ -194,39 +283,75 @@ class FolderSource(Source):
     # -- one file --------------------------------------------------------------------------
 
     async def _process(self, path: Path) -> None:
+        assert self.ledger is not None
         relative = path.relative_to(self.inbox)
+        key = relative.as_posix()
+        claimed = False
         try:
+            identity = FileIdentity.of(path)
+            if identity is None:
+                return  # gone since it was found
+            entry = self.ledger.begin(key, identity)
+            claimed = not entry.decided
+            if entry.decided:
+                # A crash came between deciding and moving: finish that, run nothing again.
+                await asyncio.to_thread(self._complete, path, entry)
+                return
+            if entry.attempts > self.settings.max_attempts:
+                reason = (f"the daemon stopped {entry.attempts - 1} times while this file was being processed "
+                          f"(folder.max_attempts = {self.settings.max_attempts}); set aside so it cannot stop "
+                          "it again; check the daemon's log from those runs")
+                await self._reject(path, relative, reason)
+                return
             if path.is_symlink() and not path.resolve().is_relative_to(self.inbox):
-                await asyncio.to_thread(self._fail, path, relative, "symlink points outside the inbox; refused")
-                self.context.metrics.images.labels(source=self.name, outcome="rejected").inc()
+                await self._reject(path, relative, "symlink points outside the inbox; refused")
                 return
             label = relative.parts[0] if self.settings.labels_from_subfolders and len(relative.parts) > 1 else None
-            item = WorkItem(id=relative.as_posix(), source=self.name, payload=path, label=label)
+            item = WorkItem(id=key, source=self.name, payload=path, label=label)
             try:
                 outcome = await self.context.pipeline.submit(item)
             except PipelineClosed:
+                self.ledger.release(key)
                 return  # left in the inbox for the next start
             await asyncio.to_thread(self._finish, path, relative, outcome)
+        except asyncio.CancelledError:
+            if claimed:
+                self.ledger.release(key)  # shutdown, not the file's doing
+            raise
         except Exception:
             log.exception("could not finish %s; it stays in the inbox and will be retried", relative)
         finally:
             del self._in_flight[path]
             self._wake.set()
 
+    async def _reject(self, path: Path, relative: Path, reason: str) -> None:
+        """Refuse a file the pipeline never saw; counted like the pipeline's rejections."""
+        await asyncio.to_thread(self._fail, path, relative, reason)
+        self.context.metrics.images.labels(source=self.name, outcome="rejected").inc()
+
     def _finish(self, path: Path, relative: Path, outcome: Outcome) -> None:
         if isinstance(outcome, Prediction):
             target = free_name(self.processed / relative)
-            if self.settings.write_prediction_json:
-                write_atomically(sidecar(target, ".json"), json.dumps(outcome.to_json(), indent=1))
-            move(path, target)
+            text = json.dumps(outcome.to_json(), indent=1) if self.settings.write_prediction_json else None
+            self._settle(path, relative, "ok", target, sidecar(target, ".json"), text)
         else:
-            self._fail(path, relative, outcome.reason)
+            self._fail(path, relative, outcome.reason, outcome.outcome)
 
-    def _fail(self, path: Path, relative: Path, reason: str) -> None:
+    def _fail(self, path: Path, relative: Path, reason: str, outcome: str = "rejected") -> None:
         target = free_name(self.failed / relative)
-        write_atomically(sidecar(target, ".reason.txt"), reason + "\n")
-        move(path, target)
+        self._settle(path, relative, outcome, target, sidecar(target, ".reason.txt"), reason + "\n")
         log.warning("rejected %s: %s", relative, reason)
+
+    def _settle(self, path: Path, relative: Path, outcome: str, target: Path, beside: Path,
+                text: str | None) -> None:
+        """Record the outcome, then carry it out: a crash in between is completed at start."""
+        assert self.ledger is not None
+        key = relative.as_posix()
+        self.ledger.decide(key, outcome, target, beside, text)
+        if text is not None:
+            write_atomically(beside, text)
+        move(path, target)
+        self.ledger.finish(key, outcome)
 
 
 @hookimpl
