@@ -7,6 +7,7 @@ answer 503 until the model, and with it the detectors, are loaded.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any, Callable
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from monitord.detectors import DetectorStage
 from monitord.feedback import Feedback, FeedbackResult
-from monitord.http_server import json_error
+from monitord.http_server import BodyTooLarge, answer_and_close, body_timeout_error, json_error, read_body
 from monitord.settings import FeedbackSettings
 
 #: HTTP status of a single feedback record, by outcome.
@@ -28,15 +29,20 @@ def add_api_routes(
     feedback: Callable[[], Feedback | None],
     detectors: Callable[[], DetectorStage | None],
     retry_after_seconds: int,
+    body_timeout_seconds: float = 60.0,
 ) -> None:
-    """Add ``POST /v1/feedback`` and ``GET /v1/detectors``; the getters give None while loading."""
+    """Add ``POST /v1/feedback`` and ``GET /v1/detectors``; the getters give None while loading.
+
+    A feedback body that does not arrive within ``body_timeout_seconds``
+    (``http.body_timeout_seconds``) is answered 408 and its connection closed.
+    """
 
     def not_ready() -> web.Response:
         response = json_error(503, "the model and detectors are still loading; retry shortly")
         response.headers["Retry-After"] = str(retry_after_seconds)
         return response
 
-    async def post_feedback(request: web.Request) -> web.Response:
+    async def post_feedback(request: web.Request) -> web.StreamResponse:
         joiner = feedback()
         if joiner is None:
             return not_ready()
@@ -45,13 +51,19 @@ def add_api_routes(
             return json_error(415, f"send JSON with Content-Type: application/json, not {request.content_type}")
         if request.content_length is not None and request.content_length > settings.max_body_bytes:
             return json_error(413, f"feedback body of {request.content_length} bytes exceeds feedback.max_body_bytes ({settings.max_body_bytes})")
-        body = await request.content.read(settings.max_body_bytes + 1)
-        if len(body) > settings.max_body_bytes:
+        try:
+            async with asyncio.timeout(body_timeout_seconds):
+                body = await read_body(request, settings.max_body_bytes)
+        except BodyTooLarge:
             return json_error(413, f"feedback body exceeds feedback.max_body_bytes ({settings.max_body_bytes})")
+        except TimeoutError:
+            return await answer_and_close(request, body_timeout_error(body_timeout_seconds))
         try:
             document = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, an integer over 4300 digits
             return json_error(400, f"the body is not valid JSON: {error}")
+        except RecursionError:
+            return json_error(400, "the body is not valid JSON: nested too deeply")
         single = isinstance(document, dict)
         if not single and not isinstance(document, list):
             return json_error(422, 'send {"id": ..., "label": ...} or a list of such objects')
@@ -73,7 +85,10 @@ def add_api_routes(
         joined = iter(joiner.receive(valid))
         final = [result if result is not None else next(joined) for result in results]
         if single:
-            return web.json_response(final[0].to_json(), status=_STATUS[final[0].outcome])
+            status, answer = _STATUS[final[0].outcome], final[0].to_json()
+            if status >= 400:
+                answer.update(error=answer.get("reason", final[0].outcome), status=status)
+            return web.json_response(answer, status=status)
         counts: dict[str, int] = {}
         for result in final:
             counts[result.outcome] = counts.get(result.outcome, 0) + 1

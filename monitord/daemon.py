@@ -29,7 +29,7 @@ from monitord.alerting.sinks import Sink, SinkContext, build_sinks
 from monitord.api import add_api_routes
 from monitord.detectors import DetectorStage
 from monitord.feedback import Feedback
-from monitord.http_server import Readiness, build_app
+from monitord.http_server import Readiness, build_app, make_runner
 from monitord.metrics import Metrics
 from monitord.model import Model
 from monitord.pipeline import Pipeline
@@ -75,6 +75,7 @@ class Daemon:
             lambda: self.feedback,
             lambda: self.detectors,
             settings.http.retry_after_seconds,
+            settings.http.body_timeout_seconds,
         )
         self.predictions_log = self._open_predictions_log()
         self.pipeline = Pipeline(settings.pipeline, self.metrics, self.predictions_log)
@@ -167,7 +168,7 @@ class Daemon:
                 source.setup()
             except Exception as error:
                 raise StartupError(f"source {source.name} cannot start: {error}") from error
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        self._runner = make_runner(self.app, self.settings.http, shutdown_timeout=5.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
         try:

@@ -1,19 +1,36 @@
-"""The HTTP server's core: JSON errors, health, readiness and ``/metrics``.
+"""The HTTP server's core: JSON errors, health, readiness, ``/metrics``, and the limits
+that keep slow or greedy clients from tying the server up.
 
 Sources add their own routes (the built-in HTTP source adds ``POST /v1/predict``).
+
+Time limits on a connection (aiohttp has only the keep-alive one):
+
+- ``http.header_timeout_seconds``: from the moment a connection opens, and from the first
+  byte of each later request on a kept-alive connection, the client has this long to send
+  the request line and every header. ``GuardedRequestHandler`` enforces it; a client
+  that trickles its headers (slowloris) is answered 408 and disconnected.
+- ``http.body_timeout_seconds``: handlers that read a body do it under ``asyncio.timeout``
+  and answer 408 through ``answer_and_close`` (see ``read_body``).
+- ``KEEPALIVE_TIMEOUT_SECONDS``: an idle kept-alive connection is closed by aiohttp itself.
+- A second request pipelined behind one being handled is not under the header deadline
+  (its bytes arrive while no request is awaited); the keep-alive timer bounds it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 from prometheus_client.exposition import choose_encoder
 
 from monitord.metrics import Metrics
+from monitord.settings import HttpSettings
 
 log = logging.getLogger("monitord.http")
 
@@ -38,6 +55,12 @@ def json_error(status: int, message: str, **extra: object) -> web.Response:
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error leaves as JSON with a reason, including aiohttp's own (404, 405, 413)."""
+    if "Content-Type" in request.headers:
+        try:
+            request.content_type  # parsed by the email package, which raises IndexError on some garbage
+        except Exception:
+            return json_error(415, f"the Content-Type header {request.headers['Content-Type']!r} cannot be parsed; "
+                              "send a media type such as image/png or application/json")
     try:
         return await handler(request)
     except web.HTTPException as error:
@@ -51,6 +74,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             if header in error.headers:
                 response.headers[header] = error.headers[header]
         return response
+    except ConnectionError:
+        raise  # the client went away: there is no one to answer
+    except Exception as error:  # a bug of ours: still JSON, and logged with its traceback
+        log.exception("%s %s failed", request.method, request.path)
+        return json_error(500, f"internal error ({type(error).__name__}); see the daemon's log")
 
 
 def bearer_auth(token: str, protect_metrics: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -103,3 +131,214 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     return app
+
+
+# -- connection limits -------------------------------------------------------------------
+
+#: Seconds an idle kept-alive connection stays open. aiohttp's own default (3630 s) lets
+#: every client that sent one request hold a socket for an hour; 75 s (nginx's default)
+#: still outlasts the 60 s idle timeout of common proxies and load balancers, so they
+#: close first and never reuse a connection this server is closing.
+KEEPALIVE_TIMEOUT_SECONDS = 75.0
+
+
+class GuardedRequestHandler(web.RequestHandler):
+    """aiohttp's connection protocol, plus a deadline for each request's line and headers.
+
+    aiohttp has no such deadline. The nearest is its keep-alive timer: armed when the
+    connection opens and after each response, it closes a connection still waiting for a
+    complete request when it fires, so a client that sends one header byte every few
+    seconds keeps the connection (and a file descriptor) for the whole
+    ``keepalive_timeout``: 3630 s by default, ``KEEPALIVE_TIMEOUT_SECONDS`` here. Here a timer is
+    armed when the connection opens and again when the first byte of a later request
+    arrives while the connection waits for one; it is disarmed as soon as aiohttp's parser
+    has produced a complete request head. If it fires first, the client gets a 408 (when
+    it sent anything) and the connection is closed.
+
+    It relies on these aiohttp internals (checked against 3.14): ``_request_count`` grows
+    by one for each request head the parser completes in ``data_received``; ``_waiter`` is
+    a pending future exactly while ``start()`` waits for the next request (so bytes that
+    arrive then begin a new head, never a body); ``_messages`` holds parsed requests not yet
+    handled; ``force_close()`` closes the transport and ends ``start()``, as aiohttp's own
+    keep-alive timeout does.
+    """
+
+    __slots__ = ("_header_timeout", "_header_timer", "_head_bytes", "_timeout_response")
+
+    def __init__(
+        self, manager: web.Server, *, header_timeout: float, timeout_response: bytes, **kwargs: Any
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._timeout_response = timeout_response
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_timer is None and data and self._waiting_for_request():
+            self._arm_header_timer()
+        parsed = self._request_count
+        super().data_received(data)
+        if self._request_count != parsed:
+            self._disarm_header_timer()
+        elif self._header_timer is not None:
+            self._head_bytes += len(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def _waiting_for_request(self) -> bool:
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._messages
+
+    def _arm_header_timer(self) -> None:
+        self._head_bytes = 0
+        self._header_timer = self._loop.call_later(self._header_timeout, self._header_timed_out)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timed_out(self) -> None:
+        self._header_timer = None
+        if self._force_close or self.transport is None or self._messages or self._request_in_progress:
+            return
+        log.debug("closing the connection from %s: no complete request head within %.1f s "
+                  "(http.header_timeout_seconds), %d byte(s) received",
+                  self.peername, self._header_timeout, self._head_bytes)
+        if self._head_bytes:
+            self.transport.write(self._timeout_response)
+        self.force_close()
+
+
+class GuardedServer(web.Server):
+    """aiohttp's ``Server`` (the protocol factory) making ``GuardedRequestHandler``s."""
+
+    def __init__(self, handler: Any, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._header_timeout = header_timeout
+        body = json.dumps({
+            "error": f"the request line and headers did not arrive within {header_timeout:g} s "
+                     "(http.header_timeout_seconds); send the whole request head at once",
+            "status": 408,
+        }).encode()
+        self._timeout_response = (
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+
+    def __call__(self) -> web.RequestHandler:
+        return GuardedRequestHandler(
+            self, loop=self._loop, header_timeout=self._header_timeout,
+            timeout_response=self._timeout_response, **self._kwargs,
+        )
+
+
+class GuardedAppRunner(web.AppRunner):
+    """An ``AppRunner`` whose server enforces ``http.header_timeout_seconds``.
+
+    aiohttp builds its stock ``Server`` (running the app's start-up and freezing it); this
+    runner takes that server's handler, request factory and settings into a
+    ``GuardedServer``, so every aiohttp option passed here still applies.
+    """
+
+    __slots__ = ("_header_timeout",)
+
+    def __init__(self, app: web.Application, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._header_timeout = header_timeout
+
+    async def _make_server(self) -> web.Server:
+        stock = await super()._make_server()
+        return GuardedServer(
+            stock.request_handler,
+            request_factory=stock.request_factory,
+            handler_cancellation=stock.handler_cancellation,
+            loop=stock._loop,
+            header_timeout=self._header_timeout,
+            **stock._kwargs,
+        )
+
+
+def make_runner(app: web.Application, settings: HttpSettings, shutdown_timeout: float = 5.0) -> web.AppRunner:
+    """The runner the daemon serves ``app`` with: header deadline and keep-alive limit set."""
+    return GuardedAppRunner(
+        app,
+        header_timeout=settings.header_timeout_seconds,
+        keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout,
+    )
+
+
+# -- request bodies ----------------------------------------------------------------------
+
+
+class BodyTooLarge(Exception):
+    """The body grew past the limit given to ``read_body``."""
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body, or ``BodyTooLarge`` as soon as it passes ``limit`` bytes.
+
+    ``request.read()`` caps at the app-wide ``client_max_size``, and
+    ``request.content.read(n)`` returns whatever has arrived so far (a body split over
+    several packets comes back truncated), hence this loop. Run it under
+    ``asyncio.timeout(http.body_timeout_seconds)``.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await request.content.readany():
+        total += len(chunk)
+        if total > limit:
+            raise BodyTooLarge(total)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def body_timeout_error(seconds: float) -> web.Response:
+    return json_error(408, f"the request body did not arrive within {seconds:g} s (http.body_timeout_seconds); "
+                      "send it faster or split it into smaller requests")
+
+
+async def answer_and_close(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Send ``response`` now and close the connection right after it.
+
+    For a client that is too slow sending its body: aiohttp would otherwise keep reading
+    (and discarding) the rest of the body for up to its lingering time before closing.
+    """
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    protocol = request.protocol
+    if protocol is not None:
+        protocol.force_close()
+    return response
+
+
+async def defer_continue(request: web.Request) -> web.StreamResponse | None:
+    """Route ``expect_handler`` that does not answer ``100 Continue`` by itself.
+
+    aiohttp's default sends it before the handler runs, so a client would upload its whole
+    body only to be refused (401, 429, 503). The handler calls ``send_continue`` once it
+    has decided to read the body.
+    """
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version == HttpVersion11 and expect.lower() != "100-continue":
+        return json_error(417, f"unsupported Expect: {expect!r}; only 100-continue is understood")
+    return None
+
+
+async def send_continue(request: web.Request) -> None:
+    """Tell a client that sent ``Expect: 100-continue`` to go on with its body."""
+    if request.version == HttpVersion11 and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # As aiohttp's default expect handler does: the response proper starts after it.
+        request.writer.output_size = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from monitord.batcher import collect_batch
 from monitord.detectors import DetectorStage, DetectorState, DriftEvent
 from monitord.items import Prediction, Rejection, WorkItem
 from monitord.metrics import Metrics
-from monitord.pipeline import Pipeline, PipelineClosed, PipelineFull
+from monitord.pipeline import Pipeline, PipelineClosed, PipelineFull, PipelineTooLarge
 from monitord.settings import DetectorSpec, PipelineSettings
 
 
@@ -167,3 +168,78 @@ def test_detector_names_must_be_unique() -> None:
     spec = DetectorSpec(type="threshold", signal="confidence")
     with pytest.raises(ValueError, match="repeated: threshold_confidence"):
         DetectorStage.build([spec, spec], lambda kind: ThresholdDetector, {}, Metrics())
+
+
+class GatedModel(BrightnessModel):
+    """Preprocessing blocks until ``gate`` is set: accepted images stay undecoded meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def preprocess(self, image):
+        self.entered.set()
+        self.gate.wait(10)
+        return super().preprocess(image)
+
+
+async def test_queued_bytes_are_bounded_and_given_back_once_decoded(tmp_path) -> None:
+    image = png(200, size=32)
+    size = len(image)
+    model = GatedModel()
+    pipeline, _, _ = await started(model=model, decode_workers=1, queue_size=8, max_queued_bytes=2 * size + size // 2)
+    try:
+        first = pipeline.submit_nowait([WorkItem(id="a", source="t", payload=image)])
+        assert await asyncio.to_thread(model.entered.wait, 5)  # "a" is being decoded: still counted
+        second = pipeline.submit_nowait([WorkItem(id="b", source="t", payload=image)])
+        assert pipeline.queued_bytes == 2 * size
+        # All or nothing: a small item beside one that does not fit is refused too.
+        with pytest.raises(PipelineFull, match="pipeline.max_queued_bytes") as refused:
+            pipeline.submit_nowait([WorkItem(id="s", source="t", payload=png(1)), WorkItem(id="c", source="t", payload=image)])
+        assert not isinstance(refused.value, PipelineTooLarge)
+        assert pipeline.queued_bytes == 2 * size and pipeline.free_slots() == 7
+        # A folder item carries a path: it takes a slot but no bytes, and is not held back.
+        path = tmp_path / "x.png"
+        path.write_bytes(png(250))
+        from_folder = pipeline.submit_nowait([WorkItem(id="f", source="folder", payload=path)])
+        assert pipeline.queued_bytes == 2 * size
+        # The waiting variant waits for bytes, not only for slots.
+        waiting = asyncio.create_task(pipeline.submit(WorkItem(id="w", source="t", payload=image)))
+        await asyncio.sleep(0.1)
+        assert not waiting.done() and pipeline.queued_bytes == 2 * size
+        model.gate.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(*first, *second, *from_folder, waiting), 10)
+        assert [outcome.id for outcome in outcomes] == ["a", "b", "f", "w"]
+        assert all(isinstance(outcome, Prediction) for outcome in outcomes)
+        assert pipeline.queued_bytes == 0 and pipeline.free_bytes() == 2 * size + size // 2
+    finally:
+        model.gate.set()
+        await pipeline.close()
+
+
+async def test_what_could_never_fit_is_refused_at_once_as_too_large() -> None:
+    pipeline, _, _ = await started(queue_size=4, max_queued_bytes=1000)
+    big = WorkItem(id="big", source="t", payload=b"\0" * 1001)
+    with pytest.raises(PipelineTooLarge, match="pipeline.max_queued_bytes"):
+        pipeline.submit_nowait([big])
+    with pytest.raises(PipelineTooLarge, match="pipeline.max_queued_bytes"):
+        await asyncio.wait_for(pipeline.submit(big), 1)  # would otherwise wait for ever
+    with pytest.raises(PipelineTooLarge, match="pipeline.queue_size"):
+        pipeline.submit_nowait([WorkItem(id=str(i), source="t", payload=png(1)) for i in range(5)])
+    assert pipeline.queued_bytes == 0 and pipeline.free_slots() == 4
+    await pipeline.close()
+
+
+async def test_close_releases_queued_bytes_and_wakes_a_submit_waiting_for_them() -> None:
+    metrics = Metrics()
+    pipeline = Pipeline(PipelineSettings(max_queued_bytes=100), metrics)
+    pipeline._accepting = True  # accept without workers, so nothing is ever decoded
+    held = pipeline.submit_nowait([WorkItem(id="held", source="t", payload=b"\0" * 80)])
+    waiting = asyncio.create_task(pipeline.submit(WorkItem(id="w", source="t", payload=b"\0" * 30)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and pipeline.queued_bytes == 80
+    await pipeline.close()
+    with pytest.raises(PipelineClosed):
+        await asyncio.wait_for(waiting, 1)
+    assert held[0].cancelled() and pipeline.queued_bytes == 0

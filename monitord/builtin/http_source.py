@@ -1,9 +1,18 @@
 """Built-in source ``http``: ``POST /v1/predict`` with one image or a multipart batch.
 
 Errors are JSON with a reason: 415 for a media type we do not take, 413 for a body over
-``http.max_body_bytes`` (or more than ``http.max_parts`` parts), 422 for an image that
-does not decode, 503 with ``Retry-After`` while the daemon is starting, stopping or
-saturated (the request is refused whole, never queued without bound).
+``http.max_body_bytes`` (or more than ``http.max_parts`` parts, or more than the pipeline
+ever holds), 422 for an image that does not decode, 408 for a body that does not arrive
+within ``http.body_timeout_seconds`` (the connection is closed), 503 with ``Retry-After``
+while the daemon is starting, stopping or saturated (the request is refused whole, never
+queued without bound), 429 with ``Retry-After`` past ``http.max_concurrent_requests``.
+
+Overload is decided before the body is read wherever it can be: a request over the
+concurrency cap, or one arriving while the pipeline has no room (no free slot, no free
+byte, or a raw body longer than the bytes left), is refused from its headers, and a client
+that sent ``Expect: 100-continue`` is told so before it uploads anything. Each refusal
+counts in ``monitord_images_total{outcome="throttled"}``: the images of a request refused
+after reading, one for a request refused before (its images were never counted).
 """
 
 from __future__ import annotations
@@ -12,12 +21,21 @@ import asyncio
 import uuid
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from monitord.hookspecs import hookimpl
-from monitord.http_server import json_error
+from monitord.http_server import (
+    BodyTooLarge,
+    answer_and_close,
+    body_timeout_error,
+    defer_continue,
+    json_error,
+    read_body,
+    send_continue,
+)
 from monitord.items import Outcome, Prediction, WorkItem
-from monitord.pipeline import PipelineClosed, PipelineFull
+from monitord.pipeline import PipelineClosed, PipelineFull, PipelineTooLarge
 from monitord.sources import Source, SourceContext
 
 RAW_TYPES = ("application/octet-stream",)
@@ -33,7 +51,7 @@ class HttpSource(Source):
         self._finished.set()
 
     def setup(self) -> None:
-        self.context.app.router.add_post("/v1/predict", self.predict)
+        self.context.app.router.add_post("/v1/predict", self.predict, expect_handler=defer_continue)
 
     def describe(self) -> str:
         return f"http: POST http://{self.settings.host}:{self.settings.port}/v1/predict"
@@ -46,35 +64,66 @@ class HttpSource(Source):
         await self._finished.wait()
 
     async def predict(self, request: web.Request) -> web.StreamResponse:
+        """Check everything the headers tell, then read the body and wait for the outcome."""
         if not self._open:
             return self._unavailable("the daemon is not accepting images right now (starting or stopping)")
+        refused = self._check_headers(request)
+        if refused is not None:
+            return refused
         self._in_flight += 1
         self._finished.clear()
         try:
+            await send_continue(request)
             return await self._predict(request)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._finished.set()
 
-    async def _predict(self, request: web.Request) -> web.StreamResponse:
+    def _check_headers(self, request: web.Request) -> web.Response | None:
+        """The refusal a request earns from its headers alone, or None to read its body."""
         length = request.content_length
         if length is not None and length > self.settings.max_body_bytes:
             return self._reject(413, f"request body is {length} bytes, over the limit of "
                                 f"{self.settings.max_body_bytes} (http.max_body_bytes)")
         content_type = request.content_type
-        item_id = request.query.get("id") or uuid.uuid4().hex
-        label = request.query.get("label")
-        if content_type.startswith("multipart/"):
-            return await self._predict_multipart(request, item_id, label)
-        if not (content_type.startswith("image/") or content_type in RAW_TYPES):
+        raw = not content_type.startswith("multipart/")
+        if raw and not (content_type.startswith("image/") or content_type in RAW_TYPES):
             return self._reject(415, f"unsupported media type {content_type!r}: send one image as the raw "
                                 "body (image/* or application/octet-stream) or several as multipart/form-data")
+        pipeline = self.context.pipeline
+        # Without Content-Encoding the raw body is the image: its length is its size.
+        exact = length if raw and hdrs.CONTENT_ENCODING not in request.headers else None
+        limit = pipeline.settings.max_queued_bytes
+        if exact is not None and exact > limit:
+            return self._reject(413, f"the image is {exact} bytes, more than the daemon ever queues "
+                                f"(pipeline.max_queued_bytes = {limit}); send a smaller image")
+        if self._in_flight >= self.settings.max_concurrent_requests:
+            return self._throttled(429, 1, f"{self._in_flight} requests are being served, the limit "
+                                   f"(http.max_concurrent_requests = {self.settings.max_concurrent_requests}); "
+                                   "retry later")
+        if pipeline.free_slots() == 0:
+            return self._throttled(503, 1, "the daemon is saturated (its queue holds pipeline.queue_size = "
+                                   f"{pipeline.settings.queue_size} images); retry later")
+        free_bytes = pipeline.free_bytes()
+        if free_bytes == 0 or (exact is not None and exact > free_bytes):
+            return self._throttled(503, 1, f"the daemon is saturated (room for {free_bytes} more bytes of "
+                                   f"queued images, pipeline.max_queued_bytes = {limit}); retry later")
+        return None
+
+    async def _predict(self, request: web.Request) -> web.StreamResponse:
+        item_id = request.query.get("id") or uuid.uuid4().hex
+        label = request.query.get("label")
+        if request.content_type.startswith("multipart/"):
+            return await self._predict_multipart(request, item_id, label)
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+            async with asyncio.timeout(self.settings.body_timeout_seconds):
+                body = await read_body(request, self.settings.max_body_bytes)
+        except BodyTooLarge:
             return self._reject(413, f"request body over the limit of {self.settings.max_body_bytes} bytes "
                                 "(http.max_body_bytes)")
+        except TimeoutError:
+            return await self._too_slow(request)
         item = WorkItem(id=item_id, source=self.name, payload=body, label=label)
         outcomes = await self._run([item])
         if isinstance(outcomes, web.Response):
@@ -87,31 +136,17 @@ class HttpSource(Source):
 
     async def _predict_multipart(self, request: web.Request, base_id: str, label: str | None) -> web.StreamResponse:
         try:
-            reader = await request.multipart()
+            async with asyncio.timeout(self.settings.body_timeout_seconds):
+                parts = await self._read_parts(request, base_id, label)
         except (ValueError, AssertionError) as error:
             return self._reject(400, f"malformed multipart body: {error}")
-        items: list[WorkItem] = []
-        names: list[str | None] = []
-        total = 0
-        try:
-            while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader):
-                    return self._reject(400, "nested multipart bodies are not supported; send one flat form")
-                if len(items) >= self.settings.max_parts:
-                    return self._reject(413, f"more than {self.settings.max_parts} images in one request "
-                                        "(http.max_parts); split the batch")
-                chunks = []
-                while chunk := await part.read_chunk():
-                    total += len(chunk)
-                    if total > self.settings.max_body_bytes:
-                        return self._reject(413, f"multipart body over the limit of "
-                                            f"{self.settings.max_body_bytes} bytes (http.max_body_bytes)")
-                    chunks.append(chunk)
-                names.append(part.filename)
-                items.append(WorkItem(id=f"{base_id}-{len(items)}", source=self.name, payload=b"".join(chunks),
-                                      label=label))
-        except (ValueError, AssertionError) as error:
-            return self._reject(400, f"malformed multipart body: {error}")
+        except HttpProcessingError as error:  # a part's headers do not parse (InvalidHeader, LineTooLong)
+            return self._reject(400, f"malformed multipart body: {error.message}")
+        except TimeoutError:
+            return await self._too_slow(request)
+        if isinstance(parts, web.Response):
+            return parts
+        items, names = parts
         if not items:
             return self._reject(400, "the multipart body holds no parts; add one image per part")
         outcomes = await self._run(items)
@@ -128,12 +163,39 @@ class HttpSource(Source):
         errors = sum(1 for outcome in outcomes if not isinstance(outcome, Prediction))
         return web.json_response({"predictions": results, "count": len(results), "errors": errors})
 
+    async def _read_parts(
+        self, request: web.Request, base_id: str, label: str | None
+    ) -> tuple[list[WorkItem], list[str | None]] | web.Response:
+        """Every part of a multipart body as a work item (and its file name), or a refusal."""
+        reader = await request.multipart()
+        items: list[WorkItem] = []
+        names: list[str | None] = []
+        total = 0
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                return self._reject(400, "nested multipart bodies are not supported; send one flat form")
+            if len(items) >= self.settings.max_parts:
+                return self._reject(413, f"more than {self.settings.max_parts} images in one request "
+                                    "(http.max_parts); split the batch")
+            chunks = []
+            while chunk := await part.read_chunk():
+                total += len(chunk)
+                if total > self.settings.max_body_bytes:
+                    return self._reject(413, f"multipart body over the limit of "
+                                        f"{self.settings.max_body_bytes} bytes (http.max_body_bytes)")
+                chunks.append(chunk)
+            names.append(part.filename)
+            items.append(WorkItem(id=f"{base_id}-{len(items)}", source=self.name, payload=b"".join(chunks),
+                                  label=label))
+        return items, names
+
     async def _run(self, items: list[WorkItem]) -> list[Outcome] | web.Response:
         try:
             futures = self.context.pipeline.submit_nowait(items)
+        except PipelineTooLarge as error:
+            return self._reject(413, f"the request can never be queued whole: {error}; split it")
         except PipelineFull as error:
-            self.context.metrics.images.labels(source=self.name, outcome="throttled").inc(len(items))
-            return self._unavailable(f"the daemon is saturated ({error}); retry later")
+            return self._throttled(503, len(items), f"the daemon is saturated ({error}); retry later")
         except PipelineClosed:
             return self._unavailable("the daemon is not accepting images right now (starting or stopping)")
         return list(await asyncio.gather(*futures))
@@ -142,8 +204,16 @@ class HttpSource(Source):
         self.context.metrics.images.labels(source=self.name, outcome="rejected").inc()
         return json_error(status, message)
 
-    def _unavailable(self, message: str) -> web.Response:
-        response = json_error(503, message)
+    async def _too_slow(self, request: web.Request) -> web.StreamResponse:
+        self.context.metrics.images.labels(source=self.name, outcome="rejected").inc()
+        return await answer_and_close(request, body_timeout_error(self.settings.body_timeout_seconds))
+
+    def _throttled(self, status: int, images: int, message: str) -> web.Response:
+        self.context.metrics.images.labels(source=self.name, outcome="throttled").inc(images)
+        return self._unavailable(message, status)
+
+    def _unavailable(self, message: str, status: int = 503) -> web.Response:
+        response = json_error(status, message)
         response.headers["Retry-After"] = str(self.settings.retry_after_seconds)
         return response
 
