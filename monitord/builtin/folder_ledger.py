@@ -135,19 +135,20 @@ class Ledger:
     def begin(self, relative: str, identity: FileIdentity) -> Entry:
         """Claim a file; returns its entry, with the outcome when one was already decided."""
         with self._lock, self._db:
-            row = self._db.execute("SELECT * FROM files WHERE relative = ?", (relative,)).fetchone()
+            key = _db(relative)
+            row = self._db.execute("SELECT * FROM files WHERE relative = ?", (key,)).fetchone()
             if row is not None:
                 known = _entry(row)
                 if known.identity == identity:
                     if known.decided:
                         return known
-                    self._db.execute("UPDATE files SET attempts = attempts + 1 WHERE relative = ?", (relative,))
+                    self._db.execute("UPDATE files SET attempts = attempts + 1 WHERE relative = ?", (key,))
                     return Entry(relative, identity, known.attempts + 1)
                 # Another file took the name after the last one left: it starts afresh.
             self._db.execute(
                 "INSERT OR REPLACE INTO files (relative, device, inode, size, mtime_ns, attempts) "
                 "VALUES (?, ?, ?, ?, ?, 1)",
-                (relative, identity.device, identity.inode, identity.size, identity.mtime_ns),
+                (key, identity.device, identity.inode, identity.size, identity.mtime_ns),
             )
             return Entry(relative, identity, 1)
 
@@ -157,12 +158,12 @@ class Ledger:
         with self._lock, self._db:
             self._db.execute(
                 "UPDATE files SET outcome = ?, target = ?, sidecar = ?, sidecar_text = ? WHERE relative = ?",
-                (outcome, str(target), str(sidecar), sidecar_text, relative),
+                (outcome, _db(str(target)), _db(str(sidecar)), _db(sidecar_text), _db(relative)),
             )
 
     def finish(self, relative: str, outcome: str) -> None:
         with self._lock, self._db:
-            self._db.execute("DELETE FROM files WHERE relative = ?", (relative,))
+            self._db.execute("DELETE FROM files WHERE relative = ?", (_db(relative),))
             self._db.execute(
                 "INSERT INTO totals VALUES (?, 1) ON CONFLICT(outcome) DO UPDATE SET count = count + 1", (outcome,)
             )
@@ -171,14 +172,14 @@ class Ledger:
         """Undo a claim that ended without an outcome through no fault of the file (shutdown)."""
         with self._lock, self._db:
             self._db.execute(
-                "UPDATE files SET attempts = attempts - 1 WHERE relative = ? AND outcome IS NULL", (relative,)
+                "UPDATE files SET attempts = attempts - 1 WHERE relative = ? AND outcome IS NULL", (_db(relative),)
             )
-            self._db.execute("DELETE FROM files WHERE relative = ? AND attempts <= 0", (relative,))
+            self._db.execute("DELETE FROM files WHERE relative = ? AND attempts <= 0", (_db(relative),))
 
     def forget(self, relative: str) -> None:
         """Drop a row whose file is gone and whose outcome cannot be completed."""
         with self._lock, self._db:
-            self._db.execute("DELETE FROM files WHERE relative = ?", (relative,))
+            self._db.execute("DELETE FROM files WHERE relative = ?", (_db(relative),))
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -192,7 +193,22 @@ class Ledger:
             return dict(self._db.execute("SELECT outcome, count FROM totals ORDER BY outcome").fetchall())
 
 
+def _db(value: str | None) -> str | bytes | None:
+    """SQLite text must be valid UTF-8: a file name that is not is stored as its raw bytes (a BLOB)."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape")
+
+
+def _py(value: str | bytes | None) -> str | None:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
 def _entry(row: tuple) -> Entry:
     relative, device, inode, size, mtime_ns, attempts, outcome, target, sidecar, sidecar_text = row
-    return Entry(relative, FileIdentity(device, inode, size, mtime_ns), attempts, outcome, target, sidecar,
-                 sidecar_text)
+    return Entry(_py(relative), FileIdentity(device, inode, size, mtime_ns), attempts, outcome, _py(target),
+                 _py(sidecar), _py(sidecar_text))

@@ -207,13 +207,23 @@ class FolderSource(Source):
         return found, True
 
     async def _watch(self) -> None:
-        async for changes in watchfiles.awatch(
-            self.inbox, stop_event=self._stopping, recursive=True, watch_filter=None, debounce=200, step=20
-        ):
-            for change, raw_path in changes:
-                if change != watchfiles.Change.deleted:
-                    self._offer(Path(raw_path))
-            self._wake.set()
+        while not self._stopping.is_set():
+            try:
+                async for changes in watchfiles.awatch(
+                    self.inbox, stop_event=self._stopping, recursive=True, watch_filter=None, debounce=200, step=20
+                ):
+                    for change, raw_path in changes:
+                        if change != watchfiles.Change.deleted:
+                            self._offer(Path(raw_path))
+                    self._wake.set()
+            except Exception as error:  # e.g. watchfiles cannot decode a file name that is not UTF-8
+                cause = error.exceptions[0] if isinstance(error, BaseExceptionGroup) else error
+                log.warning("the inbox watcher failed (%s); restarting it in 1 s, then rescanning the inbox", cause)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+                except TimeoutError:
+                    # Runs once the new watcher is set up: finds what arrived while none was.
+                    self._scan_soon()
 
     async def _rescan_periodically(self) -> None:
         while not self._stopping.is_set():
@@ -303,7 +313,8 @@ class FolderSource(Source):
                           "it again; check the daemon's log from those runs")
                 await self._reject(path, relative, reason)
                 return
-            if path.is_symlink() and not path.resolve().is_relative_to(self.inbox):
+            # realpath, unlike Path.resolve, does not raise on a loop: reading it then fails with ELOOP.
+            if path.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(self.inbox):
                 await self._reject(path, relative, "symlink points outside the inbox; refused")
                 return
             label = relative.parts[0] if self.settings.labels_from_subfolders and len(relative.parts) > 1 else None
