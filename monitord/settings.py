@@ -72,6 +72,9 @@ class FolderSettings(_Section):
     #: Waiting files remembered in memory, at most; the rest stay on disk and the next
     #: scan finds them, so a backlog of any size costs the same memory.
     max_backlog: int = Field(4096, gt=0)
+    #: Files larger than this go to ``failed/`` unread (an image this size is a mistake,
+    #: and reading it whole would take that much memory).
+    max_file_bytes: int = Field(50 * MiB, gt=0)
     #: A file the daemon stopped on this many times without reaching its outcome (it
     #: crashed or was killed mid-batch) goes to ``failed/`` instead of being tried again.
     max_attempts: int = Field(3, gt=0)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from daemon_process import wait_for
 from digit_files import drop_atomically, files_under, held_out_pngs
@@ -113,3 +117,20 @@ def test_sigterm_with_a_batch_in_flight_loses_nothing(daemon) -> None:
     assert len(processed) == 40  # the partial batch was finished, not dropped
     for path in processed:
         assert path.with_name(path.name + ".json").exists()
+
+
+def test_a_file_over_max_file_bytes_fails_unread_and_the_rest_go_on(daemon) -> None:
+    process = daemon("[folder]\nmax_file_bytes = 4000\n")
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "PNG")
+    assert len(buffer.getvalue()) > 4000
+    drop_atomically(process.inbox, "big.png", buffer.getvalue())
+    (label, small), = held_out_pngs(1)
+    assert len(small) < 4000
+    drop_atomically(process.inbox, f"{label}/small.png", small)
+    wait_for(lambda: (process.failed / "big.png.reason.txt").exists(), message="the big file refused")
+    reason = (process.failed / "big.png.reason.txt").read_text()
+    assert "over the limit of 4000 (folder.max_file_bytes)" in reason
+    wait_for(lambda: (process.processed / str(label) / "small.png").exists(), message="the small file processed")
+    assert process.metric("monitord_images_total", source="folder", outcome="rejected") == 1

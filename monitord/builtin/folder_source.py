@@ -317,6 +317,11 @@ class FolderSource(Source):
             if path.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(self.inbox):
                 await self._reject(path, relative, "symlink points outside the inbox; refused")
                 return
+            size = _size(path)
+            if size is not None and size > self.settings.max_file_bytes:
+                await self._reject(path, relative, f"file is {size} bytes, over the limit of "
+                                   f"{self.settings.max_file_bytes} (folder.max_file_bytes); not read")
+                return
             label = relative.parts[0] if self.settings.labels_from_subfolders and len(relative.parts) > 1 else None
             item = WorkItem(id=key, source=self.name, payload=path, label=label)
             try:
@@ -363,6 +368,14 @@ class FolderSource(Source):
             write_atomically(beside, text)
         move(path, target)
         self.ledger.finish(key, outcome)
+
+
+def _size(path: Path) -> int | None:
+    """The size of what ``path`` names (through a symlink); None when it cannot be read."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 @hookimpl
