@@ -9,7 +9,7 @@ signals flow into metrics and detectors as whole arrays, one batch at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -60,4 +60,28 @@ class Model(Protocol):
 
     def close(self) -> None:
         """Release the model's resources."""
+        ...
+
+
+@runtime_checkable
+class EncodedInputModel(Protocol):
+    """Optional: a model that takes some images still encoded, e.g. to decode JPEGs on its
+    GPU (many at once) instead of with Pillow on the CPU, where decoding would set the pace.
+
+    The pipeline then calls ``prepare_encoded`` in the decode threads for every image;
+    for the images it returns None for, it decodes and calls ``preprocess`` as usual.
+    Batches hold a mix of both and go to ``predict_inputs`` in arrival order.
+    """
+
+    def prepare_encoded(self, data: bytes, max_pixels: int) -> Any | None:
+        """An input for ``predict_inputs`` made from the encoded bytes, or None.
+
+        Must refuse what the core would refuse: raise ``ValueError`` with a reason for
+        data that is not a usable image or has more than ``max_pixels`` pixels (checked
+        from the header), and apply EXIF orientation like the core's decoder.
+        """
+        ...
+
+    def predict_inputs(self, inputs: list[Any]) -> BatchResult:
+        """Classify a batch of ``preprocess`` arrays and ``prepare_encoded`` inputs, in order."""
         ...

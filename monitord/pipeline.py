@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from monitord.detectors import DetectorStage
 from monitord.feedback import Feedback
 from monitord.items import Outcome, Prediction, Rejection, WorkItem
 from monitord.metrics import Metrics
-from monitord.model import BatchResult, Model
+from monitord.model import BatchResult, EncodedInputModel, Model
 from monitord.predictions_log import PredictionsLog
 from monitord.settings import PipelineSettings
 
@@ -91,6 +92,8 @@ class Pipeline:
         self.metrics = metrics
         self.predictions_log = predictions_log
         self.model: Model | None = None
+        self._takes_encoded = False
+        self._image_counters: dict[tuple[str, str], Any] = {}
         self.detectors: DetectorStage | None = None
         self.feedback: Feedback | None = None
         self._ingest: asyncio.Queue[_Pending] = asyncio.Queue(settings.queue_size)
@@ -99,6 +102,10 @@ class Pipeline:
         self._batches: asyncio.Queue[list[_Prepared]] = asyncio.Queue(1)
         self._forming: list[_Prepared] = []
         self._at_model = 0
+        #: Set while no batch is at or waiting for the model: the batcher then sends what
+        #: is ready instead of waiting for the batch to fill.
+        self._model_idle = asyncio.Event()
+        self._model_idle.set()
         self._pending: set[_Pending] = set()
         self._queued_bytes = 0
         # Futures of ``submit`` calls waiting for bytes to be released.
@@ -224,6 +231,7 @@ class Pipeline:
 
     async def start(self, model: Model, detectors: DetectorStage, feedback: Feedback | None = None) -> None:
         self.model = model
+        self._takes_encoded = isinstance(model, EncodedInputModel)
         self.detectors = detectors
         self.feedback = feedback
         self.metrics.declare_classes(model.class_names)
@@ -306,9 +314,15 @@ class Pipeline:
                 results.append(error)
         return results
 
-    def _prepare(self, item: WorkItem) -> np.ndarray:
+    def _prepare(self, item: WorkItem) -> Any:
         assert self.model is not None
-        image = decode_image(read_payload(item.payload), self.settings.max_image_pixels)
+        data = read_payload(item.payload)
+        if self._takes_encoded:
+            # The model may take the encoded bytes itself (decoding on its GPU).
+            taken = self.model.prepare_encoded(data, self.settings.max_image_pixels)
+            if taken is not None:
+                return taken
+        image = decode_image(data, self.settings.max_image_pixels)
         return self.model.preprocess(image)
 
     async def _batch_worker(self) -> None:
@@ -319,10 +333,12 @@ class Pipeline:
                 self.settings.max_batch_size,
                 0.0 if self._flushing else self.settings.max_batch_delay,
                 into=self._forming,
+                idle=self._model_idle if self.settings.adaptive_batching else None,
             )
             if batch:
                 self._forming = []
                 self._at_model += len(batch)
+                self._model_idle.clear()
                 await self._batches.put(batch)
 
     async def _model_worker(self) -> None:
@@ -344,10 +360,15 @@ class Pipeline:
                 self._finish_batch(batch, result)
             finally:
                 self._at_model -= len(batch)
+                if self._at_model == 0:
+                    self._model_idle.set()
 
-    def _infer(self, arrays: list[np.ndarray]) -> BatchResult:
+    def _infer(self, arrays: list[Any]) -> BatchResult:
         assert self.model is not None
-        result = self.model.predict(np.stack(arrays))
+        if self._takes_encoded:
+            result = self.model.predict_inputs(arrays)
+        else:
+            result = self.model.predict(np.stack(arrays))
         if len(result) != len(arrays):
             raise RuntimeError(f"model returned {len(result)} results for {len(arrays)} images")
         return result
@@ -378,9 +399,11 @@ class Pipeline:
         # Known for feedback before any client sees its prediction and can send a label.
         if self.feedback is not None:
             self.feedback.observe(predictions)
+        for name, count in Counter(prediction.class_name for prediction in predictions).items():
+            self.metrics.predictions.labels(name).inc(count)
+        observe_confidence = self.metrics.confidence.observe
         for prediction, prepared in zip(predictions, batch):
-            self.metrics.predictions.labels(prediction.class_name).inc()
-            self.metrics.confidence.observe(prediction.confidence)
+            observe_confidence(prediction.confidence)
             self._resolve(prepared.pending, prediction)
         if self.predictions_log is not None:
             self.predictions_log.write(predictions)
@@ -388,7 +411,11 @@ class Pipeline:
     def _resolve(self, pending: _Pending, outcome: Outcome) -> None:
         item = pending.item
         outcome_label = "ok" if isinstance(outcome, Prediction) else outcome.outcome
-        self.metrics.images.labels(source=item.source, outcome=outcome_label).inc()
+        counter = self._image_counters.get((item.source, outcome_label))
+        if counter is None:  # labels() validates and locks on every call: keep the children
+            counter = self._image_counters[(item.source, outcome_label)] = self.metrics.images.labels(
+                source=item.source, outcome=outcome_label)
+        counter.inc()
         self.metrics.end_to_end.observe(time.monotonic() - item.received)
         if not pending.future.done():
             pending.future.set_result(outcome)

@@ -86,8 +86,12 @@ class PipelineSettings(_Section):
     #: Items accepted but not yet decoded, at most (HTTP answers 503 beyond it).
     queue_size: int = Field(1024, gt=0)
     max_batch_size: int = Field(32, gt=0)
-    #: Seconds the batcher waits for a batch to fill after its first item arrives.
+    #: Seconds the batcher waits for a batch to fill after its first item arrives, while
+    #: the model is busy; an idle model gets what is ready at once.
     max_batch_delay: float = Field(0.01, ge=0)
+    #: Send a partial batch at once when the model is idle (off: every batch waits up to
+    #: ``max_batch_delay`` to fill, even when the model has nothing to do).
+    adaptive_batching: bool = True
     #: Threads that decode and preprocess images.
     decode_workers: int = Field(2, gt=0)
     #: Images with more pixels than this are refused before decoding.

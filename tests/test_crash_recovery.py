@@ -32,7 +32,7 @@ def ledger_state(process: DaemonProcess) -> tuple[dict[str, int], list]:
 
 def test_kill_9_mid_stream_then_restart_processes_every_file_exactly_once(daemon, digits_artifact: Path) -> None:
     # A partial batch that would wait a minute to fill: 36 files are in flight at the kill.
-    first = daemon("[pipeline]\nmax_batch_size = 64\nmax_batch_delay = 60\n")
+    first = daemon("[pipeline]\nmax_batch_size = 64\nmax_batch_delay = 60\nadaptive_batching = false\n")
     digits = held_out_pngs(100)
     for index, (label, data) in enumerate(digits):
         drop_atomically(first.inbox, f"{label}/d{index:03}.png", data)

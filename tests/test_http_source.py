@@ -6,9 +6,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp.multipart import BodyPartReader
+from multidict import CIMultiDict
 
 from daemon_process import DaemonProcess, free_port
 from digit_files import held_out_pngs
+
+from monitord.builtin.http_source import part_filename
 
 MAX_BODY = 200_000
 
@@ -117,3 +121,17 @@ async def test_health_readiness_metrics_and_json_404(server: DaemonProcess) -> N
         assert name in text, name
     assert 'model="digits_cnn"' in text
     assert server.metric("monitord_images_total", source="http", outcome="rejected") >= 3
+
+
+@pytest.mark.parametrize("header, expected", [
+    ('form-data; name="image"; filename="0.png"', "0.png"),
+    ('form-data; name="image"; filename="ünï code.png"', "ünï code.png"),
+    ('form-data; name="image"; filename="a\\"b.png"', 'a"b.png'),  # an escape: aiohttp's parser
+    ("form-data; name=image; filename=x.png", "x.png"),  # unquoted: aiohttp's parser
+    ("form-data; name=\"image\"; filename*=UTF-8''%C3%BC.png", "ü.png"),  # RFC 5987: aiohttp's parser
+    ('form-data; name="image"', None),
+])
+def test_part_filename_reads_the_plain_form_fast_and_defers_the_rest_to_aiohttp(header: str, expected) -> None:
+    part = BodyPartReader(b"--x", CIMultiDict({"Content-Disposition": header}), None)  # type: ignore[arg-type]
+    assert part.filename == expected
+    assert part_filename(part) == expected

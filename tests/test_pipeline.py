@@ -106,12 +106,43 @@ async def test_submit_nowait_is_all_or_nothing_when_full() -> None:
 
 
 async def test_drain_flushes_a_partial_batch_without_waiting_for_the_delay() -> None:
-    pipeline, _, model = await started(max_batch_size=64, max_batch_delay=30)
+    pipeline, _, model = await started(max_batch_size=64, max_batch_delay=30, adaptive_batching=False)
     futures = pipeline.submit_nowait([WorkItem(id=str(i), source="t", payload=png(200)) for i in range(5)])
     await asyncio.sleep(0.2)
     assert not any(f.done() for f in futures)  # waiting for the batch to fill
     await asyncio.wait_for(pipeline.drain(), timeout=5)
     assert all(f.done() for f in futures) and model.batches == [5]
+    await pipeline.close()
+
+
+async def test_an_idle_model_takes_a_lone_image_at_once_and_a_busy_one_gets_batches() -> None:
+    class SlowModel(BrightnessModel):
+        """Holds each batch until released, so the test decides when the model is busy."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()
+
+        def predict(self, batch):
+            self.release.wait(10)
+            return super().predict(batch)
+
+    model = SlowModel()
+    pipeline, _, _ = await started(model=model, max_batch_size=64, max_batch_delay=30, decode_workers=1)
+    model.release.set()
+    # Idle model: one image does not wait the 30 s batch delay.
+    (alone,) = await asyncio.wait_for(
+        asyncio.gather(*pipeline.submit_nowait([WorkItem(id="a", source="t", payload=png(9))])), 5)
+    assert isinstance(alone, Prediction) and model.batches == [1]
+    # Busy model: what arrives meanwhile forms one batch, sent as soon as the model is free.
+    model.release.clear()
+    first = pipeline.submit_nowait([WorkItem(id="b", source="t", payload=png(9))])
+    await asyncio.sleep(0.3)  # "b" is at the model, held
+    rest = pipeline.submit_nowait([WorkItem(id=f"c{i}", source="t", payload=png(9)) for i in range(6)])
+    await asyncio.sleep(0.3)  # the six are decoded and wait in the forming batch
+    model.release.set()
+    await asyncio.wait_for(asyncio.gather(*first, *rest), 5)
+    assert model.batches == [1, 1, 6]
     await pipeline.close()
 
 

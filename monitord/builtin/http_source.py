@@ -18,6 +18,7 @@ after reading, one for a request refused before (its images were never counted).
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import Any
 
@@ -184,7 +185,7 @@ class HttpSource(Source):
                     return self._reject(413, f"multipart body over the limit of "
                                         f"{self.settings.max_body_bytes} bytes (http.max_body_bytes)")
                 chunks.append(chunk)
-            names.append(part.filename)
+            names.append(part_filename(part))
             items.append(WorkItem(id=f"{base_id}-{len(items)}", source=self.name, payload=b"".join(chunks),
                                   label=label))
         return items, names
@@ -216,6 +217,22 @@ class HttpSource(Source):
         response = json_error(status, message)
         response.headers["Retry-After"] = str(self.settings.retry_after_seconds)
         return response
+
+
+#: The Content-Disposition every HTTP client writes for a file part, e.g.
+#: ``form-data; name="image"; filename="a.png"``: plain quoted values, no escapes.
+_SIMPLE_DISPOSITION = re.compile(r'form-data; name="[^"\\]*"; filename="([^"\\]*)"')
+
+
+def part_filename(part: BodyPartReader) -> str | None:
+    """The part's file name. aiohttp's ``filename`` parses the header in full (RFC 2231
+    and escapes) and cost more per part than decoding a small image, so the usual plain
+    form is read with one regular expression and anything else goes to aiohttp."""
+    header = part.headers.get(hdrs.CONTENT_DISPOSITION, "")
+    simple = _SIMPLE_DISPOSITION.fullmatch(header)
+    if simple is not None:
+        return simple.group(1)
+    return part.filename
 
 
 @hookimpl
