@@ -1,9 +1,15 @@
-"""``TorchvisionModel``: a loaded network behind monitord's ``Model`` protocol."""
+"""``TorchvisionModel``: a loaded network behind monitord's ``Model`` protocol.
+
+``DeviceDecodingModel`` adds the core's optional ``EncodedInputModel`` protocol
+(``model.decode_on_device``): JPEGs reach it still encoded and are decoded in batches
+on the model's device.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,7 +17,9 @@ from monitord.model import BatchResult
 from PIL import Image
 from torch import nn
 
+from .acceleration import Acceleration, HostStaging
 from .activations import ActivationProbe
+from .device_decode import DevicePreprocessor, EncodedJpeg, read_encoded_jpeg
 from .errors import ModelLoadError
 from .preprocess import PreprocessSpec, preprocess_image
 from .signals import SIGNAL_NAMES, output_signals
@@ -22,7 +30,8 @@ class TorchvisionModel:
 
     Construction runs one small forward pass, so that a network that cannot take the
     configured input, or whose output does not match the class list, fails at start-up
-    with a message instead of on the first real image.
+    with a message instead of on the first real image. ``acceleration`` (memory
+    format, autocast, pinned host memory) applies to that pass too.
     """
 
     def __init__(
@@ -35,6 +44,7 @@ class TorchvisionModel:
         device: torch.device,
         activation_layer: str | None = None,
         reference_signals: Mapping[str, Sequence[float]] | None = None,
+        acceleration: Acceleration | None = None,
     ) -> None:
         self.name = name
         self.class_names: tuple[str, ...] = tuple(class_names)
@@ -44,7 +54,11 @@ class TorchvisionModel:
             key: [float(v) for v in values] for key, values in (reference_signals or {}).items()
         }
         self._torch_device = device
+        self.acceleration = acceleration or Acceleration()
         self._network = network.to(device).eval().requires_grad_(False)
+        if self.acceleration.channels_last:
+            self._network = self._network.to(memory_format=torch.channels_last)
+        self._staging = HostStaging(self.acceleration.pin_memory)
         self._probe = ActivationProbe(self._network, activation_layer)
         #: What the activation signals measure, e.g. ``input of classifier.fc2``.
         self.activation_layer = self._probe.description
@@ -72,26 +86,65 @@ class TorchvisionModel:
         if self._closed:
             raise RuntimeError(f"model {self.name} is closed")
         if array.shape[0] == 0:
-            empty = np.empty(0, dtype=np.float64)
-            return BatchResult(
-                class_index=np.empty(0, dtype=np.int64),
-                confidence=empty,
-                signals={name: empty.copy() for name in SIGNAL_NAMES},
-            )
-        inputs = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-        with self._lock, torch.inference_mode():
+            return self._empty_result()
+        with self._lock:
             if self._closed:
                 raise RuntimeError(f"model {self.name} is closed")
-            self._probe.reset()
-            logits = self._network(inputs.to(self._torch_device))
-            activation_mean, activation_std = self._probe.take(array.shape[0])
-        if logits.shape != (array.shape[0], len(self.class_names)):
+            return self._classify(self._to_device(self._host_batch([array])))
+
+    def _host_batch(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        """The arrays concatenated along the batch axis as one float32 host tensor: in the
+        pinned staging buffer when copies go to a GPU, else without copying if possible."""
+        if not self.acceleration.pin_memory:
+            joined = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+            return torch.from_numpy(np.ascontiguousarray(joined, dtype=np.float32))
+        count = sum(array.shape[0] for array in arrays)
+        staged = self._staging.take((count, *arrays[0].shape[1:]))
+        np.concatenate(arrays, out=staged.numpy(), casting="same_kind")
+        return staged
+
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        """``host`` on the model's device (asynchronously from pinned memory on CUDA)."""
+        on_device = host.to(self._torch_device, non_blocking=self.acceleration.pin_memory)
+        self._staging.copied(self._torch_device)
+        return on_device
+
+    def _forward(self, inputs: torch.Tensor) -> Any:
+        """The network's raw output for a batch already on the device; the probe holds
+        the watched layer's statistics afterwards.
+
+        The network runs under the configured autocast, on inputs in its memory format.
+        """
+        inputs = inputs.contiguous(memory_format=self.acceleration.memory_format)
+        self._probe.reset()
+        with torch.inference_mode(), self.acceleration.autocast_context(self._torch_device):
+            return self._network(inputs)
+
+    def _classify(self, inputs: torch.Tensor) -> BatchResult:
+        """Every signal for a batch on the device; call with the lock held.
+
+        Logits are brought back to float32 before the softmax (and the probe takes the
+        activation statistics in float64), so with autocast the signals carry only the
+        rounding the network itself did in bfloat16/float16.
+        """
+        count = inputs.shape[0]
+        logits = self._forward(inputs)
+        activation_mean, activation_std = self._probe.take(count)
+        if logits.shape != (count, len(self.class_names)):
             raise RuntimeError(f"{self.name} returned logits of shape {tuple(logits.shape)}")
-        class_index, signals = output_signals(logits)
+        class_index, signals = output_signals(logits.float())
         signals["activation_mean"] = activation_mean
         signals["activation_std"] = activation_std
         return BatchResult(
             class_index=class_index, confidence=signals["confidence"], signals=signals
+        )
+
+    def _empty_result(self) -> BatchResult:
+        empty = np.empty(0, dtype=np.float64)
+        return BatchResult(
+            class_index=np.empty(0, dtype=np.int64),
+            confidence=empty,
+            signals={name: empty.copy() for name in SIGNAL_NAMES},
         )
 
     def close(self) -> None:
@@ -110,14 +163,13 @@ class TorchvisionModel:
         inputs = torch.zeros((2, *self.spec.shape), device=self._torch_device)
         channels, (height, width) = self.spec.channels, self.spec.input_size
         try:
-            with torch.inference_mode():
-                self._probe.reset()
-                logits = self._network(inputs)
+            logits = self._forward(inputs)
         except RuntimeError as error:
             self.close()
+            hint = " and model.autocast" if self.acceleration.autocast is not None else ""
             raise ModelLoadError(
                 f"{self.name} cannot run on {channels}-channel {height}x{width} input "
-                f"({error}); check model.input_size and model.channels"
+                f"({error}); check model.input_size and model.channels{hint}"
             ) from None
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
         if shape != (2, len(self.class_names)):
@@ -141,3 +193,59 @@ class TorchvisionModel:
             f"TorchvisionModel(name={self.name!r}, classes={len(self.class_names)}, "
             f"device={self.device!r}, input={self.spec.shape})"
         )
+
+
+class DeviceDecodingModel(TorchvisionModel):
+    """A ``TorchvisionModel`` that takes JPEGs still encoded (``model.decode_on_device``).
+
+    It meets the core's ``EncodedInputModel`` protocol: the decode threads only check
+    each JPEG's header and markers (``prepare_encoded``), and each micro-batch of JPEGs
+    is decoded, resized and normalised on the model's device in one go
+    (``predict_inputs``). Other formats, and JPEGs that decoder would not take, come as
+    arrays from ``preprocess`` as before; a batch may mix both.
+    """
+
+    def __init__(self, network: nn.Module, **kwargs: Any) -> None:
+        super().__init__(network, **kwargs)
+        self.device_preprocessor = DevicePreprocessor(self.spec, self._torch_device)
+
+    def prepare_encoded(self, data: bytes, max_pixels: int) -> EncodedJpeg | None:
+        """A checked JPEG for ``predict_inputs``, or None to have the core decode ``data``.
+
+        Thread-safe and cheap (no pixel is decoded). Raises ``ValueError`` for a JPEG
+        whose header declares more than ``max_pixels`` pixels.
+        """
+        return read_encoded_jpeg(data, max_pixels)
+
+    def predict_inputs(self, inputs: list[Any]) -> BatchResult:
+        """Classify ``preprocess`` arrays and ``prepare_encoded`` JPEGs, in their order."""
+        if self._closed:
+            raise RuntimeError(f"model {self.name} is closed")
+        if not inputs:
+            return self._empty_result()
+        array_rows = [row for row, item in enumerate(inputs) if isinstance(item, np.ndarray)]
+        jpeg_rows = [row for row, item in enumerate(inputs) if isinstance(item, EncodedJpeg)]
+        if len(array_rows) + len(jpeg_rows) != len(inputs):
+            strange = next(item for item in inputs if not isinstance(item, (np.ndarray, EncodedJpeg)))
+            raise TypeError(f"predict_inputs got a {type(strange).__name__}; expected arrays or EncodedJpeg")
+        expected = self.spec.shape
+        for row in array_rows:
+            if tuple(inputs[row].shape) != expected:
+                raise ValueError(f"input {row} has shape {inputs[row].shape}, expected {expected}")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"model {self.name} is closed")
+            decoded = None
+            if jpeg_rows:
+                decoded = self.device_preprocessor.inputs([inputs[row] for row in jpeg_rows])
+                if len(jpeg_rows) == len(inputs):
+                    return self._classify(decoded)
+            arrays = [inputs[row][None] for row in array_rows]
+            from_host = self._to_device(self._host_batch(arrays))
+            if decoded is None:
+                return self._classify(from_host)
+            batch = torch.empty((len(inputs), *expected), dtype=torch.float32, device=self._torch_device)
+            batch[torch.tensor(array_rows, device=self._torch_device)] = from_host
+            batch[torch.tensor(jpeg_rows, device=self._torch_device)] = decoded
+            return self._classify(batch)
+

@@ -10,16 +10,18 @@ first start, which lets the daemon run end to end without downloading anything.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
 from monitord.settings import ModelSettings
 
+from .acceleration import Acceleration
 from .architectures import build_network
 from .artifact import METADATA_FILE, is_artifact, read_metadata
 from .devices import resolve_device
 from .errors import ModelLoadError, TrainingError
-from .inference import TorchvisionModel
+from .inference import DeviceDecodingModel, TorchvisionModel
 from .options import TorchvisionOptions, parse_options, read_classes_file
 from .preprocess import PreprocessSpec
 from .weights import load_weights, read_state_dict
@@ -33,11 +35,57 @@ def load_model(settings: ModelSettings, state_dir: Path) -> TorchvisionModel:
     """The factory registered as model type ``torchvision`` (slow: may train)."""
     options = parse_options(settings)
     device = resolve_device(settings.device)
+    threads = options.torch_threads
+    if threads is None and device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        threads = default_cpu_threads()
+    if threads is not None:
+        # Process-wide: the daemon runs one model, and its CPU inference is what this sizes.
+        torch.set_num_threads(threads)
+    model = _load(settings, state_dir, options, device)
+    logger.info(
+        "serving %s on %s (%s%s%s)",
+        model.name,
+        model.device,
+        model.acceleration.describe(),
+        ", JPEGs decoded on the device" if isinstance(model, DeviceDecodingModel) else "",
+        f", {torch.get_num_threads()} torch threads" if device.type == "cpu" else "",
+    )
+    return model
+
+
+def default_cpu_threads() -> int:
+    """Threads for CPU inference when ``model.torch_threads`` is not set: half the usable cores.
+
+    torch's own default takes every core, but the daemon's event loop and decode threads
+    need cores too: on a 2-core machine two intra-op threads fought them, and a batch of
+    8 digits took 37-52 ms instead of under 1 ms (one thread), the daemon ~40 % slower
+    end to end (benchmarks/RESULTS.md, "Throughput and latency").
+    """
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, usable // 2)
+
+
+def acceleration_for(options: TorchvisionOptions, device: torch.device) -> Acceleration:
+    """``model.channels_last`` and ``model.autocast`` resolved for ``device``."""
+    return Acceleration.for_device(
+        device, channels_last=options.channels_last, autocast=options.autocast
+    )
+
+
+def _load(
+    settings: ModelSettings, state_dir: Path, options: TorchvisionOptions, device: torch.device
+) -> TorchvisionModel:
     if options.architecture is not None:
         return load_from_options(options, device=device)
     artifact = settings.artifact if settings.artifact is not None else Path(state_dir) / "model"
     if is_artifact(artifact):
-        return load_artifact(artifact, device=device, activation_layer=options.activation_layer)
+        return load_artifact(
+            artifact,
+            device=device,
+            activation_layer=options.activation_layer,
+            acceleration=acceleration_for(options, device),
+            decode_on_device=options.decode_on_device,
+        )
     if artifact.exists() and not (artifact.is_dir() and not any(artifact.iterdir())):
         raise ModelLoadError(
             f"model.artifact = '{artifact}': exists but is not a model artifact (no "
@@ -79,7 +127,13 @@ def _train_then_load(
         100 * report.held_out_accuracy,
         artifact,
     )
-    return load_artifact(artifact, device=device, activation_layer=options.activation_layer)
+    return load_artifact(
+        artifact,
+        device=device,
+        activation_layer=options.activation_layer,
+        acceleration=acceleration_for(options, device),
+        decode_on_device=options.decode_on_device,
+    )
 
 
 def load_artifact(
@@ -87,8 +141,13 @@ def load_artifact(
     *,
     device: str | torch.device = "auto",
     activation_layer: str | None = None,
+    acceleration: Acceleration | None = None,
+    decode_on_device: bool = False,
 ) -> TorchvisionModel:
     """Serve an artifact folder. ``activation_layer`` overrides the one it was saved with.
+
+    ``acceleration`` (default: the plain float32 path) and ``decode_on_device`` are
+    ``model.channels_last``/``model.autocast`` and ``model.decode_on_device``.
 
     The reference values of the activation signals only describe the layer they were
     measured on, so an override drops them rather than hand detectors a wrong reference.
@@ -125,7 +184,8 @@ def load_artifact(
             )
         for name in _ACTIVATION_SIGNALS:
             references.pop(name, None)
-    return TorchvisionModel(
+    model_class = DeviceDecodingModel if decode_on_device else TorchvisionModel
+    return model_class(
         network,
         name=metadata.architecture,
         class_names=metadata.class_names,
@@ -133,13 +193,18 @@ def load_artifact(
         device=torch_device,
         activation_layer=layer,
         reference_signals=references,
+        acceleration=acceleration,
     )
 
 
 def load_from_options(
     options: TorchvisionOptions, *, device: str | torch.device = "auto"
 ) -> TorchvisionModel:
-    """Serve a torchvision classifier described by settings keys (no reference signals)."""
+    """Serve a torchvision classifier described by settings keys (no reference signals).
+
+    Every plugin key applies, ``model.channels_last``, ``model.autocast`` and
+    ``model.decode_on_device`` included.
+    """
     if options.architecture is None or options.weights is None:
         raise ModelLoadError("model.architecture and model.weights are both needed")
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -164,7 +229,8 @@ def load_from_options(
     spec = PreprocessSpec(
         input_size=tuple(options.input_size), channels=options.channels, mean=mean, std=std
     )
-    return TorchvisionModel(
+    model_class = DeviceDecodingModel if options.decode_on_device else TorchvisionModel
+    return model_class(
         network,
         name=options.architecture,
         class_names=class_names,
@@ -172,4 +238,5 @@ def load_from_options(
         device=torch_device,
         activation_layer=options.activation_layer,
         reference_signals={},
+        acceleration=acceleration_for(options, torch_device),
     )

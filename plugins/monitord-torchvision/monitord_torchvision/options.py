@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from monitord.settings import ModelSettings, SettingsError, describe_validation_error
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 #: torchvision's ImageNet statistics, the right default for its architectures.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,6 +34,11 @@ class TorchvisionOptions(BaseModel):
     ``train_if_missing`` allows. With ``architecture`` it builds that torchvision model and
     loads ``weights``; ``classes`` (or ``classes_file``), ``input_size``, ``channels``,
     ``mean`` and ``std`` then describe how the weights were trained.
+
+    The rest tune speed, whichever model is served: ``channels_last`` (default: on for
+    CUDA, off for the CPU) and ``autocast`` ("off", "bf16", "fp16") for the forward pass,
+    ``decode_on_device`` to decode JPEGs in batches on the model's device, and
+    ``torch_threads`` for CPU inference.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -47,6 +53,15 @@ class TorchvisionOptions(BaseModel):
     std: tuple[PositiveFloat, ...] | None = Field(None, min_length=1, max_length=3)
     activation_layer: str | None = Field(None, min_length=1)
     train_if_missing: bool = True
+    #: Network and inputs in ``torch.channels_last``; None: on for CUDA, off for the CPU.
+    channels_last: bool | None = None
+    #: Mixed precision for the forward pass; signals are computed in float32 afterwards.
+    autocast: Literal["off", "bf16", "fp16"] = "off"
+    #: Decode JPEGs on the model's device in batches (nvJPEG on CUDA).
+    decode_on_device: bool = False
+    #: ``torch.set_num_threads`` for CPU inference; None: half the usable cores (torch's
+    #: default when ``OMP_NUM_THREADS`` is set).
+    torch_threads: PositiveInt | None = None
 
     @field_validator("classes", "input_size", "mean", "std", mode="before")
     @classmethod
@@ -57,6 +72,32 @@ class TorchvisionOptions(BaseModel):
                 return json.loads(value)
             except json.JSONDecodeError:
                 return value
+        return value
+
+    @field_validator("channels_last", "decode_on_device", "torch_threads", mode="before")
+    @classmethod
+    def _no_numbers_for_flags_nor_flags_for_numbers(cls, value: Any, info: Any) -> Any:
+        """Pydantic would read ``torch_threads = true`` as 1 and ``channels_last = 2`` as
+        an error only by luck; say plainly what each key takes."""
+        if info.field_name == "torch_threads":
+            if isinstance(value, bool):
+                raise PydanticCustomError(
+                    "threads", "must be a whole number of threads (e.g. 8), not true/false"
+                )
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise PydanticCustomError("flag", "must be true or false")
+        return value
+
+    @field_validator("autocast", mode="before")
+    @classmethod
+    def _autocast_words(cls, value: Any) -> Any:
+        """Refuse the likely near misses with the accepted spellings and a recommendation."""
+        if value not in ("off", "bf16", "fp16"):
+            raise PydanticCustomError(
+                "autocast",
+                'must be "off", "bf16" or "fp16" (bf16 is the recommended setting on a GPU; '
+                '"off" runs in float32)',
+            )
         return value
 
     @field_validator("classes")

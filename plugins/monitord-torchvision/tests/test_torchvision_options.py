@@ -110,3 +110,66 @@ def test_cuda_index_beyond_the_devices_is_a_clear_error() -> None:
     assert resolve_device("cuda").type == "cuda"
     with pytest.raises(SettingsError, match="CUDA device"):
         resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+# -- speed options (issue 6) ---------------------------------------------------------------
+
+
+def test_speed_options_default_to_the_plain_path() -> None:
+    options = parse_options(ModelSettings())
+    assert options.channels_last is None  # resolved per device: on for CUDA, off for the CPU
+    assert options.autocast == "off"
+    assert options.decode_on_device is False
+    assert options.torch_threads is None
+
+
+def test_speed_options_parse_from_toml_values_and_environment_strings() -> None:
+    from_toml = parse_options(
+        {"channels_last": True, "autocast": "bf16", "decode_on_device": True, "torch_threads": 4}
+    )
+    assert (from_toml.channels_last, from_toml.autocast) == (True, "bf16")
+    assert (from_toml.decode_on_device, from_toml.torch_threads) == (True, 4)
+    from_env = parse_options(
+        {"channels_last": "false", "autocast": "fp16", "decode_on_device": "true", "torch_threads": "2"}
+    )
+    assert (from_env.channels_last, from_env.autocast) == (False, "fp16")
+    assert (from_env.decode_on_device, from_env.torch_threads) == (True, 2)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("autocast", "bf17", "model.autocast = 'bf17': must be \"off\", \"bf16\" or \"fp16\""),
+        ("autocast", False, "model.autocast = False: must be \"off\", \"bf16\" or \"fp16\""),
+        ("autocast", "bfloat16", "bf16 is the recommended setting on a GPU"),
+        ("channels_last", 2, "model.channels_last = 2: must be true or false"),
+        ("channels_last", "sometimes", "model.channels_last = 'sometimes': Input should be a valid boolean"),
+        ("decode_on_device", 1, "model.decode_on_device = 1: must be true or false"),
+        ("decode_on_device", "gpu", "model.decode_on_device = 'gpu': Input should be a valid boolean"),
+        ("torch_threads", 0, "model.torch_threads = 0: Input should be greater than 0"),
+        ("torch_threads", -3, "model.torch_threads = -3: Input should be greater than 0"),
+        ("torch_threads", True, "model.torch_threads = True: must be a whole number of threads"),
+        ("torch_threads", "many", "model.torch_threads = 'many': Input should be a valid integer"),
+        ("torch_threads", 2.5, "model.torch_threads = 2.5: Input should be a valid integer"),
+    ],
+)
+def test_bad_speed_options_name_the_key_value_and_fix(key: str, value: object, expected: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse_options(ModelSettings(**{key: value}))
+    assert expected in str(caught.value)
+    assert f"MONITORD_MODEL__{key.upper()}" in str(caught.value)
+
+
+def test_channels_last_and_pinned_memory_follow_the_device_unless_set() -> None:
+    from monitord_torchvision.acceleration import Acceleration
+
+    cpu = torch.device("cpu")
+    assert Acceleration.for_device(cpu) == Acceleration(False, None, False)
+    assert Acceleration.for_device(cpu, channels_last=True, autocast="bf16") == Acceleration(
+        True, torch.bfloat16, False
+    )
+    assert Acceleration.for_device(cpu, autocast="fp16").autocast is torch.float16
+    if torch.cuda.is_available():
+        cuda = torch.device("cuda", 0)
+        assert Acceleration.for_device(cuda) == Acceleration(True, None, True)
+        assert Acceleration.for_device(cuda, channels_last=False).channels_last is False
