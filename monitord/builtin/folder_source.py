@@ -16,26 +16,48 @@ costs the same memory.
 Every outcome goes through the ledger (``monitord.builtin.folder_ledger``) before the
 file moves, so after a ``kill -9`` each file ends up in ``processed/`` or ``failed/``
 exactly once.
+
+Files travel in groups, so that a file costs a share of a transaction and of a trip to a
+thread rather than one of each per step. Two tasks on the event loop do the work, and
+everything that touches the disk or the ledger runs in the source's own thread
+(``monitord-folder``), never on the loop:
+
+- the dispatcher takes the waiting files there while ``folder.max_in_flight`` has room,
+  checks that each is finished (an ``lstat``, which gives its identity and size, and
+  the lease check of ``monitord.file_readiness``), claims the ready ones in one ledger
+  transaction (``begin_many``), sets aside the ones refused before reading (over
+  ``folder.max_attempts``, a symlink out of the inbox, over ``folder.max_file_bytes``),
+  completes moves a crash interrupted, and submits the rest to the pipeline at once;
+- the finisher takes every outcome the pipeline has resolved since its last turn and
+  carries them out as a group: the outcomes recorded in one transaction
+  (``decide_many``), then the files beside written and the files moved, then the group
+  finished in one more (``finish_many``). Recording before moving is what makes a crash
+  at any point harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import json
 import logging
 import os
 import stat
-from collections import OrderedDict
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import watchfiles
 
 from monitord.builtin.folder_files import free_name, move, sidecar, write_atomically
-from monitord.builtin.folder_ledger import Entry, FileIdentity, Ledger
-from monitord.file_readiness import FileSignature, WriterState, writer_state
+from monitord.builtin.folder_ledger import Decision, Entry, FileIdentity, Ledger
+from monitord.file_readiness import WriterState, writer_state
 from monitord.hookspecs import hookimpl
 from monitord.items import Outcome, Prediction, WorkItem
-from monitord.pipeline import PipelineClosed
+from monitord.pipeline import PipelineClosed, PipelineFull
 from monitord.sources import Source, SourceContext
 
 log = logging.getLogger("monitord.folder")
@@ -43,13 +65,33 @@ log = logging.getLogger("monitord.folder")
 #: Names that are still being written by common tools, or are not meant for us.
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 
+#: How watchfiles groups file-system events (milliseconds): it hands over what it has once
+#: no new event came for ``STEP`` (or ``DEBOUNCE`` after the first one at the latest). Each
+#: step is a wake-up of its thread, so this is latency traded against idle wake-ups.
+WATCH_STEP_MS = 5
+WATCH_DEBOUNCE_MS = 20
+
+#: Most outcomes carried out in one trip to the folder thread.
+MAX_GROUP = 512
+
+_T = TypeVar("_T")
+
 
 def is_candidate_name(relative: Path) -> bool:
     """Whether a path under the inbox names a file we should take (no dotfiles, no temp names)."""
-    if any(part.startswith(".") for part in relative.parts):
+    return _is_candidate(relative.as_posix())
+
+
+def _is_candidate(relative: str) -> bool:
+    """``is_candidate_name`` for a relative path as a string, ``/`` between its parts."""
+    if relative.startswith(".") or "/." in relative:
         return False
-    name = relative.name.lower()
-    return not name.endswith(TEMPORARY_SUFFIXES)
+    return not relative.rpartition("/")[2].lower().endswith(TEMPORARY_SUFFIXES)
+
+
+def _under(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or inside it (both absolute and normalised)."""
+    return path == folder or path.startswith(folder if folder.endswith(os.sep) else folder + os.sep)
 
 
 class _Candidate:
@@ -58,8 +100,45 @@ class _Candidate:
     __slots__ = ("signature", "stable_since")
 
     def __init__(self) -> None:
-        self.signature: FileSignature | None = None
+        self.signature: tuple[int, int] | None = None
         self.stable_since = 0.0
+
+
+@dataclass(eq=False)
+class _Flight:
+    """A claimed file: in the pipeline, then waiting for the finisher."""
+
+    path: str
+    relative: str
+    outcome: Outcome | None = None
+    #: The task of a file that waits in ``submit`` for room in the pipeline (it was
+    #: full); held here, since the event loop keeps only weak references to tasks.
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Ready:
+    """A file found ready: what the claim needs to know about it."""
+
+    path: str
+    relative: str
+    identity: FileIdentity
+    #: Bytes of what it names (read through a symlink later), None when unknown.
+    size: int | None
+    is_link: bool
+
+
+@dataclass
+class _Claimed:
+    """What one trip of the dispatcher to the folder thread found."""
+
+    #: Candidates that leave the backlog: gone, not files, or claimed.
+    taken: list[str] = field(default_factory=list)
+    submit: list[_Ready] = field(default_factory=list)
+    #: Files refused before reading and moved to failed/ (counted as rejected).
+    rejected: int = 0
+    #: A folder arrived: its files came with it and no event announced them.
+    folder_seen: bool = False
 
 
 class FolderSource(Source):
@@ -69,29 +148,51 @@ class FolderSource(Source):
         self.inbox = self.settings.inbox.resolve()
         self.processed = self.settings.processed.resolve()
         self.failed = self.settings.failed.resolve()
+        # The hot paths work on strings: a Path per file and step costs more than the step.
+        self._inbox = str(self.inbox)
+        self._prefix = self._inbox if self._inbox.endswith(os.sep) else self._inbox + os.sep
+        self._processed = str(self.processed)
+        self._failed = str(self.failed)
         self.ledger_path = Path(context.settings.state_dir).resolve() / "ledger.sqlite3"
         self.ledger: Ledger | None = None
-        self._candidates: OrderedDict[Path, _Candidate] = OrderedDict()
-        self._in_flight: dict[Path, asyncio.Task[None]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._candidates: dict[str, _Candidate] = {}
+        self._in_flight: dict[str, _Flight] = {}
+        self._idle = asyncio.Event()  # nothing in flight
+        self._idle.set()
+        #: Flights with their outcome, waiting for the finisher.
+        self._outcomes: list[_Flight] = []
+        self._outcomes_ready = asyncio.Event()
         #: Files were left out of the backlog (it was full): scan again once it empties.
         self._overflowed = False
         self._scan_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._finisher: asyncio.Task[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
         context.metrics.watch_queue("folder_backlog", lambda: len(self._candidates))
 
     def setup(self) -> None:
         for folder in (self.inbox, self.processed, self.failed):
             folder.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.ledger_path)
+        # One thread for the ledger and the file work. More do not go faster: every system
+        # call lets go of the GIL, and threads taking it back from one another (and from
+        # the decode and model threads) cost more than the calls themselves.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="monitord-folder")
 
     def describe(self) -> str:
         return f"folder: watching {self.inbox} (processed -> {self.processed}, failed -> {self.failed})"
 
+    async def _in_thread(self, function: Callable[..., _T], *args: Any) -> _T:
+        """``function(*args)`` in the folder thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+
     async def start(self) -> None:
-        await asyncio.to_thread(self._recover)
+        await self._in_thread(self._recover)
         await self._scan()
+        self._finisher = asyncio.create_task(self._finish_outcomes(), name="folder-finish")
         self._tasks = [
             asyncio.create_task(self._watch(), name="folder-watch"),
             asyncio.create_task(self._rescan_periodically(), name="folder-rescan"),
@@ -101,13 +202,28 @@ class FolderSource(Source):
     async def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
+        if self._drained is None:
+            self._drained = asyncio.ensure_future(self._drain())
+        try:
+            # Shielded: a shutdown deadline stops the waiting here, not a claim half made.
+            await asyncio.shield(self._drained)
+        except asyncio.CancelledError:
+            self._abandon([flight for flight in self._in_flight.values() if flight.outcome is None])
+            raise
+        if self._finisher is not None:
+            self._finisher.cancel()
+            await asyncio.gather(self._finisher, return_exceptions=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        if self.ledger is not None:
+            self.ledger.close()
+
+    async def _drain(self) -> None:
+        """Stop taking files in, then wait until every file taken in has its outcome carried out."""
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._scan_task is not None:
             await asyncio.gather(self._scan_task, return_exceptions=True)
-        if self._in_flight:
-            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
-        if self.ledger is not None:
-            self.ledger.close()
+        await self._idle.wait()
 
     # -- recovery --------------------------------------------------------------------------
 
@@ -116,8 +232,7 @@ class FolderSource(Source):
         assert self.ledger is not None
         entries = self.ledger.unfinished()
         decided = [entry for entry in entries if entry.decided]
-        for entry in decided:
-            self._complete(self.inbox / entry.relative, entry)
+        self._complete([(os.path.join(self._inbox, entry.relative), entry) for entry in decided])
         interrupted = len(entries) - len(decided)
         if decided:
             log.info("completed %d file move(s) interrupted by the last stop", len(decided))
@@ -129,46 +244,52 @@ class FolderSource(Source):
             log.info("ledger %s: %s file(s) finished so far (%s)", self.ledger_path, sum(totals.values()),
                      ", ".join(f"{outcome} {count}" for outcome, count in totals.items()))
 
-    def _complete(self, path: Path, entry: Entry) -> None:
-        """Finish the steps of a decided outcome: the file beside, the move, the count."""
-        assert self.ledger is not None and entry.outcome is not None and entry.target is not None
-        target = Path(entry.target)
-        source_is_it = FileIdentity.of(path) == entry.identity
-        if not source_is_it and not os.path.lexists(target):
-            log.warning("%s vanished from the inbox before its outcome (%s) was stored; nothing to move",
-                        entry.relative, entry.outcome)
-            self.ledger.forget(entry.relative)
-            return
-        if entry.sidecar and entry.sidecar_text is not None:
-            write_atomically(Path(entry.sidecar), entry.sidecar_text)
-        if source_is_it:
-            move(path, target)
-        self.ledger.finish(entry.relative, entry.outcome)
+    def _complete(self, decided: list[tuple[str, Entry]]) -> None:
+        """Finish the steps of decided outcomes: the file beside, the move, the count (folder thread)."""
+        assert self.ledger is not None
+        finished: list[tuple[str, str]] = []
+        gone: list[str] = []
+        for path, entry in decided:
+            assert entry.outcome is not None and entry.target is not None
+            try:
+                source_is_it = FileIdentity.of(path) == entry.identity
+                if not source_is_it and not os.path.lexists(entry.target):
+                    log.warning("%s vanished from the inbox before its outcome (%s) was stored; nothing to move",
+                                entry.relative, entry.outcome)
+                    gone.append(entry.relative)
+                    continue
+                if entry.sidecar and entry.sidecar_text is not None:
+                    write_atomically(entry.sidecar, entry.sidecar_text)
+                if source_is_it:
+                    move(path, entry.target)
+            except Exception:
+                log.exception("could not finish %s; it stays in the inbox and will be retried", entry.relative)
+                continue
+            finished.append((entry.relative, entry.outcome))
+        if gone:
+            self.ledger.forget_many(gone)
+        if finished:
+            self.ledger.finish_many(finished)
 
     # -- discovery -----------------------------------------------------------------------
 
-    def _offer(self, path: Path) -> None:
+    def _offer(self, path: str) -> None:
         if path in self._in_flight or path in self._candidates:
             return
-        if self._is_ours(path):
+        if not path.startswith(self._prefix) or self._is_ours(path):
             return
-        try:
-            relative = path.relative_to(self.inbox)
-        except ValueError:
+        if not _is_candidate(path[len(self._prefix):]):
             return
-        if not is_candidate_name(relative):
-            return
-        if path.is_dir() and not path.is_symlink():
-            self._scan_soon()  # a folder moved in whole brings files no event announced
-            return
+        # A folder (moved in whole, its files unannounced) is told apart in the folder
+        # thread, which asks for a scan: no stat here, on the loop.
         if len(self._candidates) >= self.settings.max_backlog:
             self._overflowed = True  # it stays on disk; a scan finds it once there is room
             return
         self._candidates[path] = _Candidate()
 
-    def _is_ours(self, path: Path) -> bool:
+    def _is_ours(self, path: str) -> bool:
         """Files under processed/ or failed/ when those live inside the inbox."""
-        return path.is_relative_to(self.processed) or path.is_relative_to(self.failed)
+        return _under(path, self._processed) or _under(path, self._failed)
 
     def _scan_soon(self) -> None:
         if self._scan_task is None or self._scan_task.done():
@@ -191,15 +312,15 @@ class FolderSource(Source):
             self._overflowed = True
         self._wake.set()
 
-    def _list_inbox(self, room: int, known: set[Path]) -> tuple[list[Path], bool]:
+    def _list_inbox(self, room: int, known: set[str]) -> tuple[list[str], bool]:
         """Up to ``room`` new candidate files, in name order; and whether that was all of them."""
-        found: list[Path] = []
-        for root, dirs, files in os.walk(self.inbox):
-            root_path = Path(root)
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not self._is_ours(root_path / d))
+        found: list[str] = []
+        skip = len(self._prefix)
+        for root, dirs, files in os.walk(self._inbox):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not self._is_ours(os.path.join(root, d)))
             for name in sorted(files):
-                path = root_path / name
-                if path in known or not is_candidate_name(path.relative_to(self.inbox)):
+                path = os.path.join(root, name)
+                if path in known or not _is_candidate(path[skip:]):
                     continue
                 if len(found) >= room:
                     return found, False
@@ -207,14 +328,16 @@ class FolderSource(Source):
         return found, True
 
     async def _watch(self) -> None:
+        deleted = watchfiles.Change.deleted
         while not self._stopping.is_set():
             try:
                 async for changes in watchfiles.awatch(
-                    self.inbox, stop_event=self._stopping, recursive=True, watch_filter=None, debounce=200, step=20
+                    self.inbox, stop_event=self._stopping, recursive=True, watch_filter=None,
+                    debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS,
                 ):
                     for change, raw_path in changes:
-                        if change != watchfiles.Change.deleted:
-                            self._offer(Path(raw_path))
+                        if change != deleted:
+                            self._offer(raw_path)
                     self._wake.set()
             except Exception as error:  # e.g. watchfiles cannot decode a file name that is not UTF-8
                 cause = error.exceptions[0] if isinstance(error, BaseExceptionGroup) else error
@@ -232,148 +355,303 @@ class FolderSource(Source):
             except TimeoutError:
                 self._scan_soon()
 
-    # -- readiness and dispatch ------------------------------------------------------------
+    # -- readiness, claims and dispatch ------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        loop = asyncio.get_running_loop()
         poll = max(0.05, min(self.settings.settle_seconds / 2, 0.25))
         while not self._stopping.is_set():
-            waiting = self._release_ready(loop.time())
+            self._wake.clear()  # before looking: whatever arrives meanwhile wakes the next turn
+            try:
+                waiting = await self._release_ready()
+            except Exception:  # never let one bad turn stop the source; the files stay on disk
+                log.exception("could not take files from the inbox; trying again")
+                waiting = True
             if self._overflowed and len(self._candidates) <= self.settings.max_backlog // 2:
                 self._overflowed = False
                 self._scan_soon()
-            self._wake.clear()
-            timeout = poll if waiting else None
+            if self._stopping.is_set():
+                break
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await asyncio.wait_for(self._wake.wait(), poll if waiting else None)
             except TimeoutError:
                 pass
 
-    def _release_ready(self, now: float) -> bool:
-        """Submit ready candidates while there is room; return whether some still wait."""
+    async def _release_ready(self) -> bool:
+        """Claim and submit ready candidates while there is room; return whether some still wait."""
         room = self.settings.max_in_flight - len(self._in_flight)
-        examined = 0
-        for path in list(self._candidates):
-            if room <= 0 or examined >= room + 1000:
-                break
-            examined += 1
-            if self._is_ready(path, self._candidates[path], now):
-                del self._candidates[path]
-                self._in_flight[path] = asyncio.create_task(self._process(path))
-                room -= 1
+        if room <= 0 or not self._candidates:
+            return bool(self._candidates)
+        # Busy files are passed over: look at up to 1,000 of them beyond the room.
+        group = list(itertools.islice(self._candidates.items(), room + 1000))
+        claimed = await self._in_thread(self._claim, group, room)
+        for path in claimed.taken:
+            self._candidates.pop(path, None)
+        if claimed.folder_seen:
+            self._scan_soon()
+        if claimed.rejected:
+            self.context.metrics.images.labels(source=self.name, outcome="rejected").inc(claimed.rejected)
+        if claimed.submit:
+            self._submit(claimed.submit)
         return bool(self._candidates)
 
-    def _is_ready(self, path: Path, candidate: _Candidate, now: float) -> bool:
-        try:
-            mode = os.lstat(path).st_mode
-        except OSError:
-            mode = 0
-        if stat.S_ISLNK(mode):
-            if path.is_dir():
-                del self._candidates[path]
-                return False
-            return True  # processing checks where it points and refuses it with a reason
-        if not stat.S_ISREG(mode):
-            del self._candidates[path]  # vanished, a directory, a socket: nothing to read
-            return False
-        state = writer_state(path)
-        if state is WriterState.GONE:
-            del self._candidates[path]
-            return False
-        if state is WriterState.BUSY:
-            return False
-        if state is WriterState.FREE:
-            return True
-        signature = FileSignature.of(path)
-        if signature != candidate.signature:
-            candidate.signature, candidate.stable_since = signature, now
-            return self.settings.settle_seconds == 0
-        return now - candidate.stable_since >= self.settings.settle_seconds
-
-    # -- one file --------------------------------------------------------------------------
-
-    async def _process(self, path: Path) -> None:
+    def _claim(self, group: list[tuple[str, _Candidate]], room: int) -> _Claimed:
+        """Find up to ``room`` ready files in ``group``, claim them, and settle the ones that
+        need no model (runs in the folder thread)."""
         assert self.ledger is not None
-        relative = path.relative_to(self.inbox)
-        key = relative.as_posix()
-        claimed = False
+        claimed = _Claimed()
+        ready: list[_Ready] = []
+        now = time.monotonic()
+        skip = len(self._prefix)
+        settle = self.settings.settle_seconds
+        for path, candidate in group:
+            if len(ready) >= room:
+                break
+            try:
+                info = os.lstat(path)
+            except OSError:
+                claimed.taken.append(path)  # vanished
+                continue
+            mode = info.st_mode
+            if stat.S_ISLNK(mode):
+                if os.path.isdir(path):
+                    claimed.taken.append(path)  # a link to a folder is not taken
+                    continue
+                # Processing checks where it points and refuses it with a reason.
+                ready.append(_Ready(path, path[skip:], FileIdentity.of_stat(info), None, True))
+                continue
+            if not stat.S_ISREG(mode):
+                claimed.taken.append(path)  # a folder, a socket: nothing to read
+                claimed.folder_seen |= stat.S_ISDIR(mode)
+                continue
+            # The identity and size are the lstat's: a file replaced between it and the
+            # check is a new file with the same name, which a restart tells apart anyway.
+            state = writer_state(path)
+            if state is WriterState.GONE:
+                claimed.taken.append(path)
+                continue
+            if state is WriterState.BUSY:
+                continue
+            if state is WriterState.UNKNOWN:  # judge by stability
+                signature = (info.st_size, info.st_mtime_ns)
+                if signature != candidate.signature:
+                    candidate.signature, candidate.stable_since = signature, now
+                    if settle != 0:
+                        continue
+                elif now - candidate.stable_since < settle:
+                    continue
+            ready.append(_Ready(path, path[skip:], FileIdentity.of_stat(info), info.st_size, False))
+        if not ready:
+            return claimed
+        claimed.taken.extend(file.path for file in ready)
         try:
-            identity = FileIdentity.of(path)
-            if identity is None:
-                return  # gone since it was found
-            entry = self.ledger.begin(key, identity)
-            claimed = not entry.decided
+            entries = self.ledger.begin_many([(file.relative, file.identity) for file in ready])
+        except Exception:
+            log.exception("could not claim %d file(s) in the ledger; they stay in the inbox and the next "
+                          "rescan takes them again", len(ready))
+            return claimed
+        decided: list[tuple[str, Entry]] = []
+        refused: list[tuple[str, Decision]] = []
+        for file, entry in zip(ready, entries):
             if entry.decided:
                 # A crash came between deciding and moving: finish that, run nothing again.
-                await asyncio.to_thread(self._complete, path, entry)
-                return
-            if entry.attempts > self.settings.max_attempts:
-                reason = (f"the daemon stopped {entry.attempts - 1} times while this file was being processed "
-                          f"(folder.max_attempts = {self.settings.max_attempts}); set aside so it cannot stop "
-                          "it again; check the daemon's log from those runs")
-                await self._reject(path, relative, reason)
-                return
-            # realpath, unlike Path.resolve, does not raise on a loop: reading it then fails with ELOOP.
-            if path.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(self.inbox):
-                await self._reject(path, relative, "symlink points outside the inbox; refused")
-                return
-            size = _size(path)
-            if size is not None and size > self.settings.max_file_bytes:
-                await self._reject(path, relative, f"file is {size} bytes, over the limit of "
-                                   f"{self.settings.max_file_bytes} (folder.max_file_bytes); not read")
-                return
-            label = relative.parts[0] if self.settings.labels_from_subfolders and len(relative.parts) > 1 else None
-            item = WorkItem(id=key, source=self.name, payload=path, label=label)
+                decided.append((file.path, entry))
+                continue
+            reason = self._refusal(file, entry)
+            if reason is None:
+                claimed.submit.append(file)
+            else:
+                target = free_name(os.path.join(self._failed, file.relative))
+                refused.append((file.path, Decision(file.relative, "rejected", target,
+                                                    sidecar(target, ".reason.txt"), reason + "\n")))
+        if decided:
             try:
-                outcome = await self.context.pipeline.submit(item)
-            except PipelineClosed:
-                self.ledger.release(key)
-                return  # left in the inbox for the next start
-            await asyncio.to_thread(self._finish, path, relative, outcome)
+                self._complete(decided)
+            except Exception:
+                log.exception("could not complete %d interrupted move(s); the next rescan tries again", len(decided))
+        if refused:
+            claimed.rejected = len(self._carry_out(refused))
+        return claimed
+
+    def _refusal(self, file: _Ready, entry: Entry) -> str | None:
+        """Why a claimed file is failed without being read, or None to submit it."""
+        if entry.attempts > self.settings.max_attempts:
+            return (f"the daemon stopped {entry.attempts - 1} times while this file was being processed "
+                    f"(folder.max_attempts = {self.settings.max_attempts}); set aside so it cannot stop "
+                    "it again; check the daemon's log from those runs")
+        size = file.size
+        if file.is_link:
+            # realpath, unlike Path.resolve, does not raise on a loop: reading it then fails with ELOOP.
+            if not _under(os.path.realpath(file.path), self._inbox):
+                return "symlink points outside the inbox; refused"
+            size = _size(file.path)
+        if size is not None and size > self.settings.max_file_bytes:
+            return (f"file is {size} bytes, over the limit of {self.settings.max_file_bytes} "
+                    "(folder.max_file_bytes); not read")
+        return None
+
+    def _submit(self, files: list[_Ready]) -> None:
+        """Hand claimed files to the pipeline; each outcome reaches the finisher."""
+        pipeline = self.context.pipeline
+        by_subfolder = self.settings.labels_from_subfolders
+        flights, items = [], []
+        for file in files:
+            head, slash, _ = file.relative.partition("/")
+            items.append(WorkItem(id=file.relative, source=self.name, payload=Path(file.path),
+                                  label=head if by_subfolder and slash else None))
+            flight = _Flight(file.path, file.relative)
+            flights.append(flight)
+            self._in_flight[file.path] = flight
+        self._idle.clear()
+        fit = min(len(items), pipeline.free_slots())
+        try:
+            futures = pipeline.submit_nowait(items[:fit]) if fit else []
+        except PipelineClosed:
+            self._abandon(flights)  # shutting down: left in the inbox for the next start
+            return
+        except PipelineFull:
+            futures = []
+        for flight, future in zip(flights, futures):
+            future.add_done_callback(functools.partial(self._resolved, flight))
+        # No room in the pipeline for the rest now: each waits for its turn.
+        for flight, item in itertools.islice(zip(flights, items), len(futures), None):
+            flight.task = asyncio.create_task(self._submit_waiting(flight, item))
+
+    async def _submit_waiting(self, flight: _Flight, item: WorkItem) -> None:
+        try:
+            outcome = await self.context.pipeline.submit(item)
+        except PipelineClosed:
+            self._abandon([flight])
+            return
         except asyncio.CancelledError:
-            if claimed:
-                self.ledger.release(key)  # shutdown, not the file's doing
+            self._abandon([flight])  # shutdown, not the file's doing
             raise
         except Exception:
-            log.exception("could not finish %s; it stays in the inbox and will be retried", relative)
-        finally:
-            del self._in_flight[path]
+            log.exception("could not submit %s; it stays in the inbox and will be retried", flight.relative)
+            self._land(flight)
+            return
+        self._arrived(flight, outcome)
+
+    def _resolved(self, flight: _Flight, future: asyncio.Future[Outcome]) -> None:
+        if future.cancelled():
+            self._abandon([flight])  # the pipeline closed with it inside: shutdown
+            return
+        error = future.exception()
+        if error is not None:
+            log.error("could not process %s; it stays in the inbox and will be retried", flight.relative,
+                      exc_info=error)
+            self._land(flight)
+            return
+        self._arrived(flight, future.result())
+
+    def _arrived(self, flight: _Flight, outcome: Outcome) -> None:
+        if self._in_flight.get(flight.path) is not flight:
+            return  # released at a shutdown already
+        flight.outcome = outcome
+        self._outcomes.append(flight)
+        self._outcomes_ready.set()
+
+    def _land(self, flight: _Flight) -> None:
+        """``flight`` is no longer in flight (finished, failed or released)."""
+        if self._in_flight.get(flight.path) is flight:
+            del self._in_flight[flight.path]
+            if not self._in_flight:
+                self._idle.set()
             self._wake.set()
 
-    async def _reject(self, path: Path, relative: Path, reason: str) -> None:
-        """Refuse a file the pipeline never saw; counted like the pipeline's rejections."""
-        await asyncio.to_thread(self._fail, path, relative, reason)
-        self.context.metrics.images.labels(source=self.name, outcome="rejected").inc()
+    def _abandon(self, flights: list[_Flight]) -> None:
+        """Release claims that end without an outcome through no fault of the files (shutdown).
 
-    def _finish(self, path: Path, relative: Path, outcome: Outcome) -> None:
-        if isinstance(outcome, Prediction):
-            target = free_name(self.processed / relative)
-            text = json.dumps(outcome.to_json(), indent=1) if self.settings.write_prediction_json else None
-            self._settle(path, relative, "ok", target, sidecar(target, ".json"), text)
-        else:
-            self._fail(path, relative, outcome.reason, outcome.outcome)
+        Runs on the loop, synchronously: shutdown is the only time it happens, and a
+        release must not wait for a loop that is about to stop.
+        """
+        released = [flight.relative for flight in flights if self._in_flight.get(flight.path) is flight]
+        for flight in flights:
+            self._land(flight)
+        if released and self.ledger is not None:
+            try:
+                self.ledger.release_many(released)
+            except Exception:
+                log.exception("could not release %d claim(s) in the ledger; each counts as one attempt",
+                              len(released))
 
-    def _fail(self, path: Path, relative: Path, reason: str, outcome: str = "rejected") -> None:
-        target = free_name(self.failed / relative)
-        self._settle(path, relative, outcome, target, sidecar(target, ".reason.txt"), reason + "\n")
-        log.warning("rejected %s: %s", relative, reason)
+    # -- outcomes ----------------------------------------------------------------------------
 
-    def _settle(self, path: Path, relative: Path, outcome: str, target: Path, beside: Path,
-                text: str | None) -> None:
-        """Record the outcome, then carry it out: a crash in between is completed at start."""
+    async def _finish_outcomes(self) -> None:
+        """Carry out every outcome that has arrived, a group per trip to the folder thread."""
+        while True:
+            await self._outcomes_ready.wait()
+            self._outcomes_ready.clear()
+            while self._outcomes:
+                group, self._outcomes = self._outcomes[:MAX_GROUP], self._outcomes[MAX_GROUP:]
+                try:
+                    await self._in_thread(self._settle, group)
+                except Exception:
+                    log.exception("could not finish %d file(s); they stay in the inbox and will be retried",
+                                  len(group))
+                finally:
+                    for flight in group:
+                        self._land(flight)
+
+    def _settle(self, group: list[_Flight]) -> None:
+        """Record the outcomes, then carry them out (runs in the folder thread)."""
+        write_json = self.settings.write_prediction_json
+        planned: list[tuple[str, Decision]] = []
+        for flight in group:
+            outcome, relative = flight.outcome, flight.relative
+            try:
+                if isinstance(outcome, Prediction):
+                    target = free_name(os.path.join(self._processed, relative))
+                    text = json.dumps(outcome.to_json(), indent=1) if write_json else None
+                    decision = Decision(relative, "ok", target, sidecar(target, ".json"), text)
+                else:
+                    assert outcome is not None
+                    target = free_name(os.path.join(self._failed, relative))
+                    decision = Decision(relative, outcome.outcome, target, sidecar(target, ".reason.txt"),
+                                        outcome.reason + "\n")
+            except Exception:
+                log.exception("could not finish %s; it stays in the inbox and will be retried", relative)
+                continue
+            planned.append((flight.path, decision))
+        self._carry_out(planned)
+
+    def _carry_out(self, planned: list[tuple[str, Decision]]) -> list[Decision]:
+        """Record the outcomes in one transaction, then write, move, and finish them in another.
+
+        A crash anywhere in between is completed at the next start from what was recorded.
+        Returns the decisions carried out.
+        """
         assert self.ledger is not None
-        key = relative.as_posix()
-        self.ledger.decide(key, outcome, target, beside, text)
-        if text is not None:
-            write_atomically(beside, text)
-        move(path, target)
-        self.ledger.finish(key, outcome)
+        if not planned:
+            return []
+        try:
+            self.ledger.decide_many([decision for _, decision in planned])
+        except Exception:
+            log.exception("could not record the outcome of %d file(s); they stay in the inbox and will be "
+                          "retried", len(planned))
+            return []
+        done: list[Decision] = []
+        for path, decision in planned:
+            try:
+                if decision.sidecar_text is not None:
+                    write_atomically(decision.sidecar, decision.sidecar_text)
+                move(path, decision.target)
+            except Exception:
+                log.exception("could not finish %s; it stays in the inbox and will be retried", decision.relative)
+                continue
+            if decision.outcome != "ok":
+                log.warning("rejected %s: %s", decision.relative, (decision.sidecar_text or "").rstrip("\n"))
+            done.append(decision)
+        try:
+            self.ledger.finish_many([(decision.relative, decision.outcome) for decision in done])
+        except Exception:  # moved already: the next start finishes them from the ledger
+            log.exception("could not finish %d file(s) in the ledger; the next start does", len(done))
+        return done
 
 
-def _size(path: Path) -> int | None:
+def _size(path: str) -> int | None:
     """The size of what ``path`` names (through a symlink); None when it cannot be read."""
     try:
-        return path.stat().st_size
+        return os.stat(path).st_size
     except OSError:
         return None
 
