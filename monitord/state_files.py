@@ -23,7 +23,7 @@ def write_json_durably(path: Path, data: Any) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
 
 
 def set_aside(path: Path, why: str) -> Path | None:
@@ -46,7 +46,9 @@ def set_aside(path: Path, why: str) -> Path | None:
     return target
 
 
-def _sync_directory(folder: Path) -> None:
+def sync_directory(folder: Path) -> None:
+    """fsync a folder, so a rename in it survives a power cut (best effort: some file
+    systems refuse)."""
     try:
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:

@@ -16,6 +16,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from monitord.state_files import sync_directory
+
 log = logging.getLogger("monitord.alerts")
 
 
@@ -112,21 +114,8 @@ class Spool:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, entry.path)
-        _fsync_directory(self.directory)
+        sync_directory(self.directory)
 
     @staticmethod
     def delete(entry: SpoolEntry) -> None:
         entry.path.unlink(missing_ok=True)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
