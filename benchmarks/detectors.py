@@ -43,6 +43,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import cpu_model  # noqa: E402
+
 #: Detector types of monitord-drift, in table order.
 OUR_TYPES = ("pht", "iks", "nm_ddm", "ddm", "eddm", "hddm_a", "hddm_w")
 #: Types whose cost depends on a window: benchmarked at every window of the plan.
@@ -764,17 +767,6 @@ def quality_summary(results: list[Cell]) -> str:
 
 
 # -- machine and report ---------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def versions() -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from monitord.state_files import sync_directory
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ModelLoadError
@@ -148,7 +149,7 @@ def _swap_in(staging: Path, output: Path) -> None:
             os.rename(retired, output)
             raise
         shutil.rmtree(retired, ignore_errors=True)
-    _fsync_folder(output.parent)
+    sync_directory(output.parent)
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -156,16 +157,3 @@ def _write_durably(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
