@@ -21,8 +21,12 @@ cores, no network), that also runs, scaled down, on a machine without CUDA:
    images/s, request latency p50/p99, the ratio to the ceiling, and checks that drift
    detection saw every inference exactly once (each detector's ``samples`` in
    ``GET /v1/detectors`` and ``monitord_images_total{outcome="ok"}`` against the images
-   the clients got predictions for). When time is left, the same run again with
-   ``decode_on_device = false`` (Pillow in the decode threads) for comparison.
+   the clients got predictions for). The daemon runs with ``http.workers`` ingest
+   processes (``--workers``; on a GPU half the cores less one, at most 8), each with its
+   own copy of the model on the device, feeding the main process's detectors; when time
+   is left, the same run again without workers (everything in one process) for
+   comparison, and with ``--compare-pillow`` once more with ``decode_on_device = false``
+   (Pillow in the decode threads).
 
 Every phase has a deadline inside ``--time-limit`` (default 240 s), and the report is
 written however far the run got. From the repository root::
@@ -83,30 +87,37 @@ class Plan:
     decode_workers: int
     compare_pillow: bool
     time_limit: float
+    #: ``http.workers`` of the main end-to-end run (ingest processes beside the main one).
+    workers: int = 0
+    #: Also run the daemon without ingest workers, to compare.
+    compare_in_process: bool = True
 
 
 def make_plan(args: argparse.Namespace, cuda: bool, cores: int) -> Plan:
     """Full size on a GPU; on a CPU the same phases, small enough to finish in time."""
     if cuda:
-        plan = Plan("cuda", images=4096, batch=256, phase_seconds=8, warmup_seconds=10, measure_seconds=45,
+        plan = Plan("cuda", images=4096, batch=256, phase_seconds=8, warmup_seconds=10, measure_seconds=40,
                     clients=max(2, min(8, cores // 2)), concurrency=8,
-                    decode_workers=max(2, min(8, cores // 2)), compare_pillow=True, time_limit=args.time_limit)
+                    decode_workers=max(2, min(8, cores // 2)), compare_pillow=False, time_limit=args.time_limit,
+                    workers=max(1, min(8, cores // 2 - 1)))
         if args.quick:
             plan.images, plan.phase_seconds, plan.warmup_seconds, plan.measure_seconds = 1024, 3, 5, 15
     else:
         plan = Plan("cpu", images=512, batch=32, phase_seconds=6, warmup_seconds=6, measure_seconds=30,
-                    clients=1, concurrency=4, decode_workers=max(1, min(4, cores)), compare_pillow=True,
-                    time_limit=args.time_limit)
+                    clients=1, concurrency=4, decode_workers=max(1, min(4, cores)), compare_pillow=False,
+                    time_limit=args.time_limit, workers=1)
         if args.quick:
             plan.images, plan.phase_seconds, plan.warmup_seconds, plan.measure_seconds = 256, 3, 4, 12
-    for key in ("images", "batch", "clients", "concurrency", "decode_workers"):
+    for key in ("images", "batch", "clients", "concurrency", "decode_workers", "workers"):
         value = getattr(args, key)
         if value is not None:
             setattr(plan, key, value)
     if args.seconds is not None:
         plan.measure_seconds = args.seconds
     if args.no_compare:
-        plan.compare_pillow = False
+        plan.compare_pillow = plan.compare_in_process = False
+    if args.compare_pillow:
+        plan.compare_pillow = True
     return plan
 
 
@@ -417,8 +428,10 @@ async def client_loop(url: str, bodies: list[bytes], concurrency: int, start_at:
 # -- the daemon --------------------------------------------------------------------------------------
 
 
-def daemon_settings(plan: Plan, workdir: Path, port: int, options: dict[str, Any]) -> str:
+def daemon_settings(plan: Plan, workdir: Path, port: int, options: dict[str, Any], workers: int) -> str:
     model = "\n".join(f"{key} = {json.dumps(value)}" for key, value in options.items())
+    # With ingest workers each process has its own decode threads and batches.
+    decode_workers = plan.decode_workers if not workers else max(2, plan.decode_workers // workers)
     return f"""sources = ["http"]
 state_dir = "{workdir / 'state'}"
 log_level = "INFO"
@@ -427,11 +440,12 @@ log_level = "INFO"
 port = {port}
 max_concurrent_requests = {max(256, 4 * plan.clients * plan.concurrency)}
 max_parts = 256
+workers = {workers}
 
 [pipeline]
 max_batch_size = {plan.batch}
 max_batch_delay = 0.005
-decode_workers = {plan.decode_workers}
+decode_workers = {decode_workers}
 queue_size = {max(4096, 8 * plan.batch)}
 max_queued_bytes = {1024 * 1024 * 1024}
 
@@ -443,8 +457,27 @@ enabled = false
 """
 
 
+def _stat_fields(path: Path) -> list[str]:
+    text = path.read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (the daemon's ingest workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat_fields(entry / "stat")[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
 def cpu_seconds(pid: int) -> tuple[float, dict[str, float]]:
-    """The process's CPU seconds, and each thread's by id ("main": the event loop's).
+    """CPU seconds of the process and its children, and each one's busiest threads by name:
+    ``main`` is the main process's event loop, ``worker <pid>`` an ingest worker's process.
 
     Python does not name its threads for the OS, so the model thread and the decode
     threads show as ids; the busiest few say where the time goes.
@@ -452,8 +485,7 @@ def cpu_seconds(pid: int) -> tuple[float, dict[str, float]]:
     tick = os.sysconf("SC_CLK_TCK")
 
     def read(path: Path) -> float:
-        text = path.read_text()
-        fields = text[text.rindex(")") + 2 :].split()
+        fields = _stat_fields(path)
         return (int(fields[11]) + int(fields[12])) / tick
 
     total = read(Path(f"/proc/{pid}/stat"))
@@ -463,6 +495,13 @@ def cpu_seconds(pid: int) -> tuple[float, dict[str, float]]:
             threads["main" if task.name == str(pid) else f"thread {task.name}"] = read(task / "stat")
         except (OSError, ValueError):
             continue
+    for child in children(pid):
+        try:
+            seconds = read(Path(f"/proc/{child}/stat"))
+        except (OSError, ValueError):
+            continue
+        total += seconds
+        threads[f"worker {child}"] = seconds
     return total, threads
 
 
@@ -496,12 +535,12 @@ class GpuSampler:
 
 
 def run_end_to_end(plan: Plan, workdir: Path, blob: Path, index: Path, options: dict[str, Any],
-                   budget: Budget, keep: float, out: Path | None, label: str) -> dict[str, Any]:
+                   budget: Budget, keep: float, out: Path | None, label: str, workers: int = 0) -> dict[str, Any]:
     """Start the daemon, drive it, check the counts, stop it."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = h.free_port()
     config = workdir / "monitord.toml"
-    config.write_text(daemon_settings(plan, workdir, port, options))
+    config.write_text(daemon_settings(plan, workdir, port, options, workers))
     log_path = workdir / "daemon.log"
     env = {key: value for key, value in os.environ.items() if not key.startswith("MONITORD_")}
     env["PYTHONUNBUFFERED"] = "1"
@@ -739,7 +778,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, help="load-generator processes")
     parser.add_argument("--concurrency", type=int, help="requests in flight per load generator")
     parser.add_argument("--decode-workers", type=int, dest="decode_workers", help="pipeline.decode_workers")
-    parser.add_argument("--no-compare", action="store_true", help="skip the end-to-end run with decode_on_device off")
+    parser.add_argument("--workers", type=int, help="http.workers of the main end-to-end run")
+    parser.add_argument("--no-compare", action="store_true", help="only the main end-to-end run")
+    parser.add_argument("--compare-pillow", action="store_true", help="also run with decode_on_device off")
     args = parser.parse_args(argv)
     problem = preflight()
     if problem is not None:
@@ -810,10 +851,12 @@ def run_phases(plan: Plan, folder: Path, budget: Budget, report: dict[str, Any],
         traceback.print_exc()
     ceiling = (report.get("ceiling") or {}).get("decode_and_predict", {}).get("images_per_s")
 
-    runs = [("decode_on_device", True)]
+    runs = [(f"decode_on_device_{plan.workers}_workers" if plan.workers else "decode_on_device", True, plan.workers)]
+    if plan.workers and plan.compare_in_process:
+        runs.append(("decode_on_device_in_process", True, 0))
     if plan.compare_pillow:
-        runs.append(("pillow_in_decode_threads", False))
-    for number, (label, on_device) in enumerate(runs):
+        runs.append(("pillow_in_decode_threads", False, plan.workers))
+    for number, (label, on_device, workers) in enumerate(runs):
         keep = (30 + plan.warmup_seconds + 10) if number + 1 < len(runs) else 5
         if number > 0 and budget.left() < 60 + plan.warmup_seconds:
             report["errors"].append(f"end to end ({label}): skipped, {budget.left():.0f} s left")
@@ -821,7 +864,7 @@ def run_phases(plan: Plan, folder: Path, budget: Budget, report: dict[str, Any],
         print(f"end to end ({label}):", flush=True)
         options = model_options(weights, classes, plan.device, on_device)
         try:
-            run = run_end_to_end(plan, folder / label, blob, index, options, budget, keep, out, label)
+            run = run_end_to_end(plan, folder / label, blob, index, options, budget, keep, out, label, workers)
         except Exception as error:  # noqa: BLE001 - report it and stop
             report["end_to_end"].append({"label": label, "error": f"{type(error).__name__}: {error}"})
             report["errors"].append(f"end to end ({label}): {type(error).__name__}: {error}")

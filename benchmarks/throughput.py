@@ -295,11 +295,12 @@ def hotspots(collapsed: Path, top: int = 12) -> list[tuple[str, float]]:
 
 
 def run_mode(mode: str, artifact: Path, workdir: Path, pngs: list[tuple[int, bytes]], seconds: float,
-             settings: str, profile: Path | None = None) -> dict[str, Any]:
+             settings: str, profile: Path | None = None, workers: int = 0) -> dict[str, Any]:
     folder = workdir / mode
     folder.mkdir(parents=True, exist_ok=True)
     sources = '["folder"]' if mode == "folder" else '["http"]'
-    daemon = Daemon(folder, artifact, f"sources = {sources}\n{settings}")
+    daemon = Daemon(folder, artifact, f"sources = {sources}\n{settings}",
+                    env={"MONITORD_HTTP__WORKERS": str(workers)})
     daemon.start()
     try:
         daemon.wait_ready()
@@ -317,7 +318,8 @@ def run_mode(mode: str, artifact: Path, workdir: Path, pngs: list[tuple[int, byt
             loaded = in_process(_folder_worker, str(daemon.inbox), str(daemon.processed), pngs, "open",
                                 seconds, 0.8 * capacity["images_per_second"], 0)
         else:
-            concurrency = 4 if mode == "multipart" else 32
+            # Enough connections for every process that accepts them (each keeps its own).
+            concurrency = 4 * (1 + workers) if mode == "multipart" else 32
             capacity = in_process(_http_worker, daemon.url, mode, encoded, "closed", seconds, concurrency, 0.0)
             light = in_process(_http_worker, daemon.url, mode, encoded, "light", seconds, 1, 0.0)
             per_request = MULTIPART_SIZE if mode == "multipart" else 1
@@ -325,7 +327,7 @@ def run_mode(mode: str, artifact: Path, workdir: Path, pngs: list[tuple[int, byt
                                 0.8 * capacity["images_per_second"] / per_request)
         status = daemon.terminate()
         result = {"capacity": capacity, "light": light, "at_80_percent": loaded, "exit_status": status,
-                  "log": str(daemon.log_path)}
+                  "log": str(daemon.log_path), "workers": workers if mode != "folder" else 0}
         if profiler is not None and profiler.wait(60) == 0 and profile is not None:
             result["hotspots"] = hotspots(profile / f"{mode}.txt")
         return result
@@ -342,7 +344,9 @@ def report(results: dict[str, Any], seconds: float) -> str:
     lines = [
         HEADING,
         "",
-        f"`benchmarks/throughput.py --seconds {seconds:g}`, {utc_now()}. Machine: {machine_line()}. "
+        f"`benchmarks/throughput.py --seconds {seconds:g}"
+        + (f" --workers {results['workers']}" if results.get("workers") else "")
+        + f"`, {utc_now()}. Machine: {machine_line()}. "
         "The load generator runs in its own process on the same cores.",
         "",
         "Ceiling (one process, tight loop: decode + preprocess + model + default detectors), images/s by batch size: "
@@ -388,6 +392,8 @@ def main() -> int:
     parser.add_argument("--batch-sizes", default="8,32,64,128,256")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--settings", default="", help="extra TOML for the daemon")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="http.workers for the HTTP modes (ingest processes beside the main one)")
     parser.add_argument("--results", type=Path, default=None, help="write the section into this RESULTS.md")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--profile", type=Path, default=None,
@@ -398,13 +404,14 @@ def main() -> int:
     print(f"work directory: {workdir}", flush=True)
     artifact = trained_artifact(workdir / "model")
     pngs = digit_pngs()
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"workers": args.workers}
     results["ceiling"] = measure_ceiling(artifact, [data for _, data in pngs], args.seconds / 2,
                                          [int(size) for size in args.batch_sizes.split(",")])
     print(f"ceiling: {results['ceiling']['images_per_second']:,.0f} images/s "
           f"at batch {results['ceiling']['best_batch_size']}", flush=True)
     for mode in args.modes.split(","):
-        results[mode] = run_mode(mode, artifact, workdir, pngs, args.seconds, args.settings, args.profile)
+        results[mode] = run_mode(mode, artifact, workdir, pngs, args.seconds, args.settings, args.profile,
+                                 args.workers)
         print(f"{mode}: {json.dumps(results[mode], default=str)}", flush=True)
     text = report(results, args.seconds)
     print(text)

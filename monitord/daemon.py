@@ -29,7 +29,8 @@ from monitord.alerting.sinks import Sink, SinkContext, build_sinks
 from monitord.api import add_api_routes
 from monitord.detectors import DetectorStage
 from monitord.feedback import Feedback
-from monitord.http_server import Readiness, build_app, make_runner
+from monitord.http_server import Readiness, build_app, listening_sockets, make_runner
+from monitord.ingest_workers import IngestWorkers
 from monitord.metrics import Metrics
 from monitord.model import Model
 from monitord.pipeline import Pipeline
@@ -85,6 +86,11 @@ class Daemon:
         self.alerting: AlertDispatcher | None = None
         self.snapshots: DetectorSnapshots | None = None
         self._runner: web.AppRunner | None = None
+        self.workers: IngestWorkers | None = None
+        self._listeners: list[socket.socket] = []
+        self._public_sites: list[web.SockSite] = []
+        self._main_url = ""
+        self._ready_task: asyncio.Task[None] | None = None
 
     @property
     def external_url(self) -> str:
@@ -170,9 +176,8 @@ class Daemon:
                 raise StartupError(f"source {source.name} cannot start: {error}") from error
         self._runner = make_runner(self.app, self.settings.http, shutdown_timeout=5.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port)
         try:
-            await site.start()
+            await self._listen()
         except OSError as error:
             raise StartupError(
                 f"cannot listen on {self.settings.http.host}:{self.settings.http.port}: {error.strerror}; "
@@ -245,7 +250,59 @@ class Daemon:
         if self.predictions_log is not None:
             log.info("predictions log: %s", self.predictions_log.path)
         log.info("state: %s", Path(self.settings.state_dir).resolve())
-        self.readiness.set(True, "ready")
+        if self._listeners:
+            assert self.pipeline.observer is not None
+            self.workers = IngestWorkers(self.settings, self.settings.http.workers, self._listeners,
+                                         self._main_url, self.pipeline.observer, self.metrics)
+            await self.workers.start()
+            self.readiness.set(False, f"starting {self.settings.http.workers} ingest worker(s)")
+            self._ready_task = asyncio.create_task(self._ready_with_workers(self.workers))
+        else:
+            self.readiness.set(True, "ready")
+
+    def _ingest_workers(self) -> int:
+        """``http.workers``, or 0 where there is nothing for them to do."""
+        count = self.settings.http.workers
+        if count and "http" not in self.settings.sources:
+            log.warning("http.workers = %d ignored: the http source is not enabled (sources = %s)",
+                        count, self.settings.sources)
+            return 0
+        return count
+
+    async def _listen(self) -> None:
+        """Serve the app on ``http.host:http.port``.
+
+        With ingest workers the main process makes the listening sockets (the workers
+        accept on the same ones) and serves on a loopback port of its own, where the
+        workers pass every request but ``POST /v1/predict``. It accepts on the public
+        sockets too until every worker serves, so health checks answer while the model
+        loads, and then leaves them to the workers: it holds the detectors, the folder
+        source and the alerting, which must not wait behind HTTP parsing.
+        """
+        assert self._runner is not None
+        if not self._ingest_workers():
+            await web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port).start()
+            return
+        self._listeners = listening_sockets(self.settings.http.host, self.settings.http.port)
+        # Duplicates: stopping a site closes its socket, and the workers (restarted ones
+        # too) still need the originals.
+        self._public_sites = [web.SockSite(self._runner, listener.dup()) for listener in self._listeners]
+        for site in self._public_sites:
+            await site.start()
+        internal = socket.create_server(("127.0.0.1", 0))
+        internal.setblocking(False)
+        await web.SockSite(self._runner, internal).start()
+        self._main_url = f"http://127.0.0.1:{internal.getsockname()[1]}"
+
+    async def _ready_with_workers(self, workers: IngestWorkers) -> None:
+        await workers.wait_ready()
+        for site in self._public_sites:
+            await site.stop()
+        self._public_sites = []
+        log.info("%d ingest worker(s) serving beside the main process (pids %s)", workers.count,
+                 ", ".join(map(str, workers.pids)))
+        if not self.stop_requested.is_set():
+            self.readiness.set(True, "ready")
 
     def _load_model(self) -> Model:
         factory = self.plugins.factory("model", self.settings.model.type)
@@ -253,10 +310,18 @@ class Daemon:
 
     async def _drain(self) -> None:
         self.pipeline.flush_early()
-        await asyncio.gather(*(source.stop() for source in self.sources))
+        # Workers finish their requests while the main process still records their batches.
+        stopping = [source.stop() for source in self.sources]
+        if self.workers is not None:
+            stopping.append(self.workers.stop())
+        await asyncio.gather(*stopping)
         await self.pipeline.drain()
 
     async def _stop(self) -> None:
+        if self._ready_task is not None:
+            self._ready_task.cancel()
+        if self.workers is not None:
+            await self.workers.close()
         await self.pipeline.close()
         if self.snapshots is not None:
             await self.snapshots.stop()
@@ -268,5 +333,7 @@ class Daemon:
             await self.alerting.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        for listener in self._listeners:
+            listener.close()
         if self.predictions_log is not None:
             self.predictions_log.close()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, process: str | None = None) -> None:
+    """``process`` names a helper process (an ingest worker) in each of its lines."""
+    where = f"[{process}] " if process else ""
     logging.basicConfig(
         level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)-7s {where}%(name)s: %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
         force=True,
     )

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,6 +36,7 @@ from monitord.feedback import Feedback
 from monitord.items import Outcome, Prediction, Rejection, WorkItem
 from monitord.metrics import Metrics
 from monitord.model import BatchResult, EncodedInputModel, Model
+from monitord.observers import BatchObserver, LocalObservers
 from monitord.predictions_log import PredictionsLog
 from monitord.settings import PipelineSettings
 
@@ -96,6 +96,7 @@ class Pipeline:
         self._image_counters: dict[tuple[str, str], Any] = {}
         self.detectors: DetectorStage | None = None
         self.feedback: Feedback | None = None
+        self.observer: BatchObserver | None = None
         self._ingest: asyncio.Queue[_Pending] = asyncio.Queue(settings.queue_size)
         # Room for two batches: the batcher never starves while the decoders run ahead.
         self._ready: asyncio.Queue[_Prepared | None] = asyncio.Queue(2 * settings.max_batch_size)
@@ -229,11 +230,20 @@ class Pipeline:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self, model: Model, detectors: DetectorStage, feedback: Feedback | None = None) -> None:
+    async def start(
+        self,
+        model: Model,
+        detectors: DetectorStage | None = None,
+        feedback: Feedback | None = None,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        """Start the stages. Each batch's predictions go to ``observer``, by default the
+        detectors, the feedback join, the metrics and the predictions log of this process."""
         self.model = model
         self._takes_encoded = isinstance(model, EncodedInputModel)
         self.detectors = detectors
         self.feedback = feedback
+        self.observer = observer or LocalObservers(self.metrics, detectors, feedback, self.predictions_log)
         self.metrics.declare_classes(model.class_names)
         self._tasks = [
             asyncio.create_task(self._decode_worker(), name=f"decode-{i}")
@@ -374,8 +384,7 @@ class Pipeline:
         return result
 
     def _finish_batch(self, batch: list[_Prepared], result: BatchResult) -> None:
-        assert self.model is not None and self.detectors is not None
-        self.detectors.update(result.signals)
+        assert self.model is not None and self.observer is not None
         names = self.model.class_names
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         class_index = result.class_index.tolist()
@@ -396,17 +405,30 @@ class Pipeline:
                     label=item.label,
                 )
             )
-        # Known for feedback before any client sees its prediction and can send a label.
-        if self.feedback is not None:
-            self.feedback.observe(predictions)
-        for name, count in Counter(prediction.class_name for prediction in predictions).items():
-            self.metrics.predictions.labels(name).inc(count)
-        observe_confidence = self.metrics.confidence.observe
+        recorded = self.observer.observe(predictions, result.signals)
+        if recorded is None:
+            self._resolve_batch(batch, predictions)
+            return
+        # Answered once the batch is recorded where the detectors live (another process).
+        task = asyncio.ensure_future(recorded)
+        task.add_done_callback(lambda done: self._recorded(done, batch, predictions))
+
+    def _recorded(self, done: asyncio.Future[None], batch: list[_Prepared], predictions: list[Prediction]) -> None:
+        error = None if done.cancelled() else done.exception()
+        if not done.cancelled() and error is None:
+            self._resolve_batch(batch, predictions)
+            return
+        reason = "the batch could not be recorded for drift detection"
+        if error is not None:
+            reason = f"{reason}: {error}"
+            log.error("%s", reason)
+        for prepared in batch:
+            item = prepared.pending.item
+            self._resolve(prepared.pending, Rejection(item.id, item.source, reason, "error"))
+
+    def _resolve_batch(self, batch: list[_Prepared], predictions: list[Prediction]) -> None:
         for prediction, prepared in zip(predictions, batch):
-            observe_confidence(prediction.confidence)
             self._resolve(prepared.pending, prediction)
-        if self.predictions_log is not None:
-            self.predictions_log.write(predictions)
 
     def _resolve(self, pending: _Pending, outcome: Outcome) -> None:
         item = pending.item

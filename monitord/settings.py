@@ -50,6 +50,11 @@ class HttpSettings(_Section):
     #: ``POST /v1/predict`` requests being read or waiting for their outcome, at most;
     #: more get 429 with Retry-After before their body is read.
     max_concurrent_requests: int = Field(64, gt=0)
+    #: Processes besides the main one that serve ``POST /v1/predict``, each with its own
+    #: pipeline and copy of the model, sharing the listening socket; their predictions
+    #: reach the main process's detectors, metrics and log. 0: the main process alone.
+    #: One Python process uses about one core; see the README's "Performance".
+    workers: int = Field(0, ge=0, le=64)
 
 
 class FolderSettings(_Section):

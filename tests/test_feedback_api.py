@@ -32,10 +32,13 @@ limit = 2.0
 """
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=[0, 1], ids=["in-process", "ingest-worker"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The daemon alone, and with one ingest worker (``http.workers``): a label must find a
+    prediction made in another process the moment its client has the answer."""
     workdir = tmp_path_factory.mktemp("feedback")
-    process = DaemonProcess(workdir, free_port(), extra_settings=SETTINGS, env=install_testplugin(workdir / "site"))
+    env = {**install_testplugin(workdir / "site"), "MONITORD_HTTP__WORKERS": str(request.param)}
+    process = DaemonProcess(workdir, free_port(), extra_settings=SETTINGS, env=env)
     process.start()
     yield process
     assert process.terminate() == 0

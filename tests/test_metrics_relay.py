@@ -1,0 +1,52 @@
+"""An ingest worker's metrics: recorded on stand-ins, replayed on the main process's."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from monitord.metrics import Metrics
+from monitord.metrics_relay import MetricsRelay, relayed_metrics, replay
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_counts_are_summed_and_observations_kept_then_replayed_once() -> None:
+    relay = MetricsRelay()
+    worker = relayed_metrics(relay)
+    ok = worker.images.labels(source="http", outcome="ok")
+    for _ in range(3):
+        ok.inc()
+    worker.images.labels("http", "rejected").inc(2)
+    worker.end_to_end.observe(0.25)
+    worker.end_to_end.observe(0.5)
+    worker.batch_size.observe(8)
+    worker.inference_duration.observe(0.01)
+    records = relay.take()
+    assert relay.take() == []
+    assert sorted(r for r in records if r[0] == "images") == [
+        ("images", (("source", "http"), ("outcome", "ok")), 3),
+        ("images", (("source", "http"), ("outcome", "rejected")), 2),
+    ]
+    main = Metrics(CollectorRegistry())
+    replay(main, records)
+    assert value(main, "monitord_images_total", source="http", outcome="ok") == 3
+    assert value(main, "monitord_images_total", source="http", outcome="rejected") == 2
+    assert value(main, "monitord_end_to_end_duration_seconds_count") == 2
+    assert value(main, "monitord_end_to_end_duration_seconds_sum") == pytest.approx(0.75)
+    assert value(main, "monitord_batch_size_sum") == 8
+    assert value(main, "monitord_inference_duration_seconds_count") == 1
+
+
+def test_wrong_labels_fail_in_the_worker_as_they_would_on_a_real_metric() -> None:
+    worker = relayed_metrics(MetricsRelay())
+    with pytest.raises(ValueError, match="expected"):
+        worker.images.labels(source="http")
+
+
+def test_metrics_that_are_not_relayed_stay_untouched() -> None:
+    main = Metrics(CollectorRegistry())
+    replay(main, [("accuracy", (), 0.5), ("images", (("source", "http"), ("outcome", "ok")), 1)])
+    assert value(main, "monitord_images_total", source="http", outcome="ok") == 1
