@@ -292,7 +292,7 @@ def measure_ceiling(plan: Plan, images: list[bytes], weights: Path, classes: Pat
 
         decoder = model.device_preprocessor
         results["device_decode_only"] = timed_loop(
-            lambda i: decoder.inputs(batches[i % len(batches)]).shape[0], seconds(), sync)
+            lambda i: decoder.inputs(batches[i % len(batches)])[0].shape[0], seconds(), sync)
         print(f"  device JPEG decode + resize/normalise: {results['device_decode_only']['images_per_s']:,.0f} images/s",
               flush=True)
 
@@ -310,7 +310,7 @@ def measure_ceiling(plan: Plan, images: list[bytes], weights: Path, classes: Pat
         # Does the device path see what Pillow sees? (Inputs, and the classes of this
         # random network, whose near-ties make the share of same classes a strict test.)
         sample = batches[0][: plan.batch]
-        on_device = decoder.inputs(sample).float().cpu().numpy()
+        on_device = decoder.inputs(sample)[0].float().cpu().numpy()
         results["input_max_abs_diff_vs_pillow"] = round(float(np.abs(on_device - host[: len(sample)]).max()), 4)
         results["input_mean_abs_diff_vs_pillow"] = round(float(np.abs(on_device - host[: len(sample)]).mean()), 5)
         same = model.predict_inputs(sample).class_index == model.predict(host[: len(sample)]).class_index
@@ -320,7 +320,7 @@ def measure_ceiling(plan: Plan, images: list[bytes], weights: Path, classes: Pat
 
         Image.open(io.BytesIO(images[0])).convert("L").save(gray, "JPEG", quality=90)
         gray_encoded = model.prepare_encoded(gray.getvalue(), max_pixels)
-        gray_device = decoder.inputs([gray_encoded]).float().cpu().numpy()[0]
+        gray_device = decoder.inputs([gray_encoded])[0].float().cpu().numpy()[0]
         gray_pillow = preprocess_image(decode_image(gray.getvalue(), max_pixels), model.spec)
         results["gray_jpeg_max_abs_diff_vs_pillow"] = round(float(np.abs(gray_device - gray_pillow).max()), 4)
         results["device_fallbacks"] = decoder.fallbacks

@@ -22,13 +22,20 @@ class BatchResult:
     ``signals`` maps a signal name (``confidence``, ``entropy``, ``margin``,
     ``predicted_class``, ``activation_mean``, ``activation_std``, ...) to an array of
     shape (N,). Detectors watch signals by these names.
+
+    ``rejected`` names the rows of the batch the model found unusable only while
+    classifying (a JPEG that passed ``prepare_encoded`` but no decoder could read), each
+    with a reason a person can act on; the arrays then hold the other rows, in order.
+    One bad image costs its own answer, not the batch's.
     """
 
     class_index: np.ndarray
     confidence: np.ndarray
     signals: Mapping[str, np.ndarray] = field(default_factory=dict)
+    rejected: Mapping[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
+        """Rows classified (the batch's size less the rejected rows)."""
         return int(self.class_index.shape[0])
 
 

@@ -379,12 +379,21 @@ class Pipeline:
             result = self.model.predict_inputs(arrays)
         else:
             result = self.model.predict(np.stack(arrays))
-        if len(result) != len(arrays):
-            raise RuntimeError(f"model returned {len(result)} results for {len(arrays)} images")
+        rejected = result.rejected
+        if len(result) + len(rejected) != len(arrays) or any(not 0 <= row < len(arrays) for row in rejected):
+            raise RuntimeError(f"model returned {len(result)} results and {len(rejected)} rejected rows "
+                               f"for {len(arrays)} images")
         return result
 
     def _finish_batch(self, batch: list[_Prepared], result: BatchResult) -> None:
         assert self.model is not None and self.observer is not None
+        if result.rejected:
+            for row, reason in result.rejected.items():
+                item = batch[row].pending.item
+                self._resolve(batch[row].pending, Rejection(item.id, item.source, reason))
+            batch = [prepared for row, prepared in enumerate(batch) if row not in result.rejected]
+            if not batch:
+                return
         names = self.model.class_names
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         class_index = result.class_index.tolist()

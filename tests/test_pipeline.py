@@ -274,3 +274,60 @@ async def test_close_releases_queued_bytes_and_wakes_a_submit_waiting_for_them()
     with pytest.raises(PipelineClosed):
         await asyncio.wait_for(waiting, 1)
     assert held[0].cancelled() and pipeline.queued_bytes == 0
+
+
+class RowRejectingModel(BrightnessModel):
+    """Finds images of brightness 128 unusable while classifying (as a device decoder
+    might) and says so per row, classifying the rest of the batch."""
+
+    def predict(self, batch: np.ndarray):
+        from monitord.model import BatchResult
+
+        result = super().predict(batch)
+        bad = np.isclose(result.signals["brightness"], 128 / 255, atol=0.01)
+        keep = ~bad
+        return BatchResult(
+            class_index=result.class_index[keep],
+            confidence=result.confidence[keep],
+            signals={name: values[keep] for name, values in result.signals.items()},
+            rejected={int(row): f"row {int(row)} could not be read" for row in np.flatnonzero(bad)},
+        )
+
+
+async def test_rows_a_model_rejects_are_refused_alone_and_never_reach_the_detectors() -> None:
+    metrics = Metrics()
+    stage = DetectorStage.build([DetectorSpec(type="threshold", signal="brightness", threshold=2.0)],
+                                lambda kind: ThresholdDetector, {}, metrics)
+    pipeline = Pipeline(PipelineSettings(max_batch_size=8, max_batch_delay=0.05), metrics)
+    await pipeline.start(RowRejectingModel(), stage)
+    levels = [10, 128, 250, 128, 30, 240]
+    outcomes = await asyncio.gather(*pipeline.submit_nowait(
+        [WorkItem(id=str(i), source="t", payload=png(v)) for i, v in enumerate(levels)]))
+    assert [o.id for o in outcomes] == [str(i) for i in range(len(levels))]
+    rejected = [o for o in outcomes if isinstance(o, Rejection)]
+    assert [o.id for o in rejected] == ["1", "3"] and all(o.outcome == "rejected" for o in rejected)
+    assert all("could not be read" in o.reason for o in rejected)
+    predicted = [o for o in outcomes if isinstance(o, Prediction)]
+    assert [(o.id, o.class_name) for o in predicted] == [("0", "dark"), ("2", "bright"), ("4", "dark"), ("5", "bright")]
+    assert [o.signals["brightness"] for o in predicted] == pytest.approx([v / 255 for v in (10, 250, 30, 240)], abs=0.01)
+    assert stage.detectors[0].detector.count == 4  # the rejected rows' signals never reached it
+    assert sample(metrics, "monitord_images_total", source="t", outcome="rejected") == 2
+    assert sample(metrics, "monitord_images_total", source="t", outcome="ok") == 4
+    await pipeline.close()
+
+
+class MiscountingModel(BrightnessModel):
+    def predict(self, batch: np.ndarray):
+        from monitord.model import BatchResult
+
+        result = super().predict(batch)
+        return BatchResult(result.class_index, result.confidence, result.signals, rejected={0: "counted twice"})
+
+
+async def test_a_model_whose_rows_do_not_add_up_fails_its_batch_as_error() -> None:
+    pipeline, metrics, _ = await started(model=MiscountingModel(), max_batch_size=4, max_batch_delay=0.05)
+    outcomes = await asyncio.gather(*pipeline.submit_nowait([WorkItem(id=str(i), source="t", payload=png(40))
+                                                             for i in range(3)]))
+    assert all(isinstance(o, Rejection) and o.outcome == "error" for o in outcomes)
+    assert "rejected rows" in outcomes[0].reason
+    await pipeline.close()

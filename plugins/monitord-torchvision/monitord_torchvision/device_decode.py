@@ -157,40 +157,54 @@ class DevicePreprocessor:
         self._std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self._luma = torch.tensor(_LUMA, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
-    def inputs(self, images: list[EncodedJpeg]) -> torch.Tensor:
-        """(N, C, H, W) float32 on the device, in the order of ``images``.
+    def inputs(self, images: list[EncodedJpeg]) -> tuple[torch.Tensor, dict[int, str]]:
+        """(M, C, H, W) float32 on the device for the images that decode, in the order of
+        ``images``, and the others by row with the reason (M = N less those).
 
         Decoded ``CHUNK_PIXELS`` at a time, so that a batch of large photos cannot take
-        the device's memory (256 images of 40 megapixels would be 30 GB of pixels).
-        Raises ``DecodeError`` only for an image that neither the device decoder nor
-        the CPU path can decode (``read_encoded_jpeg`` lets none such through in
-        practice: it checks every marker libjpeg refuses).
+        the device's memory (256 images of 40 megapixels would be 30 GB of pixels). An
+        image is left out only if neither the device decoder nor the CPU path can decode
+        it (``read_encoded_jpeg`` lets none such through in practice: it checks every
+        marker libjpeg refuses).
         """
-        pieces = [self._chunk_inputs(chunk) for chunk in chunks_by_pixels(images, CHUNK_PIXELS)]
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        pieces: list[torch.Tensor] = []
+        rejected: dict[int, str] = {}
+        start = 0
+        for chunk in chunks_by_pixels(images, CHUNK_PIXELS):
+            tensor, refused = self._chunk_inputs(chunk)
+            rejected.update({start + row: reason for row, reason in refused.items()})
+            pieces.append(tensor)
+            start += len(chunk)
+        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)), rejected
 
-    def _chunk_inputs(self, images: list[EncodedJpeg]) -> torch.Tensor:
+    def _chunk_inputs(self, images: list[EncodedJpeg]) -> tuple[torch.Tensor, dict[int, str]]:
         encoded = [torch.frombuffer(bytearray(image.data), dtype=torch.uint8) for image in images]
         decoded = self._decode(encoded)
         groups: dict[tuple[int, int], list[int]] = {}
         upright: dict[int, torch.Tensor] = {}
-        refused: dict[int, torch.Tensor] = {}
+        on_cpu: dict[int, torch.Tensor] = {}
+        rejected: dict[int, str] = {}
         for row, (image, pixels) in enumerate(zip(images, decoded)):
             if isinstance(pixels, Exception):
-                refused[row] = self._on_cpu(image, pixels)
+                try:
+                    on_cpu[row] = self._on_cpu(image, pixels)
+                except DecodeError as error:
+                    rejected[row] = str(error)
                 continue
             upright[row] = orient(pixels, image.orientation)
             groups.setdefault(tuple(upright[row].shape[-2:]), []).append(row)
-        if len(groups) == 1 and not refused:
+        if len(groups) == 1 and not on_cpu and not rejected:
             # The usual case, every image of one size: no scatter into a second tensor.
-            return self._preprocess(torch.stack(list(upright.values())))
-        out = torch.empty((len(images), *self.spec.shape), dtype=torch.float32, device=self.device)
+            return self._preprocess(torch.stack(list(upright.values()))), {}
+        kept = [row for row in range(len(images)) if row not in rejected]
+        position = {row: index for index, row in enumerate(kept)}
+        out = torch.empty((len(kept), *self.spec.shape), dtype=torch.float32, device=self.device)
         for rows in groups.values():
             prepared = self._preprocess(torch.stack([upright[row] for row in rows]))
-            out[torch.tensor(rows, device=self.device)] = prepared
-        for row, tensor in refused.items():
-            out[row] = tensor
-        return out
+            out[torch.tensor([position[row] for row in rows], device=self.device)] = prepared
+        for row, tensor in on_cpu.items():
+            out[position[row]] = tensor
+        return out, rejected
 
     def _decode(self, encoded: list[torch.Tensor]) -> list[torch.Tensor | Exception]:
         """Each image decoded to (3, H, W) uint8 on the device, or why it was refused.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -235,17 +236,28 @@ class DeviceDecodingModel(TorchvisionModel):
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"model {self.name} is closed")
-            decoded = None
+            decoded, rejected = None, {}
             if jpeg_rows:
-                decoded = self.device_preprocessor.inputs([inputs[row] for row in jpeg_rows])
-                if len(jpeg_rows) == len(inputs):
-                    return self._classify(decoded)
-            arrays = [inputs[row][None] for row in array_rows]
-            from_host = self._to_device(self._host_batch(arrays))
-            if decoded is None:
-                return self._classify(from_host)
-            batch = torch.empty((len(inputs), *expected), dtype=torch.float32, device=self._torch_device)
-            batch[torch.tensor(array_rows, device=self._torch_device)] = from_host
-            batch[torch.tensor(jpeg_rows, device=self._torch_device)] = decoded
-            return self._classify(batch)
+                decoded, refused = self.device_preprocessor.inputs([inputs[row] for row in jpeg_rows])
+                rejected = {jpeg_rows[index]: reason for index, reason in refused.items()}
+                jpeg_rows = [row for row in jpeg_rows if row not in rejected]
+            result = self._classify_rows(inputs, array_rows, jpeg_rows, decoded)
+        return replace(result, rejected=rejected) if rejected else result
+
+    def _classify_rows(self, inputs: list[Any], array_rows: list[int], jpeg_rows: list[int],
+                       decoded: torch.Tensor | None) -> BatchResult:
+        """Classify the host arrays at ``array_rows`` and the decoded JPEGs at ``jpeg_rows``
+        together, in row order; call with the lock held."""
+        if not array_rows:
+            return self._classify(decoded) if jpeg_rows else self._empty_result()
+        arrays = [inputs[row][None] for row in array_rows]
+        from_host = self._to_device(self._host_batch(arrays))
+        if not jpeg_rows:
+            return self._classify(from_host)
+        kept = sorted(array_rows + jpeg_rows)
+        position = {row: index for index, row in enumerate(kept)}
+        batch = torch.empty((len(kept), *self.spec.shape), dtype=torch.float32, device=self._torch_device)
+        batch[torch.tensor([position[row] for row in array_rows], device=self._torch_device)] = from_host
+        batch[torch.tensor([position[row] for row in jpeg_rows], device=self._torch_device)] = decoded
+        return self._classify(batch)
 

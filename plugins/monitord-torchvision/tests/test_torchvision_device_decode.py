@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -156,7 +157,7 @@ def test_each_exif_orientation_matches_pillows_exif_transpose(orientation: int) 
     expected = preprocess_image(decode_image(data, MAX_PIXELS), spec)
     encoded = read_encoded_jpeg(data, MAX_PIXELS)
     assert encoded is not None and encoded.orientation == orientation
-    got = device_decode.DevicePreprocessor(spec, torch.device("cpu")).inputs([encoded])
+    got, _ = device_decode.DevicePreprocessor(spec, torch.device("cpu")).inputs([encoded])
     np.testing.assert_allclose(got[0].numpy(), expected, atol=1e-4)
 
 
@@ -281,15 +282,21 @@ def test_an_image_the_device_decoder_refuses_is_decoded_on_the_cpu_and_costs_not
     assert calls[0] == 40 and len(calls) <= 2 * math.ceil(math.log2(40)) + 1  # halving, not 40 calls
 
 
-def test_a_jpeg_nothing_can_decode_is_a_decode_error_naming_both_reasons(
+def test_a_jpeg_nothing_can_decode_is_rejected_alone_naming_both_reasons(
     device_model: DeviceDecodingModel,
 ) -> None:
     """Only reachable by bypassing ``prepare_encoded`` (which sends such bytes to the
-    core's decoder): the error says what each decoder said."""
+    core's decoder): that row is rejected with what each decoder said, and the rest of
+    the batch is classified as it would be without it."""
     good = jpeg_bytes(Image.new("L", (8, 8), 128))
     broken = EncodedJpeg(good[: len(good) // 2], 8, 8, 1, MAX_PIXELS)
-    with pytest.raises(DecodeError, match=r"(?s)(truncated|unreadable).*\(the cpu decoder also refused it: .*truncated"):
-        device_model.predict_inputs([broken])
+    fine = [EncodedJpeg(jpeg_bytes(Image.new("L", (8, 8), level)), 8, 8, 1, MAX_PIXELS) for level in (30, 220)]
+    result = device_model.predict_inputs([fine[0], broken, fine[1]])
+    assert list(result.rejected) == [1] and len(result) == 2
+    assert re.search(r"(?s)(truncated|unreadable).*\(the cpu decoder also refused it: .*truncated", result.rejected[1])
+    assert_agree(device_model.predict_inputs(fine), result)
+    alone = device_model.predict_inputs([broken])
+    assert list(alone.rejected) == [0] and len(alone) == 0
 
 
 # -- through the real daemon ------------------------------------------------------------------------
