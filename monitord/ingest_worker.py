@@ -25,10 +25,10 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
-from aiohttp import ClientError, ClientSession, ClientTimeout, hdrs, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 from monitord.http_server import base_app, json_error, make_runner
 from monitord.ingest_channel import Channel, ChannelClosed

@@ -102,7 +102,10 @@ class IngestWorkers:
         loop = asyncio.get_running_loop()
         while not self._stopping:
             started = loop.time()
-            status = await self._run_once(worker)
+            try:
+                status: int | str | None = await self._run_once(worker)
+            except OSError as error:  # could not start it (out of processes or descriptors)
+                status = f"not started: {error}"
             if self._stopping:
                 return
             if loop.time() - started > HEALTHY_AFTER:

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import aiohttp
