@@ -38,7 +38,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
     print(report(result))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1, default=lambda o: asdict(o)))
+        args.json.write_text(json.dumps(result, indent=1, default=lambda o: asdict(o) if is_dataclass(o) else str(o)))
     return 0
 
 
