@@ -255,6 +255,7 @@ class Daemon:
             self.workers = IngestWorkers(self.settings, self.settings.http.workers, self._listeners,
                                          self._main_url, self.pipeline.observer, self.metrics)
             await self.workers.start()
+            self.metrics.report_other_queues(self.workers.deepest)
             self.readiness.set(False, f"starting {self.settings.http.workers} ingest worker(s)")
             self._ready_task = asyncio.create_task(self._ready_with_workers(self.workers))
         else:

@@ -10,7 +10,7 @@ Messages, ``(kind, ...)``:
 - main → worker: ``("config", settings, main_url)`` first; ``("ack", seq)`` once a batch is
   recorded; ``("stop",)`` to finish in-flight work and exit.
 - worker → main: ``("ready", pid)``; ``("batch", seq, predictions, signals, metric_records)``;
-  ``("metrics", metric_records)``; ``("stopped",)`` last.
+  ``("metrics", metric_records)``; ``("depths", {stage: items})``; ``("stopped",)`` last.
 """
 
 from __future__ import annotations

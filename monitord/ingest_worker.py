@@ -34,6 +34,7 @@ from monitord.http_server import base_app, json_error, make_runner
 from monitord.ingest_channel import Channel, ChannelClosed
 from monitord.items import Prediction
 from monitord.logging_setup import configure_logging
+from monitord.metrics import Metrics
 from monitord.metrics_relay import FLUSH_SECONDS, MetricsRelay, relayed_metrics
 from monitord.pipeline import Pipeline
 from monitord.plugins import load_plugins
@@ -182,7 +183,7 @@ class IngestWorker:
             await site.start()
         await source.start()
         listen = asyncio.create_task(self._listen(observer), name="channel")
-        flush = asyncio.create_task(self._flush(observer), name="metrics-relay")
+        flush = asyncio.create_task(self._flush(observer, metrics), name="metrics-relay")
         self.channel.send(("ready", os.getpid()))
         log.info("serving POST /v1/predict with %s on %s", model.name, model.device)
         await self.stop_requested.wait()
@@ -226,10 +227,17 @@ class IngestWorker:
             observer.fail_all("the daemon's main process is gone")
             self.stop_requested.set()
 
-    async def _flush(self, observer: RelayObserver) -> None:
+    async def _flush(self, observer: RelayObserver, metrics: Metrics) -> None:
+        """Counts no batch carried, and the queue depths, every ``FLUSH_SECONDS``."""
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
             observer.flush_metrics()
+            depths = {sample.labels["stage"]: sample.value
+                      for family in metrics.queue_depth.collect() for sample in family.samples}
+            try:
+                self.channel.send(("depths", depths))
+            except ChannelClosed:
+                return
 
 
 async def _main(index: int, channel_fd: int, listen_fds: list[int]) -> int:

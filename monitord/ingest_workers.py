@@ -38,6 +38,8 @@ class _Worker:
     channel: Channel | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     failures: int = 0
+    #: The worker's queue depths by stage, as it last reported them.
+    depths: dict[str, float] = field(default_factory=dict)
 
 
 class IngestWorkers:
@@ -69,6 +71,10 @@ class IngestWorkers:
 
     async def wait_ready(self) -> None:
         await asyncio.gather(*(worker.ready.wait() for worker in self._workers))
+
+    def deepest(self, stage: str) -> float:
+        """The fullest of the workers' queues at ``stage``, as last reported."""
+        return max((worker.depths.get(stage, 0.0) for worker in self._workers), default=0.0)
 
     @property
     def pids(self) -> list[int]:
@@ -137,6 +143,7 @@ class IngestWorkers:
             pass
         finally:
             worker.channel = None
+            worker.depths = {}
             await channel.close()
         try:
             # A worker that closed its end exits right after; one that hangs is killed.
@@ -160,6 +167,8 @@ class IngestWorkers:
                 channel.send(("ack", sequence))
             elif kind == "metrics":
                 replay(self.metrics, message[1])
+            elif kind == "depths":
+                worker.depths = message[1]
             elif kind == "ready":
                 log.info("ingest worker %d (pid %d) serving POST /v1/predict", worker.index, message[1])
                 worker.ready.set()

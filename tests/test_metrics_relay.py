@@ -50,3 +50,20 @@ def test_metrics_that_are_not_relayed_stay_untouched() -> None:
     main = Metrics(CollectorRegistry())
     replay(main, [("accuracy", (), 0.5), ("images", (("source", "http"), ("outcome", "ok")), 1)])
     assert value(main, "monitord_images_total", source="http", outcome="ok") == 1
+
+
+def test_queue_depth_shows_the_fullest_queue_of_each_stage_across_processes() -> None:
+    from monitord.ingest_workers import IngestWorkers
+    from monitord.settings import Settings
+
+    main = Metrics(CollectorRegistry())
+    own = {"ingest": 3.0, "inference": 8.0}
+    for stage in own:
+        main.watch_queue(stage, lambda stage=stage: own[stage])
+    workers = IngestWorkers(Settings(), 2, [], "http://127.0.0.1:1", observer=None, metrics=main)  # type: ignore[arg-type]
+    main.report_other_queues(workers.deepest)
+    assert value(main, "monitord_queue_depth", stage="ingest") == 3
+    workers._workers[0].depths = {"ingest": 900.0, "inference": 2.0}
+    workers._workers[1].depths = {"ingest": 40.0}
+    assert value(main, "monitord_queue_depth", stage="ingest") == 900  # the fullest, not the sum
+    assert value(main, "monitord_queue_depth", stage="inference") == 8  # the main process's own
