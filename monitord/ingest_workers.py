@@ -63,6 +63,7 @@ class IngestWorkers:
         self._workers = [_Worker(index) for index in range(1, count + 1)]
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._stopped = asyncio.Event()  # ends a restart's wait at once
 
     async def start(self) -> None:
         """Start every worker; returns at once (each reports ``ready`` when it serves)."""
@@ -83,6 +84,7 @@ class IngestWorkers:
     async def stop(self) -> None:
         """Tell every worker to finish what it took in and exit; wait for them."""
         self._stopping = True
+        self._stopped.set()
         for worker in self._workers:
             if worker.channel is not None:
                 try:
@@ -94,6 +96,7 @@ class IngestWorkers:
     async def close(self) -> None:
         """Kill what is still running (after ``stop`` ran out of time)."""
         self._stopping = True
+        self._stopped.set()
         for worker in self._workers:
             process = worker.process
             if process is not None and process.returncode is None:
@@ -120,7 +123,10 @@ class IngestWorkers:
             worker.failures += 1
             log.error("ingest worker %d exited unexpectedly (status %s); starting it again in %.0f s",
                       worker.index, status, delay)
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(self._stopped.wait(), timeout=delay)
+            except TimeoutError:
+                pass
 
     async def _run_once(self, worker: _Worker) -> int | None:
         ours, theirs = socket.socketpair()
