@@ -148,3 +148,22 @@ def test_a_name_that_is_not_utf8_is_shown_with_escapes(tmp_path: Path) -> None:
     message = str(raised.value)
     assert "caf\\xe9.png" in message
     message.encode("utf-8")  # writable to a UTF-8 file or a JSON body as it is
+
+
+def test_a_file_that_grew_after_fstat_is_read_to_its_end(tmp_path, monkeypatch) -> None:
+    """One read of its size plus one byte takes a file whole; one that has grown since
+    ``fstat`` (a writer appending) is read on to its end, across several reads."""
+    from monitord import decode
+
+    data = bytes(range(256)) * 6000  # 1.5 MB: more than one read of 1 MiB
+    path = tmp_path / "grown.png"
+    path.write_bytes(data)
+    assert decode.read_payload(path) == data
+    real_fstat = os.fstat
+
+    def stale_fstat(fd: int) -> os.stat_result:
+        status = real_fstat(fd)
+        return os.stat_result((*status[:6], 10, *status[7:10]))
+
+    monkeypatch.setattr(decode.os, "fstat", stale_fstat)
+    assert decode.read_payload(path) == data
