@@ -259,6 +259,19 @@ def test_workers_exit_when_the_main_process_is_killed(daemon) -> None:
 
     wait_for(lambda: all(gone(pid) for pid in workers), timeout=30, message="the workers to exit")
 
+    def port_free() -> bool:  # a supervisor restarting the daemon can listen again
+        import socket
+
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", server.port))
+            except OSError:
+                return False
+            return True
+
+    wait_for(port_free, timeout=10, message="the port to be free")
+
 
 def test_workers_are_ignored_without_the_http_source(daemon) -> None:
     server = daemon('sources = ["folder"]\n[http]\nworkers = 2\n')
