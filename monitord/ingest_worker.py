@@ -30,7 +30,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
-from monitord.http_server import base_app, json_error, make_runner
+from monitord.http_server import base_app, body_timeout_error, json_error, make_runner
 from monitord.ingest_channel import Channel, ChannelClosed
 from monitord.items import Prediction
 from monitord.logging_setup import configure_logging
@@ -99,10 +99,11 @@ class RelayObserver:
 class MainProcessProxy:
     """Passes a request to the main process over loopback and its answer back."""
 
-    def __init__(self, main_url: str, body_limit: int, body_timeout: float) -> None:
+    def __init__(self, main_url: str, body_timeout: float, retry_after: int) -> None:
+        """Bodies are capped by the app's ``client_max_size`` (``http.max_body_bytes``)."""
         self._main_url = main_url.rstrip("/")
-        self._body_limit = body_limit
         self._body_timeout = body_timeout
+        self._retry_after = retry_after
         self._session: ClientSession | None = None
 
     async def start(self) -> None:
@@ -119,8 +120,7 @@ class MainProcessProxy:
             async with asyncio.timeout(self._body_timeout):
                 body = await request.read()
         except TimeoutError:
-            return json_error(408, f"the request body did not arrive within {self._body_timeout:g} s "
-                              "(http.body_timeout_seconds)")
+            return body_timeout_error(self._body_timeout)
         headers = {name: value for name, value in request.headers.items() if name.lower() not in _HOP_HEADERS}
         try:
             async with self._session.request(
@@ -136,7 +136,7 @@ class MainProcessProxy:
         except (ClientError, OSError) as error:
             log.warning("cannot reach the main process for %s %s: %s", request.method, request.path, error)
             response = json_error(503, "the daemon's main process cannot be reached right now; retry later")
-            response.headers["Retry-After"] = "1"
+            response.headers["Retry-After"] = str(self._retry_after)
             return response
 
 
@@ -169,7 +169,7 @@ class IngestWorker:
                           options=settings.source_options.get("http", {}))
         )
         source.setup()
-        proxy = MainProcessProxy(main_url, settings.http.max_body_bytes, settings.http.body_timeout_seconds)
+        proxy = MainProcessProxy(main_url, settings.http.body_timeout_seconds, settings.http.retry_after_seconds)
         app.router.add_route("*", "/{path:.*}", proxy)
         model = await asyncio.to_thread(plugins.factory("model", settings.model.type), settings.model,
                                         settings.state_dir)
@@ -200,7 +200,7 @@ class IngestWorker:
         flush.cancel()
         if not self.main_gone:
             try:
-                self.channel.send(("metrics", relay.take()))
+                observer.flush_metrics()
                 self.channel.send(("stopped",))
                 await self.channel.drain()
             except ChannelClosed:

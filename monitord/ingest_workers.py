@@ -62,8 +62,7 @@ class IngestWorkers:
         self.metrics = metrics
         self._workers = [_Worker(index) for index in range(1, count + 1)]
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
-        self._stopped = asyncio.Event()  # ends a restart's wait at once
+        self._stopped = asyncio.Event()  # set by stop/close; also ends a restart's wait at once
 
     async def start(self) -> None:
         """Start every worker; returns at once (each reports ``ready`` when it serves)."""
@@ -83,7 +82,6 @@ class IngestWorkers:
 
     async def stop(self) -> None:
         """Tell every worker to finish what it took in and exit; wait for them."""
-        self._stopping = True
         self._stopped.set()
         for worker in self._workers:
             if worker.channel is not None:
@@ -95,7 +93,6 @@ class IngestWorkers:
 
     async def close(self) -> None:
         """Kill what is still running (after ``stop`` ran out of time)."""
-        self._stopping = True
         self._stopped.set()
         for worker in self._workers:
             process = worker.process
@@ -109,13 +106,13 @@ class IngestWorkers:
     async def _keep(self, worker: _Worker) -> None:
         """Run ``worker``; start it again if it dies while the daemon runs."""
         loop = asyncio.get_running_loop()
-        while not self._stopping:
+        while not self._stopped.is_set():
             started = loop.time()
             try:
                 status: int | str | None = await self._run_once(worker)
             except OSError as error:  # could not start it (out of processes or descriptors)
                 status = f"not started: {error}"
-            if self._stopping:
+            if self._stopped.is_set():
                 return
             if loop.time() - started > HEALTHY_AFTER:
                 worker.failures = 0
@@ -130,13 +127,12 @@ class IngestWorkers:
 
     async def _run_once(self, worker: _Worker) -> int | None:
         ours, theirs = socket.socketpair()
-        fds = [theirs.fileno(), *(listener.fileno() for listener in self.listeners)]
+        listen_fds = [listener.fileno() for listener in self.listeners]
         try:
             worker.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "monitord.ingest_worker", "--index", str(worker.index),
-                "--channel-fd", str(theirs.fileno()),
-                "--listen-fds", ",".join(str(listener.fileno()) for listener in self.listeners),
-                pass_fds=fds,
+                "--channel-fd", str(theirs.fileno()), "--listen-fds", ",".join(map(str, listen_fds)),
+                pass_fds=[theirs.fileno(), *listen_fds],
             )
         finally:
             theirs.close()

@@ -94,8 +94,6 @@ class Pipeline:
         self.model: Model | None = None
         self._takes_encoded = False
         self._image_counters: dict[tuple[str, str], Any] = {}
-        self.detectors: DetectorStage | None = None
-        self.feedback: Feedback | None = None
         self.observer: BatchObserver | None = None
         self._ingest: asyncio.Queue[_Pending] = asyncio.Queue(settings.queue_size)
         # Room for two batches: the batcher never starves while the decoders run ahead.
@@ -241,8 +239,6 @@ class Pipeline:
         detectors, the feedback join, the metrics and the predictions log of this process."""
         self.model = model
         self._takes_encoded = isinstance(model, EncodedInputModel)
-        self.detectors = detectors
-        self.feedback = feedback
         self.observer = observer or LocalObservers(self.metrics, detectors, feedback, self.predictions_log)
         self.metrics.declare_classes(model.class_names)
         self._tasks = [

@@ -79,13 +79,7 @@ def _load(
         return load_from_options(options, device=device)
     artifact = settings.artifact if settings.artifact is not None else Path(state_dir) / "model"
     if is_artifact(artifact):
-        return load_artifact(
-            artifact,
-            device=device,
-            activation_layer=options.activation_layer,
-            acceleration=acceleration_for(options, device),
-            decode_on_device=options.decode_on_device,
-        )
+        return _load_artifact_with(artifact, device, options)
     if artifact.exists() and not (artifact.is_dir() and not any(artifact.iterdir())):
         raise ModelLoadError(
             f"model.artifact = '{artifact}': exists but is not a model artifact (no "
@@ -127,6 +121,11 @@ def _train_then_load(
         100 * report.held_out_accuracy,
         artifact,
     )
+    return _load_artifact_with(artifact, device, options)
+
+
+def _load_artifact_with(artifact: Path, device: torch.device, options: TorchvisionOptions) -> TorchvisionModel:
+    """``load_artifact`` with the plugin keys that apply to a trained artifact."""
     return load_artifact(
         artifact,
         device=device,
