@@ -310,7 +310,7 @@ def run_mode(mode: str, artifact: Path, workdir: Path, pngs: list[tuple[int, byt
     folder.mkdir(parents=True, exist_ok=True)
     sources = '["folder"]' if mode == "folder" else '["http"]'
     daemon = Daemon(folder, artifact, f"sources = {sources}\n{settings}",
-                    env={"MONITORD_HTTP__WORKERS": str(workers)})
+                    env={"MONITORD_PIPELINE__WORKERS": str(workers)})
     daemon.start()
     try:
         daemon.wait_ready()
@@ -337,7 +337,7 @@ def run_mode(mode: str, artifact: Path, workdir: Path, pngs: list[tuple[int, byt
                                 0.8 * capacity["images_per_second"] / per_request)
         status = daemon.terminate()
         result = {"capacity": capacity, "light": light, "at_80_percent": loaded, "exit_status": status,
-                  "log": str(daemon.log_path), "workers": workers if mode != "folder" else 0}
+                  "log": str(daemon.log_path), "workers": workers}
         if profiler is not None and profiler.wait(60) == 0 and profile is not None:
             result["hotspots"] = hotspots(profile / f"{mode}.txt")
         return result
@@ -403,7 +403,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--settings", default="", help="extra TOML for the daemon")
     parser.add_argument("--workers", type=int, default=0,
-                        help="http.workers for the HTTP modes (ingest processes beside the main one)")
+                        help="pipeline.workers (worker processes beside the main one)")
     parser.add_argument("--results", type=Path, default=None, help="write the section into this RESULTS.md")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--profile", type=Path, default=None,

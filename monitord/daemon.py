@@ -82,6 +82,7 @@ class Daemon:
         self.pipeline = Pipeline(settings.pipeline, self.metrics, self.predictions_log)
         self.sources = [self._build_source(name) for name in settings.sources]
         self.metrics.declare_sources(settings.sources)
+        self.worker_count = self._worker_processes()
         self.sinks: list[Sink] = []
         self.alerting: AlertDispatcher | None = None
         self.snapshots: DetectorSnapshots | None = None
@@ -245,43 +246,55 @@ class Daemon:
         if self.snapshots is not None:
             self.snapshots.start(self.settings.snapshots.interval_seconds)
         for source in self.sources:
+            if self._in_workers(source):
+                log.info("source %s: run by the %d worker processes, each over its share", source.name,
+                         self.worker_count)
+                continue
             await source.start()
             log.info("source %s", source.describe())
         if self.predictions_log is not None:
             log.info("predictions log: %s", self.predictions_log.path)
         log.info("state: %s", Path(self.settings.state_dir).resolve())
-        if self._listeners:
+        if self.worker_count:
             assert self.pipeline.observer is not None
-            self.workers = IngestWorkers(self.settings, self.settings.http.workers, self._listeners,
+            self.workers = IngestWorkers(self.settings, self.worker_count, self._listeners,
                                          self._main_url, self.pipeline.observer, self.metrics)
             await self.workers.start()
             self.metrics.report_other_queues(self.workers.deepest)
-            self.readiness.set(False, f"starting {self.settings.http.workers} ingest worker(s)")
+            self.readiness.set(False, f"starting {self.worker_count} worker process(es)")
             self._ready_task = asyncio.create_task(self._ready_with_workers(self.workers))
         else:
             self.readiness.set(True, "ready")
 
-    def _ingest_workers(self) -> int:
-        """``http.workers``, or 0 where there is nothing for them to do."""
-        count = self.settings.http.workers
-        if count and "http" not in self.settings.sources:
-            log.warning("http.workers = %d ignored: the http source is not enabled (sources = %s)",
-                        count, self.settings.sources)
+    def _worker_processes(self) -> int:
+        """``pipeline.workers``, or 0 where there is nothing for them to do."""
+        count = self.settings.pipeline.workers
+        shared = self._serves_http_in_workers(count) or any(source.partitioned for source in self.sources)
+        if count and not shared:
+            log.warning("pipeline.workers = %d ignored: neither the http source nor a source that workers share "
+                        "(folder) is enabled (sources = %s)", count, self.settings.sources)
             return 0
         return count
+
+    def _serves_http_in_workers(self, count: int | None = None) -> bool:
+        return bool(self.worker_count if count is None else count) and "http" in self.settings.sources
+
+    def _in_workers(self, source: Source) -> bool:
+        """Whether the worker processes run ``source`` instead of this one."""
+        return bool(self.worker_count) and source.partitioned
 
     async def _listen(self) -> None:
         """Serve the app on ``http.host:http.port``.
 
-        With ingest workers the main process makes the listening sockets (the workers
-        accept on the same ones) and serves on a loopback port of its own, where the
-        workers pass every request but ``POST /v1/predict``. It accepts on the public
-        sockets too until every worker serves, so health checks answer while the model
-        loads, and then leaves them to the workers: it holds the detectors, the folder
-        source and the alerting, which must not wait behind HTTP parsing.
+        With worker processes and the http source, the main process makes the listening
+        sockets (the workers accept on the same ones) and serves on a loopback port of its
+        own, where the workers pass every request but ``POST /v1/predict``. It accepts on
+        the public sockets too until every worker serves, so health checks answer while
+        the model loads, and then leaves them to the workers: it holds the detectors, the
+        feedback join and the alerting, which must not wait behind HTTP parsing.
         """
         assert self._runner is not None
-        if not self._ingest_workers():
+        if not self._serves_http_in_workers():
             await web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port).start()
             return
         self._listeners = listening_sockets(self.settings.http.host, self.settings.http.port)
@@ -300,7 +313,7 @@ class Daemon:
         for site in self._public_sites:
             await site.stop()
         self._public_sites = []
-        log.info("%d ingest worker(s) serving beside the main process (pids %s)", workers.count,
+        log.info("%d worker process(es) serving beside the main process (pids %s)", workers.count,
                  ", ".join(map(str, workers.pids)))
         if not self.stop_requested.is_set():
             self.readiness.set(True, "ready")

@@ -1,16 +1,19 @@
-"""An ingest worker: a process that serves ``POST /v1/predict`` beside the main process.
+"""A worker process: ingests images beside the main process.
 
 One Python process is bound by its interpreter lock: parsing HTTP and multipart bodies,
-decoding images and answering in JSON take about as much CPU as the model itself, and
-on a GPU the event loop starves the thread that feeds the device. With
-``http.workers = N`` the main process starts N of these (``ingest_workers``). Each one
-accepts connections on the daemon's listening socket (the same socket, shared, so an
-idle process takes the next connection), runs the built-in HTTP source over a pipeline
-and a model of its own, and hands every batch of predictions with its signals to the
-main process, which holds the one set of drift detectors, the feedback join, the
-predictions log and the metrics (``observers.LocalObservers``). A client is answered
-only once its batch is recorded there. Every other path (``/metrics``, ``/healthz``,
-``/v1/feedback``, ...) is passed to the main process over loopback.
+reading, moving and describing folder files, decoding images and answering in JSON take
+about as much CPU as the model itself, and on a GPU the event loop starves the thread
+that feeds the device. With ``pipeline.workers = N`` the main process starts N of these
+(``ingest_workers``). Each one runs a pipeline and a model of its own under the sources
+that can run in several processes: the built-in HTTP source, accepting connections on
+the daemon's listening socket (the same socket, shared, so an idle process takes the
+next connection), and every partitioned source (the folder source) over its share of
+the work (``sources.Partition``: worker ``I`` of ``N`` takes share ``I - 1``). Every
+batch of predictions goes with its signals to the main process, which holds the one set
+of drift detectors, the feedback join, the predictions log and the metrics
+(``observers.LocalObservers``); a batch's outcomes (a client's answer, a file's move)
+are carried out only once it is recorded there. Every other HTTP path (``/metrics``,
+``/healthz``, ``/v1/feedback``, ...) is passed to the main process over loopback.
 
 Started as ``python -m monitord.ingest_worker --channel-fd N --listen-fds A,B --index I``
 by the main process, never by hand: its settings arrive over the channel.
@@ -39,7 +42,7 @@ from monitord.metrics_relay import FLUSH_SECONDS, MetricsRelay, relayed_metrics
 from monitord.pipeline import Pipeline
 from monitord.plugins import load_plugins
 from monitord.settings import Settings
-from monitord.sources import SourceContext
+from monitord.sources import Partition, Source, SourceContext
 
 log = logging.getLogger("monitord.ingest")
 
@@ -164,39 +167,58 @@ class IngestWorker:
         token = settings.http.token.get_secret_value() if settings.http.token else None
         app = base_app(settings.http.max_body_bytes, token, settings.http.protect_metrics)
         pipeline = Pipeline(settings.pipeline, metrics)
-        source = plugins.factory("source", "http")(
-            SourceContext(name="http", settings=settings, pipeline=pipeline, metrics=metrics, app=app,
-                          options=settings.source_options.get("http", {}))
-        )
-        source.setup()
-        proxy = MainProcessProxy(main_url, settings.http.body_timeout_seconds, settings.http.retry_after_seconds)
-        app.router.add_route("*", "/{path:.*}", proxy)
+        partition = Partition(self.index - 1, settings.pipeline.workers)
+
+        def build(name: str, share: Partition | None) -> Source:
+            return plugins.factory("source", name)(
+                SourceContext(name=name, settings=settings, pipeline=pipeline, metrics=metrics, app=app,
+                              options=settings.source_options.get(name, {}), partition=share)
+            )
+
+        sources = [build("http", None)] if self.listeners else []
+        for name in settings.sources:
+            if name != "http" and getattr(plugins.factory("source", name), "partitioned", False):
+                sources.append(build(name, partition))
+        for source in sources:
+            source.setup()
+        proxy: MainProcessProxy | None = None
+        if self.listeners:
+            proxy = MainProcessProxy(main_url, settings.http.body_timeout_seconds,
+                                     settings.http.retry_after_seconds)
+            app.router.add_route("*", "/{path:.*}", proxy)
         model = await asyncio.to_thread(plugins.factory("model", settings.model.type), settings.model,
                                         settings.state_dir)
         observer = RelayObserver(self.channel, relay)
         await pipeline.start(model, observer=observer)
-        await proxy.start()
-        runner = make_runner(app, settings.http, shutdown_timeout=5.0)
-        await runner.setup()
-        sites = [web.SockSite(runner, listener) for listener in self.listeners]
-        for site in sites:
-            await site.start()
-        await source.start()
+        runner: web.AppRunner | None = None
+        sites: list[web.SockSite] = []
+        if proxy is not None:
+            await proxy.start()
+            runner = make_runner(app, settings.http, shutdown_timeout=5.0)
+            await runner.setup()
+            sites = [web.SockSite(runner, listener) for listener in self.listeners]
+            for site in sites:
+                await site.start()
+        for source in sources:
+            await source.start()
         listen = asyncio.create_task(self._listen(observer), name="channel")
         flush = asyncio.create_task(self._flush(observer, metrics), name="metrics-relay")
         self.channel.send(("ready", os.getpid()))
-        log.info("serving POST /v1/predict with %s on %s", model.name, model.device)
+        log.info("%s with %s on %s", "; ".join(source.describe() for source in sources), model.name, model.device)
         await self.stop_requested.wait()
-        if not self.main_gone:
-            for site in sites:  # no new connections here; the other processes take them
-                await site.stop()
-            try:
-                async with asyncio.timeout(settings.pipeline.shutdown_timeout):
-                    await source.stop()
+        for site in sites:  # no new connections here; the other processes take them
+            await site.stop()
+        # With the main process gone nothing can be recorded: what is in flight fails at
+        # once (``NotRecorded``: files stay in the inbox, their claims released), so the
+        # wait is short.
+        deadline = settings.pipeline.shutdown_timeout if not self.main_gone else 2.0
+        try:
+            async with asyncio.timeout(deadline):
+                await asyncio.gather(*(source.stop() for source in sources))
+                if not self.main_gone:
                     await pipeline.drain()
-            except TimeoutError:
-                log.warning("stopping with work in flight after %.1f s (pipeline.shutdown_timeout)",
-                            settings.pipeline.shutdown_timeout)
+        except TimeoutError:
+            log.warning("stopping with work in flight after %.1f s", deadline)
         flush.cancel()
         if not self.main_gone:
             try:
@@ -207,9 +229,11 @@ class IngestWorker:
                 pass
         listen.cancel()
         await asyncio.gather(listen, flush, return_exceptions=True)
-        await runner.cleanup()
+        if runner is not None:
+            await runner.cleanup()
         await pipeline.close()
-        await proxy.close()
+        if proxy is not None:
+            await proxy.close()
         await self.channel.close()
         return 1 if self.main_gone else 0
 

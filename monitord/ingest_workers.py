@@ -1,10 +1,11 @@
-"""The main process's side of ``http.workers``: start the ingest workers, record their
-batches, restart one that dies, and stop them with the daemon.
+"""The main process's side of ``pipeline.workers``: start the worker processes, record
+their batches, restart one that dies, and stop them with the daemon.
 
 See ``ingest_worker`` for what a worker does. Here each one gets a socket pair for its
-messages (``ingest_channel``) and the daemon's listening sockets, and its batches go to
-the same observers as the main process's own (``observers.LocalObservers``), one
-message at a time, so the detectors see every inference exactly once.
+messages (``ingest_channel``) and the daemon's listening sockets (when they serve HTTP),
+and its batches go to the same observers as the main process's own
+(``observers.LocalObservers``), one message at a time, so the detectors see every
+inference exactly once.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class _Worker:
 
 
 class IngestWorkers:
-    """``count`` worker processes serving ``POST /v1/predict`` on ``listeners``."""
+    """``count`` worker processes: serving ``POST /v1/predict`` on ``listeners`` (if any),
+    and each running its share of the partitioned sources."""
 
     def __init__(
         self,
@@ -172,7 +174,7 @@ class IngestWorkers:
             elif kind == "depths":
                 worker.depths = message[1]
             elif kind == "ready":
-                log.info("ingest worker %d (pid %d) serving POST /v1/predict", worker.index, message[1])
+                log.info("worker %d (pid %d) ingesting", worker.index, message[1])
                 worker.ready.set()
             elif kind == "stopped":
                 return

@@ -59,6 +59,13 @@ class PipelineClosed(Exception):
     """The pipeline is not running (starting up or shutting down)."""
 
 
+class NotRecorded(PipelineClosed):
+    """An item's batch could not be handed to the process that holds the detectors (a
+    worker whose main process is gone). The item has no outcome, through no fault of its
+    own: its future fails with this, and the source keeps it for later, as at a shutdown
+    (a folder file stays in the inbox; an HTTP client is told to retry)."""
+
+
 @dataclass(eq=False)
 class _Pending:
     item: WorkItem
@@ -428,8 +435,10 @@ class Pipeline:
             reason = f"{reason}: {error}"
             log.error("%s", reason)
         for prepared in batch:
-            item = prepared.pending.item
-            self._resolve(prepared.pending, Rejection(item.id, item.source, reason, "error"))
+            pending = prepared.pending
+            if not pending.future.done():
+                pending.future.set_exception(NotRecorded(reason))
+            self._untrack(pending)
 
     def _resolve_batch(self, batch: list[_Prepared], predictions: list[Prediction]) -> None:
         for prediction, prepared in zip(predictions, batch):

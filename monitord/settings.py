@@ -50,11 +50,6 @@ class HttpSettings(_Section):
     #: ``POST /v1/predict`` requests being read or waiting for their outcome, at most;
     #: more get 429 with Retry-After before their body is read.
     max_concurrent_requests: int = Field(64, gt=0)
-    #: Processes besides the main one that serve ``POST /v1/predict``, each with its own
-    #: pipeline and copy of the model, sharing the listening socket; their predictions
-    #: reach the main process's detectors, metrics and log. 0: the main process alone.
-    #: One Python process uses about one core; see the README's "Performance".
-    workers: int = Field(0, ge=0, le=64)
 
 
 class FolderSettings(_Section):
@@ -99,6 +94,12 @@ class PipelineSettings(_Section):
     adaptive_batching: bool = True
     #: Threads that decode and preprocess images.
     decode_workers: int = Field(2, gt=0)
+    #: Worker processes besides the main one, each with its own pipeline and copy of the
+    #: model: they serve ``POST /v1/predict`` on the shared listening socket and each takes
+    #: its share of the folder source's files. Their predictions reach the main process's
+    #: detectors, metrics and log. 0: the main process does everything. One Python process
+    #: uses about one core; see the README's "Performance".
+    workers: int = Field(0, ge=0, le=64)
     #: Images with more pixels than this are refused before decoding.
     max_image_pixels: int = Field(40_000_000, gt=0)
     #: Encoded bytes of accepted images not yet decoded, at most (HTTP answers 503 beyond

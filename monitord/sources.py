@@ -5,19 +5,41 @@ A source's factory (registered through ``register_sources``) receives a
 source may add routes to ``context.app``; ``start()`` once the model is loaded; and
 ``stop()`` at shutdown, which must stop taking in new work and return only once every
 item already taken in has its outcome handled (a file moved, a response sent).
+
+A source whose work can be split by name (``partitioned = True``, the folder source)
+runs in every worker process when ``pipeline.workers`` is set, each over its share
+(``SourceContext.partition``); the main process then only calls its ``setup()`` (so a
+bad setting stops the daemon before any worker starts) and ``stop()``, never ``start()``.
 """
 
 from __future__ import annotations
 
+import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
 
 from monitord.metrics import Metrics
 from monitord.pipeline import Pipeline
 from monitord.settings import Settings
+
+
+@dataclass(frozen=True)
+class Partition:
+    """This process's share of a partitioned source's work: share ``index`` of ``count``.
+
+    A key (a file's path under the inbox) belongs to exactly one share, the same one in
+    every process and every run with the same ``count``: CRC-32 of its UTF-8 bytes, not
+    Python's ``hash``, which differs from process to process.
+    """
+
+    index: int
+    count: int
+
+    def owns(self, key: str) -> bool:
+        return zlib.crc32(key.encode("utf-8", "surrogateescape")) % self.count == self.index
 
 
 @dataclass
@@ -31,10 +53,17 @@ class SourceContext:
     app: web.Application
     #: This source's table from the ``source_options`` setting (third-party sources).
     options: dict[str, Any] = field(default_factory=dict)
+    #: This process's share of the work, for a partitioned source in a worker process;
+    #: None: all of it.
+    partition: Partition | None = None
 
 
 class Source(ABC):
     """Base class for sources; see the module docstring for the lifecycle."""
+
+    #: Whether the work can be split among processes by ``Partition`` (see the module
+    #: docstring). The source must then keep its state where every process can share it.
+    partitioned: ClassVar[bool] = False
 
     def __init__(self, context: SourceContext) -> None:
         self.context = context

@@ -34,10 +34,10 @@ limit = 2.0
 
 @pytest.fixture(scope="module", params=[0, 1], ids=["in-process", "ingest-worker"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """The daemon alone, and with one ingest worker (``http.workers``): a label must find a
+    """The daemon alone, and with one ingest worker (``pipeline.workers``): a label must find a
     prediction made in another process the moment its client has the answer."""
     workdir = tmp_path_factory.mktemp("feedback")
-    env = {**install_testplugin(workdir / "site"), "MONITORD_HTTP__WORKERS": str(request.param)}
+    env = {**install_testplugin(workdir / "site"), "MONITORD_PIPELINE__WORKERS": str(request.param)}
     process = DaemonProcess(workdir, free_port(), extra_settings=SETTINGS, env=env)
     process.start()
     yield process

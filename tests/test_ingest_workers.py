@@ -1,4 +1,4 @@
-"""``http.workers``: ingest processes beside the main one, on the real daemon over real HTTP.
+"""``pipeline.workers``: ingest processes beside the main one, on the real daemon over real HTTP.
 
 What must hold: the workers (not the main process) take the connections on the public
 port; every prediction a worker makes reaches the main process's detectors, metrics and
@@ -20,13 +20,13 @@ import pytest
 
 from daemon_process import DaemonProcess, free_port, wait_for
 from digit_files import held_out_pngs
+from installed_plugin import install_testplugin
 
 WORKERS = 2
 SETTINGS = f"""
 sources = ["http"]
-[http]
-workers = {WORKERS}
 [pipeline]
+workers = {WORKERS}
 max_batch_size = 8
 """
 
@@ -206,7 +206,7 @@ def test_a_worker_that_dies_is_started_again(daemon) -> None:
     wait_for(lambda: "exited unexpectedly" in server.log(), timeout=20, message="the restart notice")
     wait_for(lambda: len(worker_pids(server.process.pid)) == WORKERS and first[0] not in worker_pids(server.process.pid),
              timeout=60, message="a new worker")
-    wait_for(lambda: server.log().count("serving POST /v1/predict with") >= WORKERS + 1, timeout=60,
+    wait_for(lambda: server.log().count(") ingesting") >= WORKERS + 1, timeout=60,
              message="the new worker serving")
     import urllib.request
 
@@ -273,11 +273,19 @@ def test_workers_exit_when_the_main_process_is_killed(daemon) -> None:
     wait_for(port_free, timeout=10, message="the port to be free")
 
 
-def test_workers_are_ignored_without_the_http_source(daemon) -> None:
-    server = daemon('sources = ["folder"]\n[http]\nworkers = 2\n')
+def test_workers_are_ignored_when_no_source_can_use_them(daemon, tmp_path: Path) -> None:
+    """``ticker`` (the test plugin's source) is neither the http source nor partitioned:
+    no worker process could run it, so none starts and the main process runs it."""
+    env = install_testplugin(tmp_path / "site")
+    server = daemon('sources = ["ticker"]\n[model]\ntype = "brightness"\n[pipeline]\nworkers = 2\n'
+                    '[source_options.ticker]\ncount = 5\n', env=env)
     assert server.process is not None
     assert worker_pids(server.process.pid) == []
-    assert "http.workers = 2 ignored" in server.log()
+    assert "pipeline.workers = 2 ignored" in server.log()
+    wait_for(lambda: server.metric("monitord_images_total", source="ticker", outcome="ok") == 5, timeout=20,
+             message="the ticker's five images, counted by the main process")
+    assert worker_pids(server.process.pid) == []
+    assert server.terminate() == 0
 
 
 def test_the_token_guards_the_workers_and_the_routes_they_pass_on(daemon) -> None:
@@ -285,7 +293,7 @@ def test_the_token_guards_the_workers_and_the_routes_they_pass_on(daemon) -> Non
     import urllib.request
 
     token = "worker-token-0123456789"
-    server = daemon(SETTINGS.replace("[http]\n", f'[http]\ntoken = "{token}"\n'))
+    server = daemon(SETTINGS + f'[http]\ntoken = "{token}"\n')
 
     def status(path: str, data: bytes | None = None, with_token: bool = False) -> int:
         headers = {"Content-Type": "image/png"} if data else {}

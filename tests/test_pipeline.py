@@ -331,3 +331,36 @@ async def test_a_model_whose_rows_do_not_add_up_fails_its_batch_as_error() -> No
     assert all(isinstance(o, Rejection) and o.outcome == "error" for o in outcomes)
     assert "rejected rows" in outcomes[0].reason
     await pipeline.close()
+
+
+class _FailingObserver:
+    """An observer in another process that went away: every batch fails to be recorded."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def observe(self, predictions, signals) -> asyncio.Future[None]:
+        self.batches += 1
+        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        recorded.set_exception(ConnectionResetError("the other process closed the channel"))
+        return recorded
+
+
+async def test_a_batch_that_cannot_be_recorded_has_no_outcome_so_its_source_keeps_the_items() -> None:
+    from monitord.pipeline import NotRecorded
+
+    metrics = Metrics()
+    pipeline = Pipeline(PipelineSettings(max_batch_size=4), metrics)
+    observer = _FailingObserver()
+    await pipeline.start(BrightnessModel(), observer=observer)
+    futures = pipeline.submit_nowait([WorkItem(id=str(i), source="t", payload=png(40 * i)) for i in range(3)])
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert observer.batches >= 1
+    # Not an outcome (a Rejection would move a good folder file to failed/): a PipelineClosed,
+    # which sources treat as "keep it for later".
+    assert all(isinstance(result, NotRecorded) and isinstance(result, PipelineClosed) for result in results)
+    assert "closed the channel" in str(results[0])
+    for outcome in ("ok", "error", "rejected"):
+        assert sample(metrics, "monitord_images_total", source="t", outcome=outcome) == 0
+    await asyncio.wait_for(pipeline.drain(), 5)  # nothing left pending
+    await pipeline.close()

@@ -22,7 +22,9 @@ transaction with one file in it.
 
 Commits use ``synchronous=NORMAL``: they survive the process being killed (the usual
 crash), and a power cut may forget the last few, which means a file is processed again,
-never lost. Every method is safe to call from any thread.
+never lost. Every method is safe to call from any thread, and several processes may
+share the ledger (worker processes, each with files of its own): SQLite lets them write
+in turn, waiting up to 30 s for one another.
 """
 
 from __future__ import annotations
@@ -140,10 +142,10 @@ class Ledger:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
+            # OR IGNORE: worker processes open the ledger at the same time.
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif row[0] != str(SCHEMA_VERSION):
+            if row[0] != str(SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"schema version {row[0]}, this monitord writes {SCHEMA_VERSION}")
         except sqlite3.DatabaseError:
             db.close()

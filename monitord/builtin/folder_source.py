@@ -17,6 +17,12 @@ Every outcome goes through the ledger (``monitord.builtin.folder_ledger``) befor
 file moves, so after a ``kill -9`` each file ends up in ``processed/`` or ``failed/``
 exactly once.
 
+With ``pipeline.workers`` the source runs in every worker process, each over the files
+its ``Partition`` owns (by their path under the inbox), all of them sharing the one
+ledger: SQLite lets each process write in turn, and no two claim the same file. The
+recovery at start completes the files the process owns now, so a different number of
+workers after a restart takes over what the previous ones left.
+
 Files travel in groups, so that a file costs a share of a transaction and of a trip to a
 thread rather than one of each per step. Two tasks on the event loop do the work, and
 everything that touches the disk or the ledger runs in the source's own thread
@@ -142,9 +148,12 @@ class _Claimed:
 
 
 class FolderSource(Source):
+    partitioned = True
+
     def __init__(self, context: SourceContext) -> None:
         super().__init__(context)
         self.settings = context.settings.folder
+        self._partition = context.partition
         self.inbox = self.settings.inbox.resolve()
         self.processed = self.settings.processed.resolve()
         self.failed = self.settings.failed.resolve()
@@ -183,7 +192,12 @@ class FolderSource(Source):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="monitord-folder")
 
     def describe(self) -> str:
-        return f"folder: watching {self.inbox} (processed -> {self.processed}, failed -> {self.failed})"
+        share = f", share {self._partition.index + 1} of {self._partition.count}" if self._partition else ""
+        return f"folder: watching {self.inbox} (processed -> {self.processed}, failed -> {self.failed}{share})"
+
+    def _owns(self, relative: str) -> bool:
+        """Whether this process takes the file at ``relative`` (all of them without workers)."""
+        return self._partition is None or self._partition.owns(relative)
 
     async def _in_thread(self, function: Callable[..., _T], *args: Any) -> _T:
         """``function(*args)`` in the folder thread."""
@@ -230,7 +244,7 @@ class FolderSource(Source):
     def _recover(self) -> None:
         """Complete the moves a crash interrupted; report files that were mid-batch."""
         assert self.ledger is not None
-        entries = self.ledger.unfinished()
+        entries = [entry for entry in self.ledger.unfinished() if self._owns(entry.relative)]
         decided = [entry for entry in entries if entry.decided]
         self._complete([(os.path.join(self._inbox, entry.relative), entry) for entry in decided])
         interrupted = len(entries) - len(decided)
@@ -239,7 +253,7 @@ class FolderSource(Source):
         if interrupted:
             log.warning("%d file(s) were being processed when the daemon last stopped; processing them again "
                         "(each is counted once)", interrupted)
-        totals = self.ledger.totals()
+        totals = self.ledger.totals() if self._partition is None or self._partition.index == 0 else {}
         if totals:
             log.info("ledger %s: %s file(s) finished so far (%s)", self.ledger_path, sum(totals.values()),
                      ", ".join(f"{outcome} {count}" for outcome, count in totals.items()))
@@ -278,7 +292,8 @@ class FolderSource(Source):
             return
         if not path.startswith(self._prefix) or self._is_ours(path):
             return
-        if not _is_candidate(path[len(self._prefix):]):
+        relative = path[len(self._prefix):]
+        if not _is_candidate(relative) or not self._owns(relative):
             return
         # A folder (moved in whole, its files unannounced) is told apart in the folder
         # thread, which asks for a scan: no stat here, on the loop.
@@ -320,7 +335,7 @@ class FolderSource(Source):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not self._is_ours(os.path.join(root, d)))
             for name in sorted(files):
                 path = os.path.join(root, name)
-                if path in known or not _is_candidate(path[skip:]):
+                if path in known or not _is_candidate(path[skip:]) or not self._owns(path[skip:]):
                     continue
                 if len(found) >= room:
                     return found, False
@@ -536,6 +551,9 @@ class FolderSource(Source):
             self._abandon([flight])  # the pipeline closed with it inside: shutdown
             return
         error = future.exception()
+        if isinstance(error, PipelineClosed):  # NotRecorded: our main process is gone, not the file's doing
+            self._abandon([flight])
+            return
         if error is not None:
             log.error("could not process %s; it stays in the inbox and will be retried", flight.relative,
                       exc_info=error)

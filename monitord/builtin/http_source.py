@@ -199,7 +199,10 @@ class HttpSource(Source):
             return self._throttled(503, len(items), f"the daemon is saturated ({error}); retry later")
         except PipelineClosed:
             return self._unavailable("the daemon is not accepting images right now (starting or stopping)")
-        return list(await asyncio.gather(*futures))
+        try:
+            return list(await asyncio.gather(*futures))
+        except PipelineClosed as error:  # NotRecorded: the main process went away meanwhile
+            return self._unavailable(f"the images could not be finished ({error}); retry shortly")
 
     def _reject(self, status: int, message: str) -> web.Response:
         self.context.metrics.images.labels(source=self.name, outcome="rejected").inc()
