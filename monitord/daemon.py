@@ -29,6 +29,7 @@ from monitord.alerting.sinks import Sink, SinkContext, build_sinks
 from monitord.api import add_api_routes
 from monitord.detectors import DetectorStage
 from monitord.feedback import Feedback
+from monitord.gc_tuning import freeze_startup_objects
 from monitord.http_server import Readiness, build_app, listening_sockets, make_runner
 from monitord.ingest_workers import IngestWorkers
 from monitord.metrics import Metrics
@@ -245,6 +246,7 @@ class Daemon:
         self.detectors, self.feedback = detectors, feedback
         if self.snapshots is not None:
             self.snapshots.start(self.settings.snapshots.interval_seconds)
+        freeze_startup_objects()
         for source in self.sources:
             if self._in_workers(source):
                 log.info("source %s: run by the %d worker processes, each over its share", source.name,

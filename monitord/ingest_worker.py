@@ -33,6 +33,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
+from monitord.gc_tuning import freeze_startup_objects
 from monitord.http_server import base_app, body_timeout_error, json_error, make_runner
 from monitord.ingest_channel import Channel, ChannelClosed
 from monitord.items import Prediction
@@ -199,6 +200,7 @@ class IngestWorker:
             sites = [web.SockSite(runner, listener) for listener in self.listeners]
             for site in sites:
                 await site.start()
+        freeze_startup_objects()
         for source in sources:
             await source.start()
         listen = asyncio.create_task(self._listen(observer), name="channel")
