@@ -65,6 +65,34 @@ def test_an_unreadable_ledger_is_set_aside_and_a_new_one_started(tmp_path: Path)
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
 
 
+def test_a_ledger_another_process_holds_locked_is_waited_for_and_never_set_aside(tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    import threading
+
+    import monitord.builtin.folder_ledger as folder_ledger
+
+    path = tmp_path / "ledger.sqlite3"
+    Ledger(path).close()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA journal_mode=DELETE")  # leave WAL: opening it must now take an exclusive lock
+    holder.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(folder_ledger, "OPEN_TIMEOUT", 0.3)
+    with pytest.raises(folder_ledger.LedgerError, match="another monitord"):
+        Ledger(path)
+    assert not list(tmp_path.glob("ledger.sqlite3.corrupt-*"))  # a lock is not corruption
+
+    monkeypatch.setattr(folder_ledger, "OPEN_TIMEOUT", 30.0)
+    releaser = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    releaser.start()
+    ledger = Ledger(path)  # waits for the lock, then opens the same ledger
+    releaser.join()
+    holder.close()
+    ledger.begin("a.png", A)
+    assert [entry.relative for entry in ledger.unfinished()] == ["a.png"]
+    assert not list(tmp_path.glob("ledger.sqlite3.corrupt-*"))
+    ledger.close()
+
+
 # -- group operations: one transaction each, all or nothing ---------------------------------
 
 

@@ -24,10 +24,10 @@ import pytest
 from digit_files import drop_atomically, files_under
 from monitord.builtin.folder_ledger import Decision, FileIdentity, Ledger
 from monitord.builtin.folder_source import FolderSource
-from monitord.items import Prediction, WorkItem
 from monitord.metrics import Metrics
 from monitord.settings import Settings
 from monitord.sources import Partition, SourceContext
+from test_folder_source import StubPipeline
 
 KEYS = 10_000
 
@@ -168,32 +168,7 @@ def test_four_processes_open_one_new_ledger_at_once_and_claim_decide_and_finish(
 # -- two folder sources, complementary partitions, one inbox and one ledger ------------------
 
 
-class AnsweringPipeline:
-    """Answers every item with a prediction shortly after it is submitted."""
-
-    accepting = True
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    def free_slots(self) -> int:
-        return 1024
-
-    def _take(self, item: WorkItem) -> asyncio.Future:
-        self.seen.append(item.id)
-        future = asyncio.get_running_loop().create_future()
-        prediction = Prediction(item.id, item.source, "7", 7, 0.9, {"confidence": 0.9}, "now", item.label)
-        asyncio.get_running_loop().call_later(0.01, future.set_result, prediction)
-        return future
-
-    def submit_nowait(self, items: list[WorkItem]) -> list[asyncio.Future]:
-        return [self._take(item) for item in items]
-
-    async def submit(self, item: WorkItem):
-        return await self._take(item)
-
-
-def partitioned_source(tmp_path: Path, pipeline: AnsweringPipeline, partition: Partition | None) -> FolderSource:
+def partitioned_source(tmp_path: Path, pipeline: StubPipeline, partition: Partition | None) -> FolderSource:
     settings = Settings(folder={"inbox": tmp_path / "inbox", "processed": tmp_path / "processed",
                                 "failed": tmp_path / "failed"}, state_dir=tmp_path / "state")
     source = FolderSource(SourceContext(name="folder", settings=settings, pipeline=pipeline,  # type: ignore[arg-type]
@@ -213,7 +188,7 @@ async def test_two_sources_with_complementary_partitions_take_disjoint_shares_of
     names = [f"{index % 10}/d{index:03}.png" for index in range(80)] + ["数字/ü-1.png", "top.png"]
     for name in names:
         drop_atomically(tmp_path / "inbox", name, b"image")
-    pipelines = [AnsweringPipeline(), AnsweringPipeline()]
+    pipelines = [StubPipeline(), StubPipeline()]
     sources = [partitioned_source(tmp_path, pipelines[index], Partition(index, 2)) for index in range(2)]
     await asyncio.gather(*(source.start() for source in sources))
     try:
@@ -261,7 +236,7 @@ def test_recovery_completes_only_the_decided_moves_the_source_owns(tmp_path: Pat
             reader.close()
 
     def recover(partition: Partition) -> None:
-        source = partitioned_source(tmp_path, AnsweringPipeline(), partition)
+        source = partitioned_source(tmp_path, StubPipeline(), partition)
         try:
             source._recover()
         finally:

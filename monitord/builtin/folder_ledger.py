@@ -33,6 +33,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from monitord.state_files import set_aside
 log = logging.getLogger("monitord.folder.ledger")
 
 SCHEMA_VERSION = 1
+#: Seconds to wait for a ledger another process holds locked (opening, and each write).
+OPEN_TIMEOUT = 30.0
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     relative TEXT PRIMARY KEY,
@@ -125,7 +128,10 @@ class Ledger:
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return self._open()
+            return self._open_when_free()
+        except sqlite3.OperationalError as error:  # locked, or cannot be read at all: not corrupt
+            raise LedgerError(f"cannot open the folder ledger {self.path}: {error}; is another monitord using "
+                              "this state_dir?") from None
         except sqlite3.DatabaseError as error:
             log.error("folder ledger %s is unreadable (%s); starting a new one", self.path, error)
             for suffix in ("-wal", "-shm"):
@@ -134,10 +140,28 @@ class Ledger:
                     set_aside(sibling, "corrupt")
             if set_aside(self.path, "corrupt") is None:
                 raise LedgerError(f"cannot move the unreadable ledger {self.path} aside; remove it by hand") from None
-            return self._open()
+            return self._open_when_free()
+
+    def _open_when_free(self) -> sqlite3.Connection:
+        """``_open``, again while another process holds the lock it needs.
+
+        Processes that open a new ledger at once (worker processes) can find it locked:
+        turning on WAL takes an exclusive lock and SQLite does not wait for that one.
+        A lock is an ``OperationalError``; corruption is the other ``DatabaseError``s.
+        """
+        deadline = time.monotonic() + OPEN_TIMEOUT
+        delay = 0.01
+        while True:
+            try:
+                return self._open()
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=OPEN_TIMEOUT)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
