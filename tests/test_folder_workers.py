@@ -378,3 +378,30 @@ def test_sigterm_with_files_in_flight_leaves_each_file_done_once_or_untouched(da
     finally:
         second.kill()
     assert ledger_after_stop(second.state) == (0, {"ok": len(good)})
+
+
+@pytest.mark.parametrize("workers", [0, WORKERS], ids=["one-process", "two-workers"])
+def test_a_folder_moved_into_the_inbox_whole_is_processed_by_every_share(daemon, workers: int) -> None:
+    """A folder renamed into the inbox brings files no event announces. The process that
+    owns the folder's own name is not the only one with files in it: every share must
+    scan. The periodic rescan is an hour away, so only that scan can find them."""
+    process = daemon(settings(workers) + "[folder]\nrescan_seconds = 3600\n")
+    if workers:
+        wait_for(lambda: len(worker_pids(process.process.pid)) == workers, timeout=30, message="the workers")
+    outside = process.inbox.parent / "prepared"
+    digits = held_out_pngs(40)
+    names = {}
+    for index, (label, data) in enumerate(digits):
+        name = f"batch/{label}/m{index:03}.png"
+        (outside / name).parent.mkdir(parents=True, exist_ok=True)
+        (outside / name).write_bytes(data)
+        names[name] = data
+    if workers:
+        shares = {next(share for share in range(workers) if Partition(share, workers).owns(name)) for name in names}
+        assert shares == set(range(workers))  # files of every share arrive in the one folder
+    os.rename(outside / "batch", process.inbox / "batch")
+    wait_for(lambda: len(files_under(process.processed)) == len(names), timeout=30,
+             message="every file of the moved-in folder processed")
+    assert relative_files(process.processed) == sorted(names)
+    assert files_under(process.inbox) == []
+    assert process.terminate() == 0

@@ -174,6 +174,10 @@ class FolderSource(Source):
         self._outcomes_ready = asyncio.Event()
         #: Files were left out of the backlog (it was full): scan again once it empties.
         self._overflowed = False
+        #: New paths another share owns. One may be a folder, moved in whole (its files
+        #: unannounced) or made just before its files: every share must then scan, since
+        #: the files in it are spread over all of them. The folder thread looks.
+        self._others: list[str] = []
         self._scan_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -293,7 +297,13 @@ class FolderSource(Source):
         if not path.startswith(self._prefix) or self._is_ours(path):
             return
         relative = path[len(self._prefix):]
-        if not _is_candidate(relative) or not self._owns(relative):
+        if not _is_candidate(relative):
+            return
+        if not self._owns(relative):
+            if len(self._others) < self.settings.max_backlog:
+                self._others.append(path)
+            else:
+                self._overflowed = True  # too many to look at: a scan finds what is ours
             return
         # A folder (moved in whole, its files unannounced) is told apart in the folder
         # thread, which asks for a scan: no stat here, on the loop.
@@ -377,6 +387,10 @@ class FolderSource(Source):
         while not self._stopping.is_set():
             self._wake.clear()  # before looking: whatever arrives meanwhile wakes the next turn
             try:
+                if self._others:
+                    others, self._others = self._others, []
+                    if await self._in_thread(_any_folder, others):
+                        self._scan_soon()
                 waiting = await self._release_ready()
             except Exception:  # never let one bad turn stop the source; the files stay on disk
                 log.exception("could not take files from the inbox; trying again")
@@ -666,6 +680,17 @@ class FolderSource(Source):
         except Exception:  # moved already: the next start finishes them from the ledger
             log.exception("could not finish %d file(s) in the ledger; the next start does", len(done))
         return done
+
+
+def _any_folder(paths: list[str]) -> bool:
+    """Whether one of ``paths`` is a folder (not a link to one; folder thread)."""
+    for path in paths:
+        try:
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _size(path: str) -> int | None:
