@@ -271,15 +271,15 @@ class Daemon:
     def _worker_processes(self) -> int:
         """``pipeline.workers``, or 0 where there is nothing for them to do."""
         count = self.settings.pipeline.workers
-        shared = self._serves_http_in_workers(count) or any(source.partitioned for source in self.sources)
+        shared = "http" in self.settings.sources or any(source.partitioned for source in self.sources)
         if count and not shared:
             log.warning("pipeline.workers = %d ignored: neither the http source nor a source that workers share "
                         "(folder) is enabled (sources = %s)", count, self.settings.sources)
             return 0
         return count
 
-    def _serves_http_in_workers(self, count: int | None = None) -> bool:
-        return bool(self.worker_count if count is None else count) and "http" in self.settings.sources
+    def _serves_http_in_workers(self) -> bool:
+        return bool(self.worker_count) and "http" in self.settings.sources
 
     def _in_workers(self, source: Source) -> bool:
         """Whether the worker processes run ``source`` instead of this one."""

@@ -20,7 +20,7 @@ from monitord.builtin.folder_source import FolderSource
 from monitord.items import Prediction, WorkItem
 from monitord.metrics import Metrics
 from monitord.settings import Settings
-from monitord.sources import SourceContext
+from monitord.sources import Partition, SourceContext
 
 
 def test_200_held_out_digits_are_processed_and_classified(daemon) -> None:
@@ -186,11 +186,13 @@ class StubPipeline:
             future.cancel()
 
 
-def in_process_source(tmp_path: Path, pipeline: StubPipeline, **folder: object) -> FolderSource:
+def in_process_source(tmp_path: Path, pipeline: StubPipeline, partition: Partition | None = None,
+                      **folder: object) -> FolderSource:
+    """A folder source in this process over ``tmp_path``'s inbox (``partition``: its share)."""
     settings = Settings(folder={"inbox": tmp_path / "inbox", "processed": tmp_path / "processed",
                                 "failed": tmp_path / "failed", **folder}, state_dir=tmp_path / "state")
     source = FolderSource(SourceContext(name="folder", settings=settings, pipeline=pipeline,  # type: ignore[arg-type]
-                                        metrics=Metrics(), app=None))  # type: ignore[arg-type]
+                                        metrics=Metrics(), app=None, partition=partition))  # type: ignore[arg-type]
     source.setup()
     return source
 

@@ -23,11 +23,8 @@ import pytest
 
 from digit_files import drop_atomically, files_under
 from monitord.builtin.folder_ledger import Decision, FileIdentity, Ledger
-from monitord.builtin.folder_source import FolderSource
-from monitord.metrics import Metrics
-from monitord.settings import Settings
-from monitord.sources import Partition, SourceContext
-from test_folder_source import StubPipeline
+from monitord.sources import Partition
+from test_folder_source import StubPipeline, in_process_source, wait_until
 
 KEYS = 10_000
 
@@ -168,28 +165,12 @@ def test_four_processes_open_one_new_ledger_at_once_and_claim_decide_and_finish(
 # -- two folder sources, complementary partitions, one inbox and one ledger ------------------
 
 
-def partitioned_source(tmp_path: Path, pipeline: StubPipeline, partition: Partition | None) -> FolderSource:
-    settings = Settings(folder={"inbox": tmp_path / "inbox", "processed": tmp_path / "processed",
-                                "failed": tmp_path / "failed"}, state_dir=tmp_path / "state")
-    source = FolderSource(SourceContext(name="folder", settings=settings, pipeline=pipeline,  # type: ignore[arg-type]
-                                        metrics=Metrics(), app=None, partition=partition))  # type: ignore[arg-type]
-    source.setup()
-    return source
-
-
-async def wait_until(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 async def test_two_sources_with_complementary_partitions_take_disjoint_shares_of_every_file(tmp_path: Path) -> None:
     names = [f"{index % 10}/d{index:03}.png" for index in range(80)] + ["数字/ü-1.png", "top.png"]
     for name in names:
         drop_atomically(tmp_path / "inbox", name, b"image")
     pipelines = [StubPipeline(), StubPipeline()]
-    sources = [partitioned_source(tmp_path, pipelines[index], Partition(index, 2)) for index in range(2)]
+    sources = [in_process_source(tmp_path, pipelines[index], Partition(index, 2)) for index in range(2)]
     await asyncio.gather(*(source.start() for source in sources))
     try:
         await wait_until(lambda: len(files_under(tmp_path / "processed")) == len(names))
@@ -236,7 +217,7 @@ def test_recovery_completes_only_the_decided_moves_the_source_owns(tmp_path: Pat
             reader.close()
 
     def recover(partition: Partition) -> None:
-        source = partitioned_source(tmp_path, StubPipeline(), partition)
+        source = in_process_source(tmp_path, StubPipeline(), partition)
         try:
             source._recover()
         finally:

@@ -155,7 +155,8 @@ class Ledger:
             try:
                 return self._open()
             except sqlite3.OperationalError as error:
-                if "locked" not in str(error) or time.monotonic() + delay > deadline:
+                busy = (error.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                if not busy or time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
