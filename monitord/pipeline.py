@@ -10,6 +10,14 @@ Every queue is bounded, so a source feels back-pressure: ``submit`` waits for ro
 ``submit_nowait`` refuses with ``PipelineFull`` (HTTP turns that into 503). The model
 runs one batch while the batcher fills the next.
 
+A source that already holds its items in a bounded group of its own, in a thread of
+its own (the folder source: files claimed from the inbox), can instead run them a batch
+at a time with ``run_batch``: decoded in that thread, predicted by the model thread,
+recorded by the observers on the event loop, with no queue and no future per item. An
+item handed from thread to thread costs the folder more than decoding it: every system
+call lets go of the interpreter lock, and threads taking it back from one another made
+up most of a file's cost.
+
 Room is counted twice: in items (``pipeline.queue_size``) and in the encoded bytes of
 items accepted but not yet decoded (``pipeline.max_queued_bytes``), so a queue of large
 images cannot take more memory than the operator allowed. Only ``bytes`` payloads count;
@@ -20,7 +28,9 @@ once it is decoded (or resolved, or cancelled).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -108,10 +118,15 @@ class Pipeline:
         self._batches: asyncio.Queue[list[_Prepared]] = asyncio.Queue(1)
         self._forming: list[_Prepared] = []
         self._at_model = 0
-        #: Set while no batch is at or waiting for the model: the batcher then sends what
-        #: is ready instead of waiting for the batch to fill.
-        self._model_idle = asyncio.Event()
-        self._model_idle.set()
+        #: Items in the decode threads now: they reach the batcher within a millisecond or so.
+        self._decoding = 0
+        #: Set while no batch is at or waiting for the model and no item is being decoded:
+        #: the batcher then sends what is ready instead of waiting for the batch to fill.
+        #: Waiting for a group still in a decode thread costs far less than sending it as
+        #: a batch of its own (a batch of 8 costs the digits model twice as much per image
+        #: as one of 64), and a lone image still goes straight through.
+        self._nothing_coming = asyncio.Event()
+        self._nothing_coming.set()
         self._pending: set[_Pending] = set()
         self._queued_bytes = 0
         # Futures of ``submit`` calls waiting for bytes to be released.
@@ -121,6 +136,10 @@ class Pipeline:
         self._flushing = False
         self._accepting = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: ``run_batch`` calls waiting for their batch to be recorded; ``close`` cancels them.
+        self._recording: set[concurrent.futures.Future[None]] = set()
+        self._recording_lock = threading.Lock()
         # Most items one decode worker takes from the ingest queue per trip to its thread.
         self._decode_group = max(1, settings.max_batch_size // settings.decode_workers)
         self._decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="monitord-decode")
@@ -233,6 +252,104 @@ class Pipeline:
         if not self._pending:
             self._idle.set()
 
+    def run_batch(self, items: Sequence[WorkItem]) -> list[Outcome]:
+        """Run ``items`` as one batch now and return their outcomes, in order.
+
+        For a source with a thread of its own and its items already bounded (the folder
+        source); call it from that thread, never from the event loop, which it needs. The
+        items are decoded in the calling thread, predicted in the model thread (one batch
+        at a time, shared with the queued items) and recorded by the observers on the
+        event loop; each has its outcome once this returns, all of them or none:
+
+        - ``PipelineClosed`` when the pipeline is not running or closes meanwhile, and
+          ``NotRecorded`` (one) when the batch could not be recorded where the detectors
+          live: no item has an outcome, none is counted, and the source keeps them;
+        - ``ValueError`` for more than ``pipeline.max_batch_size`` items.
+        """
+        if len(items) > self.settings.max_batch_size:
+            raise ValueError(f"{len(items)} items for one batch, more than pipeline.max_batch_size "
+                             f"({self.settings.max_batch_size})")
+        if not self._accepting or self._loop is None:
+            raise PipelineClosed("the pipeline is not accepting work")
+        outcomes: list[Outcome | None] = [None] * len(items)
+        rows: list[int] = []
+        arrays: list[Any] = []
+        for row, result in enumerate(self._prepare_group(list(items))):
+            if isinstance(result, Exception):
+                outcomes[row] = _unprepared(items[row], result)
+            else:
+                rows.append(row)
+                arrays.append(result)
+        if arrays:
+            self._predict_now(items, rows, arrays, outcomes)
+        done = [outcome for outcome in outcomes if outcome is not None]
+        assert len(done) == len(items)
+        for item, outcome in zip(items, done):
+            self._count(item, outcome)
+        return done
+
+    def _predict_now(self, items: Sequence[WorkItem], rows: list[int], arrays: list[Any],
+                     outcomes: list[Outcome | None]) -> None:
+        """Predict ``arrays`` (the items at ``rows``) and record them; fill in ``outcomes``."""
+        started = time.perf_counter()
+        try:
+            result = self._model_pool.submit(self._infer, arrays).result()
+        except (RuntimeError, concurrent.futures.CancelledError) as error:
+            if not self._accepting:  # the pool shut down, or our turn was cancelled
+                raise PipelineClosed("the pipeline closed") from error
+            result = error
+        except Exception as error:
+            result = error
+        if isinstance(result, Exception):
+            log.error("the model failed on a batch of %d", len(arrays), exc_info=result)
+            reason = f"model failed: {type(result).__name__}: {result}"
+            for row in rows:
+                outcomes[row] = Rejection(items[row].id, items[row].source, reason, "error")
+            return
+        self.metrics.inference_duration.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(arrays))
+        for index, reason in result.rejected.items():
+            row = rows[index]
+            outcomes[row] = Rejection(items[row].id, items[row].source, reason)
+        kept = [row for index, row in enumerate(rows) if index not in result.rejected]
+        if not kept:
+            return
+        predictions = self._predictions([items[row] for row in kept], result)
+        self._record_from_thread(predictions, result.signals)
+        for row, prediction in zip(kept, predictions):
+            outcomes[row] = prediction
+
+    def _record_from_thread(self, predictions: list[Prediction], signals: Any) -> None:
+        """Hand a batch to the observers on the event loop and wait until it is recorded."""
+        assert self._loop is not None
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._record(predictions, signals), self._loop)
+        except RuntimeError as error:  # the loop is closed
+            raise PipelineClosed("the pipeline closed") from error
+        with self._recording_lock:
+            self._recording.add(future)
+        try:
+            if not self._accepting:
+                future.cancel()
+            future.result()
+        except concurrent.futures.CancelledError:
+            raise PipelineClosed("the pipeline closed before the batch was recorded") from None
+        except PipelineClosed:
+            raise
+        except Exception as error:
+            reason = f"the batch could not be recorded for drift detection: {error}"
+            log.error("%s", reason)
+            raise NotRecorded(reason) from error
+        finally:
+            with self._recording_lock:
+                self._recording.discard(future)
+
+    async def _record(self, predictions: list[Prediction], signals: Any) -> None:
+        assert self.observer is not None
+        recorded = self.observer.observe(predictions, signals)
+        if recorded is not None:
+            await recorded
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(
@@ -245,6 +362,7 @@ class Pipeline:
         """Start the stages. Each batch's predictions go to ``observer``, by default the
         detectors, the feedback join, the metrics and the predictions log of this process."""
         self.model = model
+        self._loop = asyncio.get_running_loop()
         self._takes_encoded = isinstance(model, EncodedInputModel)
         self.observer = observer or LocalObservers(self.metrics, detectors, feedback, self.predictions_log)
         self.metrics.declare_classes(model.class_names)
@@ -275,6 +393,10 @@ class Pipeline:
         """
         self._accepting = False
         self._wake_byte_waiters()  # a waiting ``submit`` sees the pipeline closed
+        with self._recording_lock:
+            recording = list(self._recording)
+        for future in recording:  # a ``run_batch`` waiting for its batch to be recorded
+            future.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -302,20 +424,25 @@ class Pipeline:
             group = [await self._ingest.get()]
             while len(group) < self._decode_group and not self._ingest.empty():
                 group.append(self._ingest.get_nowait())
-            results = await loop.run_in_executor(self._decode_pool, self._prepare_group, [p.item for p in group])
+            self._decoding += len(group)
+            self._nothing_coming.clear()
+            try:
+                results = await loop.run_in_executor(self._decode_pool, self._prepare_group, [p.item for p in group])
+            finally:
+                self._decoding -= len(group)
             for pending, result in zip(group, results):
                 # Decoded (or failed): the array now stands for the image, and the ready
                 # queue bounds it; the encoded bytes no longer count.
                 self._release_bytes(pending)
-                item = pending.item
-                if isinstance(result, (DecodeError, ValueError)):
-                    self._resolve(pending, Rejection(item.id, item.source, str(result)))
-                elif isinstance(result, Exception):  # a bug in a plugin's preprocess must not stop the stage
-                    log.error("preprocessing %s failed unexpectedly", item.id, exc_info=result)
-                    reason = f"internal error while preprocessing: {type(result).__name__}: {result}"
-                    self._resolve(pending, Rejection(item.id, item.source, reason, "error"))
+                if isinstance(result, Exception):
+                    self._resolve(pending, _unprepared(pending.item, result))
                 else:
                     await self._ready.put(_Prepared(pending, result))
+            self._note_if_nothing_coming()
+
+    def _note_if_nothing_coming(self) -> None:
+        if self._at_model == 0 and self._decoding == 0:
+            self._nothing_coming.set()
 
     def _prepare_group(self, items: list[WorkItem]) -> list[np.ndarray | Exception]:
         """Each item's array, or the exception that stopped it (runs in a decode thread)."""
@@ -346,12 +473,12 @@ class Pipeline:
                 self.settings.max_batch_size,
                 0.0 if self._flushing else self.settings.max_batch_delay,
                 into=self._forming,
-                idle=self._model_idle if self.settings.adaptive_batching else None,
+                idle=self._nothing_coming if self.settings.adaptive_batching else None,
             )
             if batch:
                 self._forming = []
                 self._at_model += len(batch)
-                self._model_idle.clear()
+                self._nothing_coming.clear()
                 await self._batches.put(batch)
 
     async def _model_worker(self) -> None:
@@ -373,8 +500,7 @@ class Pipeline:
                 self._finish_batch(batch, result)
             finally:
                 self._at_model -= len(batch)
-                if self._at_model == 0:
-                    self._model_idle.set()
+                self._note_if_nothing_coming()
 
     def _infer(self, arrays: list[Any]) -> BatchResult:
         assert self.model is not None
@@ -389,7 +515,7 @@ class Pipeline:
         return result
 
     def _finish_batch(self, batch: list[_Prepared], result: BatchResult) -> None:
-        assert self.model is not None and self.observer is not None
+        assert self.observer is not None
         if result.rejected:
             for row, reason in result.rejected.items():
                 item = batch[row].pending.item
@@ -397,26 +523,7 @@ class Pipeline:
             batch = [prepared for row, prepared in enumerate(batch) if row not in result.rejected]
             if not batch:
                 return
-        names = self.model.class_names
-        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        class_index = result.class_index.tolist()
-        confidence = result.confidence.tolist()
-        columns = {name: values.tolist() for name, values in result.signals.items()}
-        predictions = []
-        for row, prepared in enumerate(batch):
-            item = prepared.pending.item
-            predictions.append(
-                Prediction(
-                    id=item.id,
-                    source=item.source,
-                    class_name=names[class_index[row]],
-                    class_index=class_index[row],
-                    confidence=confidence[row],
-                    signals={name: values[row] for name, values in columns.items()},
-                    time=now,
-                    label=item.label,
-                )
-            )
+        predictions = self._predictions([prepared.pending.item for prepared in batch], result)
         recorded = self.observer.observe(predictions, result.signals)
         if recorded is None:
             self._resolve_batch(batch, predictions)
@@ -440,12 +547,33 @@ class Pipeline:
                 pending.future.set_exception(NotRecorded(reason))
             self._untrack(pending)
 
+    def _predictions(self, items: Sequence[WorkItem], result: BatchResult) -> list[Prediction]:
+        """One prediction per item, from the rows of ``result`` (rejected rows left out)."""
+        assert self.model is not None
+        names = self.model.class_names
+        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        class_index = result.class_index.tolist()
+        confidence = result.confidence.tolist()
+        columns = {name: values.tolist() for name, values in result.signals.items()}
+        return [
+            Prediction(
+                id=item.id,
+                source=item.source,
+                class_name=names[class_index[row]],
+                class_index=class_index[row],
+                confidence=confidence[row],
+                signals={name: values[row] for name, values in columns.items()},
+                time=now,
+                label=item.label,
+            )
+            for row, item in enumerate(items)
+        ]
+
     def _resolve_batch(self, batch: list[_Prepared], predictions: list[Prediction]) -> None:
         for prediction, prepared in zip(predictions, batch):
             self._resolve(prepared.pending, prediction)
 
-    def _resolve(self, pending: _Pending, outcome: Outcome) -> None:
-        item = pending.item
+    def _count(self, item: WorkItem, outcome: Outcome) -> None:
         outcome_label = "ok" if isinstance(outcome, Prediction) else outcome.outcome
         counter = self._image_counters.get((item.source, outcome_label))
         if counter is None:  # labels() validates and locks on every call: keep the children
@@ -453,6 +581,19 @@ class Pipeline:
                 source=item.source, outcome=outcome_label)
         counter.inc()
         self.metrics.end_to_end.observe(time.monotonic() - item.received)
+
+    def _resolve(self, pending: _Pending, outcome: Outcome) -> None:
+        self._count(pending.item, outcome)
         if not pending.future.done():
             pending.future.set_result(outcome)
         self._untrack(pending)
+
+
+def _unprepared(item: WorkItem, error: Exception) -> Rejection:
+    """The outcome of an item that could not be decoded or preprocessed."""
+    if isinstance(error, (DecodeError, ValueError)):
+        return Rejection(item.id, item.source, str(error))
+    # A bug in a plugin's preprocess must not stop the stage.
+    log.error("preprocessing %s failed unexpectedly", item.id, exc_info=error)
+    return Rejection(item.id, item.source, f"internal error while preprocessing: {type(error).__name__}: {error}",
+                     "error")

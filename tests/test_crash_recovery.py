@@ -11,6 +11,7 @@ from pathlib import Path
 
 from daemon_process import DaemonProcess, free_port, wait_for
 from digit_files import drop_atomically, files_under, held_out_pngs
+from gated_model import gated_model, gated_model_settings
 
 from monitord.builtin.folder_ledger import FileIdentity, Ledger
 
@@ -30,17 +31,26 @@ def ledger_state(process: DaemonProcess) -> tuple[dict[str, int], list]:
         ledger.close()
 
 
-def test_kill_9_mid_stream_then_restart_processes_every_file_exactly_once(daemon, digits_artifact: Path) -> None:
-    # A partial batch that would wait a minute to fill: 36 files are in flight at the kill.
-    first = daemon("[pipeline]\nmax_batch_size = 64\nmax_batch_delay = 60\nadaptive_batching = false\n")
+def test_kill_9_mid_turn_then_restart_processes_every_file_exactly_once(tmp_path: Path, digits_artifact: Path) -> None:
+    # The gated model holds the folder thread's turn in its first image: 64 files claimed
+    # (folder.max_in_flight), 36 more waiting, none done, at the kill.
+    env, gate, entered = gated_model(tmp_path)
     digits = held_out_pngs(100)
     for index, (label, data) in enumerate(digits):
-        drop_atomically(first.inbox, f"{label}/d{index:03}.png", data)
-    wait_for(lambda: len(files_under(first.processed)) == 64, message="the first full batch")
-    wait_for(lambda: first.metric("monitord_queue_depth", stage="batching") == 36, message="a partial batch")
-    first.process.kill()
-    first.process.wait(10)
-    assert len(files_under(first.inbox)) == 36
+        drop_atomically(tmp_path / "inbox", f"{label}/d{index:03}.png", data)
+    first = DaemonProcess(tmp_path, free_port(), env=env, extra_settings=(
+        'sources = ["folder"]\ndetectors = []\n' + gated_model_settings(gate, entered) + "[folder]\nmax_in_flight = 64\n"))
+    try:
+        first.start()
+        wait_for(entered.exists, message="the first file in preprocessing")
+        first.process.kill()
+        first.process.wait(10)
+    finally:
+        gate.unlink()
+        first.kill()
+    assert len(files_under(first.inbox)) == 100 and files_under(first.processed) == []
+    totals, unfinished = ledger_state(first)
+    assert totals == {} and len(unfinished) == 64 and not any(entry.decided for entry in unfinished)
 
     second = restart(first, digits_artifact)
     try:
@@ -50,10 +60,10 @@ def test_kill_9_mid_stream_then_restart_processes_every_file_exactly_once(daemon
         assert names == sorted(f"{label}/d{index:03}.png" for index, (label, _) in enumerate(digits))
         assert files_under(second.failed) == []
         assert all(path.with_name(path.name + ".json").exists() for path in files_under(second.processed))
-        assert "36 file(s) were being processed when the daemon last stopped" in second.log()
+        assert "64 file(s) were being processed when the daemon last stopped" in second.log()
         totals, unfinished = ledger_state(second)
         assert totals == {"ok": 100} and unfinished == []
-        assert second.metric("monitord_images_total", source="folder", outcome="ok") == 36
+        assert second.metric("monitord_images_total", source="folder", outcome="ok") == 100
     finally:
         second.kill()
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -14,13 +16,17 @@ import pytest
 from PIL import Image
 
 import monitord.builtin.folder_source as folder_source_module
-from daemon_process import wait_for
+from daemon_process import DaemonProcess, free_port, wait_for
 from digit_files import drop_atomically, files_under, held_out_pngs
+from gated_model import gated_model, gated_model_settings
+from monitord.builtin.folder_ledger import Ledger
 from monitord.builtin.folder_source import FolderSource
 from monitord.items import Prediction, WorkItem
+from monitord.pipeline import PipelineClosed
 from monitord.metrics import Metrics
 from monitord.settings import Settings
 from monitord.sources import Partition, SourceContext
+from monitord_testplugin import png
 
 
 def test_200_held_out_digits_are_processed_and_classified(daemon) -> None:
@@ -108,24 +114,38 @@ def test_files_present_at_start_are_processed(tmp_path: Path, daemon) -> None:
     wait_for(lambda: len(files_under(process.processed)) == 10, message="backlog processed")
 
 
-def test_sigterm_with_a_batch_in_flight_loses_nothing(daemon) -> None:
-    process = daemon('[pipeline]\nmax_batch_size = 64\nmax_batch_delay = 60\nadaptive_batching = false\n')
-    digits = held_out_pngs(40)
-    for index, (label, data) in enumerate(digits):
-        drop_atomically(process.inbox, f"{label}/d{index}.png", data)
-    # all 40 decoded and waiting in a batch that would wait a minute to fill
-    wait_for(lambda: process.metric("monitord_queue_depth", stage="batching") == 40, message="a partial batch")
-    assert files_under(process.processed) == []
-
-    started = time.monotonic()
-    assert process.terminate(timeout=60) == 0
-    assert time.monotonic() - started < 30
-    processed, left, failed = files_under(process.processed), files_under(process.inbox), files_under(process.failed)
-    assert failed == []
-    assert len(processed) + len(left) == 40
-    assert len(processed) == 40  # the partial batch was finished, not dropped
+def test_sigterm_with_a_turn_in_flight_finishes_it_and_loses_nothing(tmp_path: Path) -> None:
+    # The test plugin's brightness model, holding each image in preprocessing while a gate
+    # file exists: SIGTERM comes while the folder thread's turn (every file, claimed at
+    # once) is blocked in its first batch.
+    env, gate, entered = gated_model(tmp_path)
+    inbox = tmp_path / "inbox"
+    for index in range(40):
+        drop_atomically(inbox, f"{index % 2}/f{index:02}.png", png(250 if index % 2 else 5))
+    settings = 'sources = ["folder"]\ndetectors = []\n' + gated_model_settings(gate, entered)
+    process = DaemonProcess(tmp_path, free_port(), extra_settings=settings, env=env)
+    try:
+        process.start()
+        wait_for(entered.exists, 60, message="the first file blocked in preprocessing")
+        ledger = Ledger(process.state / "ledger.sqlite3")
+        claimed = ledger.unfinished()
+        ledger.close()
+        assert len(claimed) == 40 and not any(entry.decided for entry in claimed)  # all claimed, none done
+        assert process.process is not None
+        process.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert process.process.poll() is None  # finishing its turn, not dropping it
+        gate.unlink()
+        assert process.process.wait(timeout=60) == 0
+    finally:
+        gate.unlink(missing_ok=True)
+        process.kill()
+    assert files_under(tmp_path / "failed") == [] and files_under(inbox) == []
+    processed = files_under(tmp_path / "processed")
+    assert len(processed) == 40
     for path in processed:
-        assert path.with_name(path.name + ".json").exists()
+        assert json.loads(path.with_name(path.name + ".json").read_text())["class"] == (
+            "bright" if path.parent.name == "1" else "dark")
 
 
 def test_a_file_over_max_file_bytes_fails_unread_and_the_rest_go_on(daemon) -> None:
@@ -149,41 +169,29 @@ def test_a_file_over_max_file_bytes_fails_unread_and_the_rest_go_on(daemon) -> N
 
 
 class StubPipeline:
-    """Answers every item with a prediction (after ``delay`` seconds), or never (``answer=False``).
+    """Answers every batch with predictions (after ``delay`` seconds), or never (``answer=False``):
+    then ``run_batch`` blocks until ``close``, as the real one does while its batch waits
+    for the main process, and fails with ``PipelineClosed``."""
 
-    ``slots`` is the room it reports: files beyond it are submitted one at a time with ``submit``.
-    """
-
-    accepting = True
-
-    def __init__(self, slots: int = 1024, answer: bool = True) -> None:
-        self.slots, self.answer = slots, answer
+    def __init__(self, answer: bool = True, delay: float = 0.01) -> None:
+        self.answer, self.delay = answer, delay
         self.seen: list[str] = []
-        self.futures: list[asyncio.Future] = []
+        self.batches: list[int] = []
+        self.closed = threading.Event()
 
-    def free_slots(self) -> int:
-        return self.slots
-
-    def _take(self, item: WorkItem) -> asyncio.Future:
-        self.seen.append(item.id)
-        future = asyncio.get_running_loop().create_future()
-        self.futures.append(future)
-        if self.answer:
-            prediction = Prediction(item.id, item.source, "7", 7, 0.9, {"confidence": 0.9}, "now", item.label)
-            asyncio.get_running_loop().call_later(0.01, future.set_result, prediction)
-        return future
-
-    def submit_nowait(self, items: list[WorkItem]) -> list[asyncio.Future]:
-        return [self._take(item) for item in items]
-
-    async def submit(self, item: WorkItem):
-        return await self._take(item)
+    def run_batch(self, items: list[WorkItem]) -> list[Prediction]:
+        self.seen.extend(item.id for item in items)
+        self.batches.append(len(items))
+        if not self.answer:
+            self.closed.wait()
+        if self.closed.is_set():
+            raise PipelineClosed("the pipeline closed")
+        time.sleep(self.delay)
+        return [Prediction(item.id, item.source, "7", 7, 0.9, {"confidence": 0.9}, "now", item.label)
+                for item in items]
 
     def close(self) -> None:
-        """What ``Pipeline.close`` does to items still inside: their futures are cancelled."""
-        self.accepting = False
-        for future in self.futures:
-            future.cancel()
+        self.closed.set()
 
 
 def in_process_source(tmp_path: Path, pipeline: StubPipeline, partition: Partition | None = None,
@@ -218,8 +226,8 @@ async def test_a_file_that_cannot_move_fails_alone_and_is_completed_later_withou
         real_move(source, target)
 
     monkeypatch.setattr(folder_source_module, "move", move)
-    pipeline = StubPipeline(slots=8)  # most files wait for room and go one by one
-    source = in_process_source(tmp_path, pipeline)
+    pipeline = StubPipeline()
+    source = in_process_source(tmp_path, pipeline, max_in_flight=8)  # turns of 8 files
     await source.start()
     try:
         await wait_until(lambda: len(files_under(tmp_path / "processed")) == 29)
@@ -232,6 +240,7 @@ async def test_a_file_that_cannot_move_fails_alone_and_is_completed_later_withou
         await wait_until(lambda: len(files_under(tmp_path / "processed")) == 30)
         assert (tmp_path / "processed" / "1/f04.png.json").exists()
         assert sorted(pipeline.seen) == sorted(f"{index % 3}/f{index:02}.png" for index in range(30))  # once each
+        assert max(pipeline.batches) <= 8  # folder.max_in_flight files at most in a turn
         assert source.ledger.unfinished() == [] and source.ledger.totals() == {"ok": 30}
     finally:
         await source.stop()
@@ -240,16 +249,16 @@ async def test_a_file_that_cannot_move_fails_alone_and_is_completed_later_withou
 async def test_claims_still_waiting_at_a_shutdown_deadline_are_released(tmp_path: Path) -> None:
     for index in range(12):
         drop_atomically(tmp_path / "inbox", f"f{index:02}.png", b"image")
-    pipeline = StubPipeline(slots=5, answer=False)  # 5 submitted at once, 7 waiting for room
-    source = in_process_source(tmp_path, pipeline)
+    pipeline = StubPipeline(answer=False)  # the first batch never recorded
+    source = in_process_source(tmp_path, pipeline, max_in_flight=12)
     await source.start()
     await wait_until(lambda: len(pipeline.seen) == 12)
     assert len(source.ledger.unfinished()) == 12
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.3):  # the daemon's pipeline.shutdown_timeout
             await source.stop()
-    pipeline.close()
-    await asyncio.sleep(0.05)
+    pipeline.close()  # what the daemon does next: the folder thread's batch fails, PipelineClosed
+    await wait_until(lambda: source.ledger.unfinished() == [], timeout=5)
     # Not the files' fault: no attempt counted, every file still in the inbox for the next start.
     assert source.ledger.unfinished() == []
     assert len(files_under(tmp_path / "inbox")) == 12 and files_under(tmp_path / "processed") == []

@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import sqlite3
-import time
 import urllib.request
 from pathlib import Path
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from daemon_process import DaemonProcess, free_port, wait_for
 from digit_files import held_out_pngs
-from installed_plugin import install_testplugin
+from gated_model import gated_model, gated_model_settings
 
 HEADER_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.5
@@ -303,36 +303,6 @@ def test_expect_100_continue_is_answered_once_the_request_is_admitted(slow_guard
 
 # -- the concurrency cap and the byte budget ------------------------------------------------
 
-GATED_PLUGIN = '''
-"""The brightness model, with preprocessing that waits while a gate file exists."""
-
-import time
-from pathlib import Path
-
-from monitord.hookspecs import hookimpl
-from monitord_testplugin import BrightnessModel
-
-
-class GatedModel(BrightnessModel):
-    name = "gated"
-
-    def __init__(self, gate: str, entered: str) -> None:
-        super().__init__()
-        self.gate, self.entered = Path(gate), Path(entered)
-
-    def preprocess(self, image):
-        self.entered.touch()
-        while self.gate.exists():
-            time.sleep(0.02)
-        return super().preprocess(image)
-
-
-@hookimpl
-def register_models(register):
-    register("gated", lambda settings, state_dir: GatedModel(**settings.plugin_options()))
-'''
-
-
 def noise_png(seed: int, size: int = 64) -> bytes:
     """A PNG that does not compress: its size is predictable, a few kilobytes."""
     pixels = np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
@@ -362,11 +332,7 @@ def gated(tmp_path: Path) -> Iterator[Gated]:
     One decode worker: the first image blocks in preprocessing (its bytes still count as
     queued), the next ones wait in the ingest queue. Room for 2.5 images of ``image``'s size.
     """
-    site = tmp_path / "site"
-    env = {**install_testplugin(site, hooks_module="monitord_gated"), "MONITORD_LOAD_PLUGINS": "monitord-testplugin"}
-    (site / "monitord_gated.py").write_text(GATED_PLUGIN)
-    gate, entered = tmp_path / "gate", tmp_path / "entered"
-    gate.touch()
+    env, gate, entered = gated_model(tmp_path)
     image = noise_png(0)
     settings = f"""
 sources = ["http"]
@@ -379,11 +345,7 @@ queue_size = 16
 max_batch_delay = 0.0
 max_queued_bytes = {len(image) * 5 // 2}
 shutdown_timeout = 5.0
-[model]
-type = "gated"
-gate = "{gate}"
-entered = "{entered}"
-"""
+{gated_model_settings(gate, entered)}"""
     daemon = DaemonProcess(tmp_path, free_port(), extra_settings=settings, env=env)
     try:
         daemon.start()

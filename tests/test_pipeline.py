@@ -12,6 +12,7 @@ from monitord_testplugin import BrightnessModel, png
 from monitord.batcher import collect_batch
 from monitord.detectors import DetectorStage, DetectorState, DriftEvent
 from monitord.items import Prediction, Rejection, WorkItem
+from monitord.model import BatchResult
 from monitord.metrics import Metrics
 from monitord.pipeline import Pipeline, PipelineClosed, PipelineFull, PipelineTooLarge
 from monitord.settings import DetectorSpec, PipelineSettings
@@ -363,4 +364,94 @@ async def test_a_batch_that_cannot_be_recorded_has_no_outcome_so_its_source_keep
     for outcome in ("ok", "error", "rejected"):
         assert sample(metrics, "monitord_images_total", source="t", outcome=outcome) == 0
     await asyncio.wait_for(pipeline.drain(), 5)  # nothing left pending
+    await pipeline.close()
+
+
+# -- run_batch: a source's own thread runs a batch through decode, model and observers --------
+
+
+class _RecordingObserver:
+    """Records on the event loop, as the daemon's observers do; ``hold`` keeps a batch
+    unrecorded (a worker's batch waiting for the main process) until released."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.recorded: list[list[str]] = []
+        self.threads: set[int] = set()
+        self.hold = hold
+        self.waiting: asyncio.Future[None] | None = None
+
+    def observe(self, predictions, signals):
+        self.threads.add(threading.get_ident())
+        self.recorded.append([prediction.id for prediction in predictions])
+        if self.hold:
+            self.waiting = asyncio.get_running_loop().create_future()
+            return self.waiting
+        return None
+
+
+class _RejectingBrightness(BrightnessModel):
+    """Refuses, while classifying, the rows whose mean pixel is exactly 0 (a black image)."""
+
+    def predict(self, batch: np.ndarray) -> BatchResult:
+        black = [row for row in range(len(batch)) if float(batch[row].mean()) == 0.0]
+        kept = np.delete(batch, black, axis=0)
+        result = super().predict(kept)
+        return BatchResult(result.class_index, result.confidence, result.signals,
+                           rejected={row: "a black image" for row in black})
+
+
+async def test_run_batch_in_another_thread_returns_outcomes_in_order_recorded_on_the_loop() -> None:
+    metrics = Metrics()
+    pipeline = Pipeline(PipelineSettings(max_batch_size=8), metrics)
+    observer = _RecordingObserver()
+    await pipeline.start(_RejectingBrightness(), observer=observer)
+    items = [
+        WorkItem(id="bright", source="t", payload=png(250)),
+        WorkItem(id="broken", source="t", payload=b"not an image"),
+        WorkItem(id="black", source="t", payload=png(0)),
+        WorkItem(id="dark", source="t", payload=png(20)),
+    ]
+    outcomes = await asyncio.to_thread(pipeline.run_batch, items)
+    assert [outcome.id for outcome in outcomes] == ["bright", "broken", "black", "dark"]
+    assert isinstance(outcomes[0], Prediction) and outcomes[0].class_name == "bright"
+    assert isinstance(outcomes[1], Rejection) and outcomes[1].outcome == "rejected"
+    assert isinstance(outcomes[2], Rejection) and outcomes[2].reason == "a black image"
+    assert isinstance(outcomes[3], Prediction) and outcomes[3].class_name == "dark"
+    # Only the predictions reach the observers, once, on the event loop's thread.
+    assert observer.recorded == [["bright", "dark"]] and observer.threads == {threading.get_ident()}
+    assert sample(metrics, "monitord_images_total", source="t", outcome="ok") == 2
+    assert sample(metrics, "monitord_images_total", source="t", outcome="rejected") == 2
+    assert sample(metrics, "monitord_batch_size_count") == 1 and sample(metrics, "monitord_batch_size_sum") == 3
+    with pytest.raises(ValueError, match="max_batch_size"):
+        pipeline.run_batch([WorkItem(id=str(i), source="t", payload=png(9)) for i in range(9)])
+    await pipeline.close()
+    with pytest.raises(PipelineClosed):
+        pipeline.run_batch(items[:1])
+
+
+async def test_run_batch_waiting_to_be_recorded_fails_with_pipeline_closed_when_the_pipeline_closes() -> None:
+    metrics = Metrics()
+    pipeline = Pipeline(PipelineSettings(), metrics)
+    observer = _RecordingObserver(hold=True)
+    await pipeline.start(BrightnessModel(), observer=observer)
+    running = asyncio.ensure_future(asyncio.to_thread(pipeline.run_batch, [WorkItem(id="a", source="t", payload=png(9))]))
+    while observer.waiting is None:
+        await asyncio.sleep(0.01)
+    assert not running.done()  # no outcome before the batch is recorded
+    await pipeline.close()
+    with pytest.raises(PipelineClosed):
+        await asyncio.wait_for(running, 5)
+    assert sample(metrics, "monitord_images_total", source="t", outcome="ok") == 0
+
+
+async def test_run_batch_that_cannot_be_recorded_raises_not_recorded_and_counts_nothing() -> None:
+    from monitord.pipeline import NotRecorded
+
+    metrics = Metrics()
+    pipeline = Pipeline(PipelineSettings(), metrics)
+    await pipeline.start(BrightnessModel(), observer=_FailingObserver())
+    with pytest.raises(NotRecorded, match="closed the channel"):
+        await asyncio.to_thread(pipeline.run_batch, [WorkItem(id=str(i), source="t", payload=png(9)) for i in range(3)])
+    for outcome in ("ok", "error", "rejected"):
+        assert sample(metrics, "monitord_images_total", source="t", outcome=outcome) == 0
     await pipeline.close()

@@ -23,28 +23,30 @@ ledger: SQLite lets each process write in turn, and no two claim the same file. 
 recovery at start completes the files the process owns now, so a different number of
 workers after a restart takes over what the previous ones left.
 
-Files travel in groups, so that a file costs a share of a transaction and of a trip to a
-thread rather than one of each per step. Two tasks on the event loop do the work, and
-everything that touches the disk or the ledger runs in the source's own thread
-(``monitord-folder``), never on the loop:
+Files travel in groups, and each group stays in one thread from its claim to its move:
+the dispatcher (a task on the event loop) hands the waiting files to the source's own
+thread (``monitord-folder``), which in one turn
 
-- the dispatcher takes the waiting files there while ``folder.max_in_flight`` has room,
-  checks that each is finished (an ``lstat``, which gives its identity and size, and
-  the lease check of ``monitord.file_readiness``), claims the ready ones in one ledger
-  transaction (``begin_many``), sets aside the ones refused before reading (over
-  ``folder.max_attempts``, a symlink out of the inbox, over ``folder.max_file_bytes``),
-  completes moves a crash interrupted, and submits the rest to the pipeline at once;
-- the finisher takes every outcome the pipeline has resolved since its last turn and
-  carries them out as a group: the outcomes recorded in one transaction
-  (``decide_many``), then the files beside written and the files moved, then the group
-  finished in one more (``finish_many``). Recording before moving is what makes a crash
-  at any point harmless.
+- checks that each is finished (an ``lstat``, which gives its identity and size, and the
+  lease check of ``monitord.file_readiness``), claims up to ``folder.max_in_flight`` ready
+  ones in one ledger transaction (``begin_many``), sets aside the ones refused before
+  reading (over ``folder.max_attempts``, a symlink out of the inbox, over
+  ``folder.max_file_bytes``) and completes moves a crash interrupted;
+- runs the rest through the pipeline a batch at a time (``Pipeline.run_batch``: decoded
+  in this thread, predicted in the model thread, recorded on the event loop), and after
+  each batch carries out its outcomes: recorded in one transaction (``decide_many``),
+  then the files beside written and the files moved, then finished in one more
+  (``finish_many``). Recording before moving is what makes a crash at any point harmless.
+
+A file costs a share of each transaction and of each trip between threads, not one of
+each: on two cores, files handed from thread to thread one by one (each system call lets
+go of the interpreter lock, and the threads took it back from one another) cost more
+than decoding them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import json
 import logging
@@ -63,7 +65,7 @@ from monitord.builtin.folder_ledger import Decision, Entry, FileIdentity, Ledger
 from monitord.file_readiness import WriterState, writer_state
 from monitord.hookspecs import hookimpl
 from monitord.items import Outcome, Prediction, WorkItem
-from monitord.pipeline import PipelineClosed, PipelineFull
+from monitord.pipeline import PipelineClosed
 from monitord.sources import Source, SourceContext
 
 log = logging.getLogger("monitord.folder")
@@ -76,9 +78,6 @@ TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 #: step is a wake-up of its thread, so this is latency traded against idle wake-ups.
 WATCH_STEP_MS = 5
 WATCH_DEBOUNCE_MS = 20
-
-#: Most outcomes carried out in one trip to the folder thread.
-MAX_GROUP = 512
 
 _T = TypeVar("_T")
 
@@ -108,18 +107,6 @@ class _Candidate:
     def __init__(self) -> None:
         self.signature: tuple[int, int] | None = None
         self.stable_since = 0.0
-
-
-@dataclass(eq=False)
-class _Flight:
-    """A claimed file: in the pipeline, then waiting for the finisher."""
-
-    path: str
-    relative: str
-    outcome: Outcome | None = None
-    #: The task of a file that waits in ``submit`` for room in the pipeline (it was
-    #: full); held here, since the event loop keeps only weak references to tasks.
-    task: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -166,12 +153,6 @@ class FolderSource(Source):
         self.ledger: Ledger | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._candidates: dict[str, _Candidate] = {}
-        self._in_flight: dict[str, _Flight] = {}
-        self._idle = asyncio.Event()  # nothing in flight
-        self._idle.set()
-        #: Flights with their outcome, waiting for the finisher.
-        self._outcomes: list[_Flight] = []
-        self._outcomes_ready = asyncio.Event()
         #: Files were left out of the backlog (it was full): scan again once it empties.
         self._overflowed = False
         #: New paths another share owns. One may be a folder, moved in whole (its files
@@ -182,7 +163,6 @@ class FolderSource(Source):
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._finisher: asyncio.Task[None] | None = None
         self._drained: asyncio.Future[None] | None = None
         context.metrics.watch_queue("folder_backlog", lambda: len(self._candidates))
 
@@ -210,7 +190,6 @@ class FolderSource(Source):
     async def start(self) -> None:
         await self._in_thread(self._recover)
         await self._scan()
-        self._finisher = asyncio.create_task(self._finish_outcomes(), name="folder-finish")
         self._tasks = [
             asyncio.create_task(self._watch(), name="folder-watch"),
             asyncio.create_task(self._rescan_periodically(), name="folder-rescan"),
@@ -222,26 +201,20 @@ class FolderSource(Source):
         self._wake.set()
         if self._drained is None:
             self._drained = asyncio.ensure_future(self._drain())
-        try:
-            # Shielded: a shutdown deadline stops the waiting here, not a claim half made.
-            await asyncio.shield(self._drained)
-        except asyncio.CancelledError:
-            self._abandon([flight for flight in self._in_flight.values() if flight.outcome is None])
-            raise
-        if self._finisher is not None:
-            self._finisher.cancel()
-            await asyncio.gather(self._finisher, return_exceptions=True)
+        # Shielded: a shutdown deadline stops the waiting here, not a turn half made. The
+        # folder thread then finishes its turn: the pipeline, closing, refuses the rest of
+        # it, and those claims are released.
+        await asyncio.shield(self._drained)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         if self.ledger is not None:
             self.ledger.close()
 
     async def _drain(self) -> None:
-        """Stop taking files in, then wait until every file taken in has its outcome carried out."""
+        """Stop taking files in; the dispatcher stops after its turn, every outcome carried out."""
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._scan_task is not None:
             await asyncio.gather(self._scan_task, return_exceptions=True)
-        await self._idle.wait()
 
     # -- recovery --------------------------------------------------------------------------
 
@@ -292,7 +265,7 @@ class FolderSource(Source):
     # -- discovery -----------------------------------------------------------------------
 
     def _offer(self, path: str) -> None:
-        if path in self._in_flight or path in self._candidates:
+        if path in self._candidates:  # waiting, or in the folder thread's turn now
             return
         if not path.startswith(self._prefix) or self._is_ours(path):
             return
@@ -325,13 +298,13 @@ class FolderSource(Source):
     async def _scan(self) -> None:
         """List the inbox off the event loop, taking files up to the backlog's room."""
         room = self.settings.max_backlog - len(self._candidates)
-        known = set(self._candidates) | set(self._in_flight)
+        known = set(self._candidates)
         found, complete = await asyncio.to_thread(self._list_inbox, room, known)
         for path in found:
             if len(self._candidates) >= self.settings.max_backlog:
                 complete = False
                 break
-            if path not in self._in_flight and path not in self._candidates:
+            if path not in self._candidates:
                 self._candidates[path] = _Candidate()
         if not complete:
             self._overflowed = True
@@ -406,22 +379,27 @@ class FolderSource(Source):
                 pass
 
     async def _release_ready(self) -> bool:
-        """Claim and submit ready candidates while there is room; return whether some still wait."""
-        room = self.settings.max_in_flight - len(self._in_flight)
-        if room <= 0 or not self._candidates:
-            return bool(self._candidates)
-        # Busy files are passed over: look at up to 1,000 of them beyond the room.
-        group = list(itertools.islice(self._candidates.items(), room + 1000))
-        claimed = await self._in_thread(self._claim, group, room)
-        for path in claimed.taken:
+        """Take a turn in the folder thread; return whether candidates still wait."""
+        if not self._candidates:
+            return False
+        # Busy files are passed over: look at up to 1,000 of them beyond the turn's size.
+        group = list(itertools.islice(self._candidates.items(), self.settings.max_in_flight + 1000))
+        turn = await self._in_thread(self._take_turn, group)
+        for path in turn.taken:
             self._candidates.pop(path, None)
-        if claimed.folder_seen:
+        if turn.folder_seen:
             self._scan_soon()
-        if claimed.rejected:
-            self.context.metrics.images.labels(source=self.name, outcome="rejected").inc(claimed.rejected)
-        if claimed.submit:
-            self._submit(claimed.submit)
+        if turn.rejected:
+            self.context.metrics.images.labels(source=self.name, outcome="rejected").inc(turn.rejected)
         return bool(self._candidates)
+
+    def _take_turn(self, group: list[tuple[str, _Candidate]]) -> _Claimed:
+        """Claim up to ``folder.max_in_flight`` ready files of ``group``, run them through
+        the pipeline and carry out their outcomes (folder thread)."""
+        claimed = self._claim(group, self.settings.max_in_flight)
+        if claimed.submit:
+            self._run(claimed.submit)
+        return claimed
 
     def _claim(self, group: list[tuple[str, _Candidate]], room: int) -> _Claimed:
         """Find up to ``room`` ready files in ``group``, claim them, and settle the ones that
@@ -518,118 +496,52 @@ class FolderSource(Source):
                     "(folder.max_file_bytes); not read")
         return None
 
-    def _submit(self, files: list[_Ready]) -> None:
-        """Hand claimed files to the pipeline; each outcome reaches the finisher."""
-        pipeline = self.context.pipeline
-        by_subfolder = self.settings.labels_from_subfolders
-        flights, items = [], []
-        for file in files:
-            head, slash, _ = file.relative.partition("/")
-            items.append(WorkItem(id=file.relative, source=self.name, payload=Path(file.path),
-                                  label=head if by_subfolder and slash else None))
-            flight = _Flight(file.path, file.relative)
-            flights.append(flight)
-            self._in_flight[file.path] = flight
-        self._idle.clear()
-        fit = min(len(items), pipeline.free_slots())
-        try:
-            futures = pipeline.submit_nowait(items[:fit]) if fit else []
-        except PipelineClosed:
-            self._abandon(flights)  # shutting down: left in the inbox for the next start
-            return
-        except PipelineFull:
-            futures = []
-        for flight, future in zip(flights, futures):
-            future.add_done_callback(functools.partial(self._resolved, flight))
-        # No room in the pipeline for the rest now: each waits for its turn.
-        for flight, item in itertools.islice(zip(flights, items), len(futures), None):
-            flight.task = asyncio.create_task(self._submit_waiting(flight, item))
+    def _run(self, files: list[_Ready]) -> None:
+        """Run claimed files through the pipeline a batch at a time, carrying out each
+        batch's outcomes before the next (folder thread).
 
-    async def _submit_waiting(self, flight: _Flight, item: WorkItem) -> None:
-        try:
-            outcome = await self.context.pipeline.submit(item)
-        except PipelineClosed:
-            self._abandon([flight])
-            return
-        except asyncio.CancelledError:
-            self._abandon([flight])  # shutdown, not the file's doing
-            raise
-        except Exception:
-            log.exception("could not submit %s; it stays in the inbox and will be retried", flight.relative)
-            self._land(flight)
-            return
-        self._arrived(flight, outcome)
-
-    def _resolved(self, flight: _Flight, future: asyncio.Future[Outcome]) -> None:
-        if future.cancelled():
-            self._abandon([flight])  # the pipeline closed with it inside: shutdown
-            return
-        error = future.exception()
-        if isinstance(error, PipelineClosed):  # NotRecorded: our main process is gone, not the file's doing
-            self._abandon([flight])
-            return
-        if error is not None:
-            log.error("could not process %s; it stays in the inbox and will be retried", flight.relative,
-                      exc_info=error)
-            self._land(flight)
-            return
-        self._arrived(flight, future.result())
-
-    def _arrived(self, flight: _Flight, outcome: Outcome) -> None:
-        if self._in_flight.get(flight.path) is not flight:
-            return  # released at a shutdown already
-        flight.outcome = outcome
-        self._outcomes.append(flight)
-        self._outcomes_ready.set()
-
-    def _land(self, flight: _Flight) -> None:
-        """``flight`` is no longer in flight (finished, failed or released)."""
-        if self._in_flight.get(flight.path) is flight:
-            del self._in_flight[flight.path]
-            if not self._in_flight:
-                self._idle.set()
-            self._wake.set()
-
-    def _abandon(self, flights: list[_Flight]) -> None:
-        """Release claims that end without an outcome through no fault of the files (shutdown).
-
-        Runs on the loop, synchronously: shutdown is the only time it happens, and a
-        release must not wait for a loop that is about to stop.
+        Files without an outcome through no fault of their own (the pipeline is closing,
+        or a worker's batch could not be recorded in the main process) are released: they
+        stay in the inbox for the next turn or start, no attempt counted.
         """
-        released = [flight.relative for flight in flights if self._in_flight.get(flight.path) is flight]
-        for flight in flights:
-            self._land(flight)
-        if released and self.ledger is not None:
+        pipeline = self.context.pipeline
+        size = self.context.settings.pipeline.max_batch_size
+        by_subfolder = self.settings.labels_from_subfolders
+        for start in range(0, len(files), size):
+            batch = files[start:start + size]
+            items = []
+            for file in batch:
+                head, slash, _ = file.relative.partition("/")
+                items.append(WorkItem(id=file.relative, source=self.name, payload=Path(file.path),
+                                      label=head if by_subfolder and slash else None))
             try:
-                self.ledger.release_many(released)
+                outcomes = pipeline.run_batch(items)
+            except PipelineClosed:  # NotRecorded included
+                self._release([file.relative for file in files[start:]])
+                return
             except Exception:
-                log.exception("could not release %d claim(s) in the ledger; each counts as one attempt",
-                              len(released))
+                log.exception("could not process %d file(s); they stay in the inbox and will be retried",
+                              len(batch))
+                continue
+            self._settle(list(zip(batch, outcomes)))
+
+    def _release(self, relatives: list[str]) -> None:
+        """Release claims that end without an outcome through no fault of the files."""
+        assert self.ledger is not None
+        try:
+            self.ledger.release_many(relatives)
+        except Exception:
+            log.exception("could not release %d claim(s) in the ledger; each counts as one attempt",
+                          len(relatives))
 
     # -- outcomes ----------------------------------------------------------------------------
 
-    async def _finish_outcomes(self) -> None:
-        """Carry out every outcome that has arrived, a group per trip to the folder thread."""
-        while True:
-            await self._outcomes_ready.wait()
-            self._outcomes_ready.clear()
-            while self._outcomes:
-                group, self._outcomes = self._outcomes[:MAX_GROUP], self._outcomes[MAX_GROUP:]
-                try:
-                    await self._in_thread(self._settle, group)
-                except Exception:
-                    log.exception("could not finish %d file(s); they stay in the inbox and will be retried",
-                                  len(group))
-                finally:
-                    for flight in group:
-                        self._land(flight)
-
-    def _settle(self, group: list[_Flight]) -> None:
-        """Record the outcomes, then carry them out (runs in the folder thread)."""
+    def _settle(self, done: list[tuple[_Ready, Outcome]]) -> None:
+        """Record the outcomes, then carry them out (folder thread)."""
         write_json = self.settings.write_prediction_json
         planned: list[tuple[str, Decision]] = []
-        for flight in group:
-            outcome, relative = flight.outcome, flight.relative
+        for file, outcome in done:
+            relative = file.relative
             try:
                 if isinstance(outcome, Prediction):
                     target = free_name(os.path.join(self._processed, relative))
@@ -638,14 +550,13 @@ class FolderSource(Source):
                     text = json.dumps(outcome.to_json()) + "\n" if write_json else None
                     decision = Decision(relative, "ok", target, sidecar(target, ".json"), text)
                 else:
-                    assert outcome is not None
                     target = free_name(os.path.join(self._failed, relative))
                     decision = Decision(relative, outcome.outcome, target, sidecar(target, ".reason.txt"),
                                         outcome.reason + "\n")
             except Exception:
                 log.exception("could not finish %s; it stays in the inbox and will be retried", relative)
                 continue
-            planned.append((flight.path, decision))
+            planned.append((file.path, decision))
         self._carry_out(planned)
 
     def _carry_out(self, planned: list[tuple[str, Decision]]) -> list[Decision]:
