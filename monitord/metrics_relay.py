@@ -12,6 +12,7 @@ the queue depths and the detectors use.)
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from prometheus_client import Counter
@@ -38,21 +39,25 @@ class MetricsRelay:
     def __init__(self) -> None:
         self._counts: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._observations: list[Record] = []
+        # Calls come from the event loop and from a source's own thread (the folder's
+        # ``Pipeline.run_batch``): a count is read, then written, and ``take`` swaps both.
+        self._lock = threading.Lock()
 
     def add(self, record: Record) -> None:
         name, labels, value = record
-        if name in COUNTERS:
-            key = (name, labels)
-            self._counts[key] = self._counts.get(key, 0) + value
-        else:
-            self._observations.append(record)
+        with self._lock:
+            if name in COUNTERS:
+                key = (name, labels)
+                self._counts[key] = self._counts.get(key, 0) + value
+            else:
+                self._observations.append(record)
 
     def take(self) -> list[Record]:
         """Everything recorded since the last ``take``: counts summed, observations as made."""
-        records = [(name, labels, value) for (name, labels), value in self._counts.items()]
-        records += self._observations
-        self._counts, self._observations = {}, []
-        return records
+        with self._lock:
+            counts, observations = self._counts, self._observations
+            self._counts, self._observations = {}, []
+        return [(name, labels, value) for (name, labels), value in counts.items()] + observations
 
 
 class RelayedMetric:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -67,3 +70,34 @@ def test_queue_depth_shows_the_fullest_queue_of_each_stage_across_processes() ->
     workers._workers[1].depths = {"ingest": 40.0}
     assert value(main, "monitord_queue_depth", stage="ingest") == 900  # the fullest, not the sum
     assert value(main, "monitord_queue_depth", stage="inference") == 8  # the main process's own
+
+
+def test_counts_from_several_threads_while_taking_are_neither_lost_nor_doubled() -> None:
+    # A worker counts on its event loop and in the folder's thread (Pipeline.run_batch)
+    # while the loop takes what was recorded for the main process.
+    relay = MetricsRelay()
+    worker = relayed_metrics(relay)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the interpreter lock over as often as it can go
+    taken: list = []
+    try:
+        def count(source: str) -> None:
+            ok = worker.images.labels(source=source, outcome="ok")
+            for _ in range(20_000):
+                ok.inc()
+                worker.end_to_end.observe(0.1)
+
+        threads = [threading.Thread(target=count, args=(source,)) for source in ("http", "folder", "folder")]
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):
+            taken += relay.take()
+        taken += relay.take()
+    finally:
+        sys.setswitchinterval(switch)
+    counts: dict[str, float] = {}
+    for name, labels, amount in taken:
+        if name == "images":
+            counts[dict(labels)["source"]] = counts.get(dict(labels)["source"], 0) + amount
+    assert counts == {"http": 20_000, "folder": 40_000}
+    assert sum(1 for record in taken if record[0] == "end_to_end") == 60_000
