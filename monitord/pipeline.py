@@ -76,6 +76,10 @@ class NotRecorded(PipelineClosed):
     (a folder file stays in the inbox; an HTTP client is told to retry)."""
 
 
+class _ObserverFailed(Exception):
+    """An observer raised while recording a batch (a bug, not a lost main process)."""
+
+
 @dataclass(eq=False)
 class _Pending:
     item: WorkItem
@@ -315,7 +319,16 @@ class Pipeline:
         if not kept:
             return
         predictions = self._predictions([items[row] for row in kept], result)
-        self._record_from_thread(predictions, result.signals)
+        try:
+            self._record_from_thread(predictions, result.signals)
+        except _ObserverFailed as failed:
+            # A bug in an observer (a detector, say), not a missing main process: retrying
+            # the files would fail the same way for ever, so they fail now, as "error".
+            log.error("recording a batch of %d failed", len(kept), exc_info=failed.__cause__)
+            reason = f"recording the predictions failed: {failed}"
+            for row in kept:
+                outcomes[row] = Rejection(items[row].id, items[row].source, reason, "error")
+            return
         for row, prediction in zip(kept, predictions):
             outcomes[row] = prediction
 
@@ -334,7 +347,7 @@ class Pipeline:
             future.result()
         except concurrent.futures.CancelledError:
             raise PipelineClosed("the pipeline closed before the batch was recorded") from None
-        except PipelineClosed:
+        except (PipelineClosed, _ObserverFailed):
             raise
         except Exception as error:
             reason = f"the batch could not be recorded for drift detection: {error}"
@@ -346,9 +359,12 @@ class Pipeline:
 
     async def _record(self, predictions: list[Prediction], signals: Any) -> None:
         assert self.observer is not None
-        recorded = self.observer.observe(predictions, signals)
+        try:
+            recorded = self.observer.observe(predictions, signals)
+        except Exception as error:
+            raise _ObserverFailed(f"{type(error).__name__}: {error}") from error
         if recorded is not None:
-            await recorded
+            await recorded  # another process records it; failing here means it is gone
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -455,3 +455,23 @@ async def test_run_batch_that_cannot_be_recorded_raises_not_recorded_and_counts_
     for outcome in ("ok", "error", "rejected"):
         assert sample(metrics, "monitord_images_total", source="t", outcome=outcome) == 0
     await pipeline.close()
+
+
+class _BrokenObserver:
+    """An observer with a bug: it raises while recording."""
+
+    def observe(self, predictions, signals):
+        raise ZeroDivisionError("a detector divided by zero")
+
+
+async def test_run_batch_whose_observer_raises_fails_its_items_as_error_instead_of_keeping_them() -> None:
+    metrics = Metrics()
+    pipeline = Pipeline(PipelineSettings(), metrics)
+    await pipeline.start(BrightnessModel(), observer=_BrokenObserver())
+    outcomes = await asyncio.to_thread(pipeline.run_batch, [WorkItem(id=str(i), source="t", payload=png(9))
+                                                            for i in range(2)])
+    # Kept for a retry, they would fail the same way for ever: an outcome, "error", instead.
+    assert all(isinstance(o, Rejection) and o.outcome == "error" for o in outcomes)
+    assert "ZeroDivisionError: a detector divided by zero" in outcomes[0].reason
+    assert sample(metrics, "monitord_images_total", source="t", outcome="error") == 2
+    await pipeline.close()
