@@ -15,6 +15,7 @@ outcome was not reached stays in the inbox, untouched, for the next start.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import signal
@@ -93,6 +94,8 @@ class Daemon:
         self._public_sites: list[web.SockSite] = []
         self._main_url = ""
         self._ready_task: asyncio.Task[None] | None = None
+        #: ``coordinate()`` of each source the workers run.
+        self._coordinators: list[asyncio.Task[None]] = []
 
     @property
     def external_url(self) -> str:
@@ -262,6 +265,11 @@ class Daemon:
             self.workers = IngestWorkers(self.settings, self.worker_count, self._listeners,
                                          self._main_url, self.pipeline.observer, self.metrics)
             await self.workers.start()
+            for source in self.sources:
+                if self._in_workers(source):
+                    send = functools.partial(self.workers.send_to_share, source.name)
+                    self._coordinators.append(asyncio.create_task(source.coordinate(send),
+                                                                  name=f"coordinate-{source.name}"))
             self.metrics.report_other_queues(self.workers.deepest)
             self.readiness.set(False, f"starting {self.worker_count} worker process(es)")
             self._ready_task = asyncio.create_task(self._ready_with_workers(self.workers))
@@ -326,6 +334,9 @@ class Daemon:
 
     async def _drain(self) -> None:
         self.pipeline.flush_early()
+        for task in self._coordinators:
+            task.cancel()
+        await asyncio.gather(*self._coordinators, return_exceptions=True)
         # Workers finish their requests while the main process still records their batches.
         stopping = [source.stop() for source in self.sources]
         if self.workers is not None:
@@ -336,6 +347,8 @@ class Daemon:
     async def _stop(self) -> None:
         if self._ready_task is not None:
             self._ready_task.cancel()
+        for task in self._coordinators:
+            task.cancel()
         if self.workers is not None:
             await self.workers.close()
         await self.pipeline.close()

@@ -173,7 +173,8 @@ class IngestWorker:
         def build(name: str, share: Partition | None) -> Source:
             return plugins.factory("source", name)(
                 SourceContext(name=name, settings=settings, pipeline=pipeline, metrics=metrics, app=app,
-                              options=settings.source_options.get(name, {}), partition=share)
+                              options=settings.source_options.get(name, {}), partition=share,
+                              coordinated=share is not None)
             )
 
         sources = [build("http", None)] if self.listeners else []
@@ -203,7 +204,8 @@ class IngestWorker:
         freeze_startup_objects()
         for source in sources:
             await source.start()
-        listen = asyncio.create_task(self._listen(observer), name="channel")
+        listen = asyncio.create_task(self._listen(observer, {source.name: source for source in sources}),
+                                     name="channel")
         flush = asyncio.create_task(self._flush(observer, metrics), name="metrics-relay")
         self.channel.send(("ready", os.getpid()))
         log.info("%s with %s on %s", "; ".join(source.describe() for source in sources), model.name, model.device)
@@ -239,7 +241,7 @@ class IngestWorker:
         await self.channel.close()
         return 1 if self.main_gone else 0
 
-    async def _listen(self, observer: RelayObserver) -> None:
+    async def _listen(self, observer: RelayObserver, sources: dict[str, Source]) -> None:
         try:
             while True:
                 message = await self.channel.receive()
@@ -247,6 +249,13 @@ class IngestWorker:
                     observer.acknowledged(message[1])
                 elif message[0] == "stop":
                     self.stop_requested.set()
+                elif message[0] == "source":  # from the source's coordinate() in the main process
+                    source = sources.get(message[1])
+                    try:
+                        if source is not None:
+                            source.receive(message[2])
+                    except Exception:  # a bug in the source must not cut this process off
+                        log.exception("source %s could not take a message from the main process", message[1])
         except ChannelClosed:
             log.error("the main process is gone; stopping without finishing in-flight requests")
             self.main_gone = True

@@ -15,6 +15,7 @@ import logging
 import socket
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from monitord.ingest_channel import Channel, ChannelClosed
 from monitord.metrics import Metrics
@@ -104,6 +105,19 @@ class IngestWorkers:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def send_to_share(self, source: str, share: int | None, message: Any) -> None:
+        """Hand ``message`` to the worker running share ``share`` of ``source`` (all of them
+        with None): its instance's ``receive``. Dropped where a worker is not running; a
+        worker finds its work by itself when it starts."""
+        for worker in self._workers:
+            if share is not None and worker.index != share + 1:
+                continue
+            if worker.channel is not None:
+                try:
+                    worker.channel.send(("source", source, message))
+                except ChannelClosed:
+                    pass
 
     async def _keep(self, worker: _Worker) -> None:
         """Run ``worker``; start it again if it dies while the daemon runs."""

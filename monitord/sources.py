@@ -10,6 +10,9 @@ A source whose work can be split by name (``partitioned = True``, the folder sou
 runs in every worker process when ``pipeline.workers`` is set, each over its share
 (``SourceContext.partition``); the main process then only calls its ``setup()`` (so a
 bad setting stops the daemon before any worker starts) and ``stop()``, never ``start()``.
+In between it runs the source's ``coordinate()``: work best done once for all the shares
+(the folder source watches the inbox there, once, and tells each share of its new files),
+which reaches each worker's instance as calls of its ``receive()``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from aiohttp import web
 
@@ -39,7 +42,12 @@ class Partition:
     count: int
 
     def owns(self, key: str) -> bool:
-        return zlib.crc32(key.encode("utf-8", "surrogateescape")) % self.count == self.index
+        return self.share_of(key, self.count) == self.index
+
+    @staticmethod
+    def share_of(key: str, count: int) -> int:
+        """The index of the share, of ``count``, that ``key`` belongs to."""
+        return zlib.crc32(key.encode("utf-8", "surrogateescape")) % count
 
 
 @dataclass
@@ -56,6 +64,13 @@ class SourceContext:
     #: This process's share of the work, for a partitioned source in a worker process;
     #: None: all of it.
     partition: Partition | None = None
+    #: Whether the main process runs ``coordinate()`` for this share (a partitioned
+    #: source in a worker process): what it does there need not be done here.
+    coordinated: bool = False
+
+#: How ``coordinate()`` reaches the shares: ``send(index, message)`` calls ``receive(message)``
+#: on share ``index``'s instance (every share's with ``None``).
+ShareSender = Callable[[int | None, Any], None]
 
 
 class Source(ABC):
@@ -86,3 +101,12 @@ class Source(ABC):
     @abstractmethod
     async def stop(self) -> None:
         """Stop taking in work; return once everything taken in is finished."""
+
+    async def coordinate(self, send: ShareSender) -> None:
+        """In the main process, while worker processes run this source's shares: work best
+        done once for all of them, until cancelled. A message to a share whose worker is
+        restarting is dropped, so each share must also find its work by itself when it
+        starts. Does nothing by default."""
+
+    def receive(self, message: Any) -> None:
+        """In a worker process: a message ``coordinate()`` sent this share."""

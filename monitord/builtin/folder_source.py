@@ -56,7 +56,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import watchfiles
 
@@ -66,7 +66,7 @@ from monitord.file_readiness import WriterState, writer_state
 from monitord.hookspecs import hookimpl
 from monitord.items import Outcome, Prediction, WorkItem
 from monitord.pipeline import PipelineClosed
-from monitord.sources import Source, SourceContext
+from monitord.sources import Partition, ShareSender, Source, SourceContext
 
 log = logging.getLogger("monitord.folder")
 
@@ -177,7 +177,8 @@ class FolderSource(Source):
 
     def describe(self) -> str:
         share = f", share {self._partition.index + 1} of {self._partition.count}" if self._partition else ""
-        return f"folder: watching {self.inbox} (processed -> {self.processed}, failed -> {self.failed}{share})"
+        watched = ", watched by the main process" if self.context.coordinated else ""
+        return f"folder: {self.inbox}{watched} (processed -> {self.processed}, failed -> {self.failed}{share})"
 
     def _owns(self, relative: str) -> bool:
         """Whether this process takes the file at ``relative`` (all of them without workers)."""
@@ -191,10 +192,12 @@ class FolderSource(Source):
         await self._in_thread(self._recover)
         await self._scan()
         self._tasks = [
-            asyncio.create_task(self._watch(), name="folder-watch"),
             asyncio.create_task(self._rescan_periodically(), name="folder-rescan"),
             asyncio.create_task(self._dispatch(), name="folder-dispatch"),
         ]
+        if not self.context.coordinated:  # else the main process watches, and tells us
+            self._tasks.append(asyncio.create_task(self._watch(self._take_new, self._scan_soon),
+                                                  name="folder-watch"))
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -325,7 +328,47 @@ class FolderSource(Source):
                 found.append(path)
         return found, True
 
-    async def _watch(self) -> None:
+    async def _take_new(self, paths: list[str]) -> None:
+        for path in paths:
+            self._offer(path)
+        self._wake.set()
+
+    def receive(self, message: Any) -> None:
+        """New paths (``("paths", [...])``, this share's) or a scan (``("scan",)``), from
+        ``coordinate`` in the main process."""
+        if message[0] == "paths":
+            for path in message[1]:
+                self._offer(path)
+            self._wake.set()
+        elif message[0] == "scan":
+            self._scan_soon()
+
+    async def coordinate(self, send: ShareSender) -> None:
+        """Watch the inbox once for every worker's share: each new path goes to the share
+        that owns it, and when a folder arrives (its files unannounced) every share scans.
+
+        One watcher instead of one per worker: each would wake for every event in the inbox
+        (the other shares' files, and every file's departure to ``processed/``), and on two
+        cores that was a tenth of a file's cost.
+        """
+        count = self.context.settings.pipeline.workers
+        skip = len(self._prefix)
+
+        async def tell(paths: list[str]) -> None:
+            shares: dict[int, list[str]] = {}
+            for path in paths:
+                if path.startswith(self._prefix) and not self._is_ours(path) and _is_candidate(path[skip:]):
+                    shares.setdefault(Partition.share_of(path[skip:], count), []).append(path)
+            for share, owned in shares.items():
+                send(share, ("paths", owned))
+            if shares and await self._in_thread(_any_folder, [path for owned in shares.values() for path in owned]):
+                send(None, ("scan",))
+
+        await self._watch(tell, lambda: send(None, ("scan",)))
+
+    async def _watch(self, take: Callable[[list[str]], Awaitable[None]], rescan: Callable[[], None]) -> None:
+        """Hand each group of new paths in the inbox to ``take``; ``rescan`` after the
+        watcher failed and was started again, for what arrived meanwhile."""
         deleted = watchfiles.Change.deleted
         while not self._stopping.is_set():
             try:
@@ -333,10 +376,7 @@ class FolderSource(Source):
                     self.inbox, stop_event=self._stopping, recursive=True, watch_filter=None,
                     debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS,
                 ):
-                    for change, raw_path in changes:
-                        if change != deleted:
-                            self._offer(raw_path)
-                    self._wake.set()
+                    await take([raw_path for change, raw_path in changes if change != deleted])
             except Exception as error:  # e.g. watchfiles cannot decode a file name that is not UTF-8
                 cause = error.exceptions[0] if isinstance(error, BaseExceptionGroup) else error
                 log.warning("the inbox watcher failed (%s); restarting it in 1 s, then rescanning the inbox", cause)
@@ -344,7 +384,7 @@ class FolderSource(Source):
                     await asyncio.wait_for(self._stopping.wait(), 1.0)
                 except TimeoutError:
                     # Runs once the new watcher is set up: finds what arrived while none was.
-                    self._scan_soon()
+                    rescan()
 
     async def _rescan_periodically(self) -> None:
         while not self._stopping.is_set():
@@ -387,6 +427,8 @@ class FolderSource(Source):
         turn = await self._in_thread(self._take_turn, group)
         for path in turn.taken:
             self._candidates.pop(path, None)
+        if turn.taken and self._candidates:
+            self._wake.set()  # more are ready, likely: the next turn now, not after a poll
         if turn.folder_seen:
             self._scan_soon()
         if turn.rejected:
