@@ -329,6 +329,9 @@ class FolderSource(Source):
         return found, True
 
     async def _take_new(self, paths: list[str]) -> None:
+        self._offer_all(paths)
+
+    def _offer_all(self, paths: list[str]) -> None:
         for path in paths:
             self._offer(path)
         self._wake.set()
@@ -337,9 +340,7 @@ class FolderSource(Source):
         """New paths (``("paths", [...])``, this share's) or a scan (``("scan",)``), from
         ``coordinate`` in the main process."""
         if message[0] == "paths":
-            for path in message[1]:
-                self._offer(path)
-            self._wake.set()
+            self._offer_all(message[1])
         elif message[0] == "scan":
             self._scan_soon()
 
