@@ -513,7 +513,15 @@ class Pipeline:
                     item = prepared.pending.item
                     self._resolve(prepared.pending, Rejection(item.id, item.source, reason, "error"))
             else:
-                self._finish_batch(batch, result)
+                try:
+                    self._finish_batch(batch, result)
+                except Exception as error:  # an observer's bug: fail this batch, keep the stage
+                    log.exception("recording a batch of %d failed", len(batch))
+                    reason = f"recording the predictions failed: {type(error).__name__}: {error}"
+                    for prepared in batch:
+                        if not prepared.pending.future.done():
+                            item = prepared.pending.item
+                            self._resolve(prepared.pending, Rejection(item.id, item.source, reason, "error"))
             finally:
                 self._at_model -= len(batch)
                 self._note_if_nothing_coming()

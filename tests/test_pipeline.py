@@ -475,3 +475,18 @@ async def test_run_batch_whose_observer_raises_fails_its_items_as_error_instead_
     assert "ZeroDivisionError: a detector divided by zero" in outcomes[0].reason
     assert sample(metrics, "monitord_images_total", source="t", outcome="error") == 2
     await pipeline.close()
+
+
+async def test_a_queued_batch_whose_observer_raises_fails_as_error_and_the_next_batch_still_runs() -> None:
+    metrics = Metrics()
+    pipeline = Pipeline(PipelineSettings(max_batch_delay=0.0), metrics)
+    observer = _BrokenObserver()
+    await pipeline.start(BrightnessModel(), observer=observer)
+    first = await asyncio.wait_for(asyncio.gather(*pipeline.submit_nowait([WorkItem(id="a", source="t", payload=png(9))])), 5)
+    assert isinstance(first[0], Rejection) and first[0].outcome == "error"
+    assert "a detector divided by zero" in first[0].reason
+    # The model stage lives on: a later image gets its outcome too, not a hang.
+    second = await asyncio.wait_for(asyncio.gather(*pipeline.submit_nowait([WorkItem(id="b", source="t", payload=png(9))])), 5)
+    assert isinstance(second[0], Rejection) and second[0].outcome == "error"
+    assert sample(metrics, "monitord_images_total", source="t", outcome="error") == 2
+    await pipeline.close()
