@@ -298,17 +298,12 @@ class Pipeline:
         started = time.perf_counter()
         try:
             result = self._model_pool.submit(self._infer, arrays).result()
-        except (RuntimeError, concurrent.futures.CancelledError) as error:
+        except Exception as error:  # concurrent.futures.CancelledError included
             if not self._accepting:  # the pool shut down, or our turn was cancelled
                 raise PipelineClosed("the pipeline closed") from error
-            result = error
-        except Exception as error:
-            result = error
-        if isinstance(result, Exception):
-            log.error("the model failed on a batch of %d", len(arrays), exc_info=result)
-            reason = f"model failed: {type(result).__name__}: {result}"
+            log.error("the model failed on a batch of %d", len(arrays), exc_info=error)
             for row in rows:
-                outcomes[row] = Rejection(items[row].id, items[row].source, reason, "error")
+                outcomes[row] = _failed(items[row], "model failed", error)
             return
         self.metrics.inference_duration.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(arrays))
@@ -325,9 +320,8 @@ class Pipeline:
             # A bug in an observer (a detector, say), not a missing main process: retrying
             # the files would fail the same way for ever, so they fail now, as "error".
             log.error("recording a batch of %d failed", len(kept), exc_info=failed.__cause__)
-            reason = f"recording the predictions failed: {failed}"
             for row in kept:
-                outcomes[row] = Rejection(items[row].id, items[row].source, reason, "error")
+                outcomes[row] = _failed(items[row], "recording the predictions failed", failed.__cause__)
             return
         for row, prediction in zip(kept, predictions):
             outcomes[row] = prediction
@@ -362,7 +356,7 @@ class Pipeline:
         try:
             recorded = self.observer.observe(predictions, signals)
         except Exception as error:
-            raise _ObserverFailed(f"{type(error).__name__}: {error}") from error
+            raise _ObserverFailed() from error
         if recorded is not None:
             await recorded  # another process records it; failing here means it is gone
 
@@ -508,20 +502,17 @@ class Pipeline:
                 self.metrics.batch_size.observe(len(batch))
             except Exception as error:
                 log.exception("the model failed on a batch of %d", len(batch))
-                reason = f"model failed: {type(error).__name__}: {error}"
                 for prepared in batch:
-                    item = prepared.pending.item
-                    self._resolve(prepared.pending, Rejection(item.id, item.source, reason, "error"))
+                    self._resolve(prepared.pending, _failed(prepared.pending.item, "model failed", error))
             else:
                 try:
                     self._finish_batch(batch, result)
                 except Exception as error:  # an observer's bug: fail this batch, keep the stage
                     log.exception("recording a batch of %d failed", len(batch))
-                    reason = f"recording the predictions failed: {type(error).__name__}: {error}"
                     for prepared in batch:
                         if not prepared.pending.future.done():
-                            item = prepared.pending.item
-                            self._resolve(prepared.pending, Rejection(item.id, item.source, reason, "error"))
+                            self._resolve(prepared.pending,
+                                          _failed(prepared.pending.item, "recording the predictions failed", error))
             finally:
                 self._at_model -= len(batch)
                 self._note_if_nothing_coming()
@@ -611,6 +602,11 @@ class Pipeline:
         if not pending.future.done():
             pending.future.set_result(outcome)
         self._untrack(pending)
+
+
+def _failed(item: WorkItem, what: str, error: BaseException | None) -> Rejection:
+    """The ``error`` outcome of an item whose batch failed through no fault of its own."""
+    return Rejection(item.id, item.source, f"{what}: {type(error).__name__}: {error}", "error")
 
 
 def _unprepared(item: WorkItem, error: Exception) -> Rejection:

@@ -21,7 +21,10 @@ With ``pipeline.workers`` the source runs in every worker process, each over the
 its ``Partition`` owns (by their path under the inbox), all of them sharing the one
 ledger: SQLite lets each process write in turn, and no two claim the same file. The
 recovery at start completes the files the process owns now, so a different number of
-workers after a restart takes over what the previous ones left.
+workers after a restart takes over what the previous ones left. The main process watches
+the inbox for all of them (``coordinate``): each worker hears of its share's new files,
+and every share scans when a folder arrives, since the files in it are spread over all
+of them. A share that nobody coordinates watches for itself and takes only its files.
 
 Files travel in groups, and each group stays in one thread from its claim to its move:
 the dispatcher (a task on the event loop) hands the waiting files to the source's own
@@ -155,10 +158,6 @@ class FolderSource(Source):
         self._candidates: dict[str, _Candidate] = {}
         #: Files were left out of the backlog (it was full): scan again once it empties.
         self._overflowed = False
-        #: New paths another share owns. One may be a folder, moved in whole (its files
-        #: unannounced) or made just before its files: every share must then scan, since
-        #: the files in it are spread over all of them. The folder thread looks.
-        self._others: list[str] = []
         self._scan_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -276,10 +275,6 @@ class FolderSource(Source):
         if not _is_candidate(relative):
             return
         if not self._owns(relative):
-            if len(self._others) < self.settings.max_backlog:
-                self._others.append(path)
-            else:
-                self._overflowed = True  # too many to look at: a scan finds what is ours
             return
         # A folder (moved in whole, its files unannounced) is told apart in the folder
         # thread, which asks for a scan: no stat here, on the loop.
@@ -401,10 +396,6 @@ class FolderSource(Source):
         while not self._stopping.is_set():
             self._wake.clear()  # before looking: whatever arrives meanwhile wakes the next turn
             try:
-                if self._others:
-                    others, self._others = self._others, []
-                    if await self._in_thread(_any_folder, others):
-                        self._scan_soon()
                 waiting = await self._release_ready()
             except Exception:  # never let one bad turn stop the source; the files stay on disk
                 log.exception("could not take files from the inbox; trying again")
