@@ -59,13 +59,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 import watchfiles
 
 from monitord.builtin.folder_files import free_name, move, sidecar, write_atomically
 from monitord.builtin.folder_ledger import Decision, Entry, FileIdentity, Ledger
-from monitord.file_readiness import WriterState, writer_state
+from monitord.file_readiness import WriterState, read_if_finished, writer_state
 from monitord.hookspecs import hookimpl
 from monitord.items import Outcome, Prediction, WorkItem
 from monitord.pipeline import PipelineClosed
@@ -81,6 +81,10 @@ TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 #: step is a wake-up of its thread, so this is latency traded against idle wake-ups.
 WATCH_STEP_MS = 5
 WATCH_DEBOUNCE_MS = 20
+
+#: Files up to this size are read by the open that checks for a writer (one open per file,
+#: not two); a batch of them held in memory at once stays small.
+READ_DURING_CLAIM_BYTES = 1 << 20
 
 _T = TypeVar("_T")
 
@@ -122,15 +126,16 @@ class _Ready:
     #: Bytes of what it names (read through a symlink later), None when unknown.
     size: int | None
     is_link: bool
+    #: Its content, read with the writer check (small files only); None: the decode reads it.
+    content: bytes | None = None
 
 
 @dataclass
-class _Claimed:
+class _Turn:
     """What one trip of the dispatcher to the folder thread found."""
 
     #: Candidates that leave the backlog: gone, not files, or claimed.
     taken: list[str] = field(default_factory=list)
-    submit: list[_Ready] = field(default_factory=list)
     #: Files refused before reading and moved to failed/ (counted as rejected).
     rejected: int = 0
     #: A folder arrived: its files came with it and no event announced them.
@@ -427,69 +432,90 @@ class FolderSource(Source):
             self.context.metrics.images.labels(source=self.name, outcome="rejected").inc(turn.rejected)
         return bool(self._candidates)
 
-    def _take_turn(self, group: list[tuple[str, _Candidate]]) -> _Claimed:
-        """Claim up to ``folder.max_in_flight`` ready files of ``group``, run them through
-        the pipeline and carry out their outcomes (folder thread)."""
-        claimed = self._claim(group, self.settings.max_in_flight)
-        if claimed.submit:
-            self._run(claimed.submit)
-        return claimed
+    def _take_turn(self, group: list[tuple[str, _Candidate]]) -> _Turn:
+        """Take up to ``folder.max_in_flight`` ready files of ``group`` a batch at a time:
+        claim, read and run each batch and carry out its outcomes before the next (folder
+        thread). A file is claimed only once its batch is next, so at most a batch is
+        claimed at once and a crash or stop leaves no more than that to start again."""
+        turn = _Turn()
+        candidates = iter(group)
+        left = self.settings.max_in_flight
+        size = min(left, self.context.settings.pipeline.max_batch_size)
+        while left > 0:
+            ready = self._find_ready(candidates, min(size, left), turn)
+            if not ready:
+                break
+            left -= len(ready)
+            submit = self._claim(ready, turn)
+            if submit and not self._run(submit):
+                break
+        return turn
 
-    def _claim(self, group: list[tuple[str, _Candidate]], room: int) -> _Claimed:
-        """Find up to ``room`` ready files in ``group``, claim them, and settle the ones that
-        need no model (runs in the folder thread)."""
-        assert self.ledger is not None
-        claimed = _Claimed()
+    def _find_ready(self, candidates: Iterator[tuple[str, _Candidate]], room: int, turn: _Turn) -> list[_Ready]:
+        """The next (up to) ``room`` candidates that are finished files; empty when none is left.
+
+        Files up to ``READ_DURING_CLAIM_BYTES`` are read here, by the same open that checks
+        for a writer; larger ones are read when decoded.
+        """
         ready: list[_Ready] = []
         now = time.monotonic()
         skip = len(self._prefix)
         settle = self.settings.settle_seconds
-        for path, candidate in group:
-            if len(ready) >= room:
-                break
+        for path, candidate in candidates:
             try:
                 info = os.lstat(path)
             except OSError:
-                claimed.taken.append(path)  # vanished
+                turn.taken.append(path)  # vanished
                 continue
             mode = info.st_mode
             if stat.S_ISLNK(mode):
                 if os.path.isdir(path):
-                    claimed.taken.append(path)  # a link to a folder is not taken
+                    turn.taken.append(path)  # a link to a folder is not taken
                     continue
                 # Processing checks where it points and refuses it with a reason.
                 ready.append(_Ready(path, path[skip:], FileIdentity.of_stat(info), None, True))
+            elif not stat.S_ISREG(mode):
+                turn.taken.append(path)  # a folder, a socket: nothing to read
+                turn.folder_seen |= stat.S_ISDIR(mode)
                 continue
-            if not stat.S_ISREG(mode):
-                claimed.taken.append(path)  # a folder, a socket: nothing to read
-                claimed.folder_seen |= stat.S_ISDIR(mode)
-                continue
-            # The identity and size are the lstat's: a file replaced between it and the
-            # check is a new file with the same name, which a restart tells apart anyway.
-            state = writer_state(path)
-            if state is WriterState.GONE:
-                claimed.taken.append(path)
-                continue
-            if state is WriterState.BUSY:
-                continue
-            if state is WriterState.UNKNOWN:  # judge by stability
-                signature = (info.st_size, info.st_mtime_ns)
-                if signature != candidate.signature:
-                    candidate.signature, candidate.stable_since = signature, now
-                    if settle != 0:
-                        continue
-                elif now - candidate.stable_since < settle:
+            else:
+                # The identity and size are the lstat's: a file replaced between it and the
+                # check is a new file with the same name, which a restart tells apart anyway.
+                size = info.st_size
+                if size <= READ_DURING_CLAIM_BYTES:
+                    state, content = read_if_finished(path, size)
+                else:
+                    state, content = writer_state(path), None
+                if state is WriterState.GONE:
+                    turn.taken.append(path)
                     continue
-            ready.append(_Ready(path, path[skip:], FileIdentity.of_stat(info), info.st_size, False))
-        if not ready:
-            return claimed
-        claimed.taken.extend(file.path for file in ready)
+                if state is WriterState.BUSY:
+                    continue
+                if state is WriterState.UNKNOWN:  # judge by stability
+                    signature = (size, info.st_mtime_ns)
+                    if signature != candidate.signature:
+                        candidate.signature, candidate.stable_since = signature, now
+                        if settle != 0:
+                            continue
+                    elif now - candidate.stable_since < settle:
+                        continue
+                ready.append(_Ready(path, path[skip:], FileIdentity.of_stat(info), size, False, content))
+            if len(ready) >= room:
+                break
+        return ready
+
+    def _claim(self, ready: list[_Ready], turn: _Turn) -> list[_Ready]:
+        """Claim ``ready`` in the ledger and settle the files that need no model; return
+        the ones to run (folder thread)."""
+        assert self.ledger is not None
+        turn.taken.extend(file.path for file in ready)
         try:
             entries = self.ledger.begin_many([(file.relative, file.identity) for file in ready])
         except Exception:
             log.exception("could not claim %d file(s) in the ledger; they stay in the inbox and the next "
                           "rescan takes them again", len(ready))
-            return claimed
+            return []
+        submit: list[_Ready] = []
         decided: list[tuple[str, Entry]] = []
         refused: list[tuple[str, Decision]] = []
         for file, entry in zip(ready, entries):
@@ -499,7 +525,7 @@ class FolderSource(Source):
                 continue
             reason = self._refusal(file, entry)
             if reason is None:
-                claimed.submit.append(file)
+                submit.append(file)
             else:
                 target = free_name(os.path.join(self._failed, file.relative))
                 refused.append((file.path, Decision(file.relative, "rejected", target,
@@ -510,8 +536,8 @@ class FolderSource(Source):
             except Exception:
                 log.exception("could not complete %d interrupted move(s); the next rescan tries again", len(decided))
         if refused:
-            claimed.rejected = len(self._carry_out(refused))
-        return claimed
+            turn.rejected += len(self._carry_out(refused))
+        return submit
 
     def _refusal(self, file: _Ready, entry: Entry) -> str | None:
         """Why a claimed file is failed without being read, or None to submit it."""
@@ -530,34 +556,31 @@ class FolderSource(Source):
                     "(folder.max_file_bytes); not read")
         return None
 
-    def _run(self, files: list[_Ready]) -> None:
-        """Run claimed files through the pipeline a batch at a time, carrying out each
-        batch's outcomes before the next (folder thread).
+    def _run(self, batch: list[_Ready]) -> bool:
+        """Run a claimed batch through the pipeline and carry out its outcomes (folder
+        thread); False when the pipeline is closing.
 
         Files without an outcome through no fault of their own (the pipeline is closing,
         or a worker's batch could not be recorded in the main process) are released: they
         stay in the inbox for the next turn or start, no attempt counted.
         """
-        pipeline = self.context.pipeline
-        size = self.context.settings.pipeline.max_batch_size
         by_subfolder = self.settings.labels_from_subfolders
-        for start in range(0, len(files), size):
-            batch = files[start:start + size]
-            items = []
-            for file in batch:
-                head, slash, _ = file.relative.partition("/")
-                items.append(WorkItem(id=file.relative, source=self.name, payload=Path(file.path),
-                                      label=head if by_subfolder and slash else None))
-            try:
-                outcomes = pipeline.run_batch(items)
-            except PipelineClosed:  # NotRecorded included
-                self._release([file.relative for file in files[start:]])
-                return
-            except Exception:
-                log.exception("could not process %d file(s); they stay in the inbox and will be retried",
-                              len(batch))
-                continue
-            self._settle(list(zip(batch, outcomes)))
+        items = []
+        for file in batch:
+            head, slash, _ = file.relative.partition("/")
+            items.append(WorkItem(id=file.relative, source=self.name,
+                                  payload=Path(file.path) if file.content is None else file.content,
+                                  label=head if by_subfolder and slash else None))
+        try:
+            outcomes = self.context.pipeline.run_batch(items)
+        except PipelineClosed:  # NotRecorded included
+            self._release([file.relative for file in batch])
+            return False
+        except Exception:
+            log.exception("could not process %d file(s); they stay in the inbox and will be retried", len(batch))
+            return True
+        self._settle(list(zip(batch, outcomes)))
+        return True
 
     def _release(self, relatives: list[str]) -> None:
         """Release claims that end without an outcome through no fault of the files."""
