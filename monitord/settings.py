@@ -67,8 +67,8 @@ class FolderSettings(_Section):
     settle_seconds: float = Field(0.5, ge=0)
     #: Full rescans of the inbox, a safety net for missed file-system events.
     rescan_seconds: float = Field(30.0, gt=0)
-    #: Files claimed in one turn of the folder thread, at most: read, decoded and run a
-    #: batch (``pipeline.max_batch_size``) at a time, their outcomes carried out after each.
+    #: Files taken in one turn of the folder thread, at most: claimed, read, run and
+    #: carried out a batch (``pipeline.max_batch_size``) at a time.
     max_in_flight: int = Field(256, gt=0)
     #: Waiting files remembered in memory, at most; the rest stay on disk and the next
     #: scan finds them, so a backlog of any size costs the same memory.
