@@ -60,15 +60,21 @@ _HOP_HEADERS = frozenset(
 class RelayObserver:
     """Sends each batch to the main process; the batch counts as recorded once acknowledged."""
 
-    def __init__(self, channel: Channel, relay: MetricsRelay) -> None:
+    def __init__(self, channel: Channel, relay: MetricsRelay, encode_lines: bool = False) -> None:
         self._channel = channel
         self._relay = relay
+        #: The main process writes the predictions log: encode each line here, in parallel
+        #: with the other workers, and send it along (``Prediction.json_line`` keeps it).
+        self._encode_lines = encode_lines
         self._waiting: dict[int, asyncio.Future[None]] = {}
         self._sequence = 0
 
     def observe(self, predictions: Sequence[Prediction], signals: Mapping[str, np.ndarray]) -> asyncio.Future[None]:
         self._sequence += 1
         recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._encode_lines:
+            for prediction in predictions:
+                prediction.json_line()
         try:
             self._channel.send(("batch", self._sequence, list(predictions), dict(signals), self._relay.take()))
         except ChannelClosed as error:
@@ -190,7 +196,7 @@ class IngestWorker:
             app.router.add_route("*", "/{path:.*}", proxy)
         model = await asyncio.to_thread(plugins.factory("model", settings.model.type), settings.model,
                                         settings.state_dir)
-        observer = RelayObserver(self.channel, relay)
+        observer = RelayObserver(self.channel, relay, encode_lines=settings.predictions_log.enabled)
         await pipeline.start(model, observer=observer)
         runner: web.AppRunner | None = None
         sites: list[web.SockSite] = []

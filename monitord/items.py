@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,18 @@ class Prediction:
     @property
     def correct(self) -> bool | None:
         return None if self.label is None else self.label == self.class_name
+
+    def json_line(self) -> str:
+        """``to_json`` as one line of compact JSON, encoded once and kept.
+
+        The predictions log and the folder source's ``<image>.json`` both write it, and
+        a worker's prediction carries it to the main process in its pickle: encoding was
+        a fifth of the main process's time with workers.
+        """
+        line = self.__dict__.get("_json_line")
+        if line is None:
+            line = self.__dict__["_json_line"] = json.dumps(self.to_json(), separators=(",", ":"))
+        return line
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {

@@ -8,7 +8,6 @@ rotating handler does the rotation.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
@@ -38,7 +37,7 @@ class PredictionsLog:
     def write(self, predictions: Iterable[Prediction]) -> None:
         """Queue one batch's lines as one record: a record per prediction cost more than
         the model (the queue handler and listener dominated a profile of the daemon)."""
-        lines = [json.dumps(prediction.to_json(), separators=(",", ":")) for prediction in predictions]
+        lines = [prediction.json_line() for prediction in predictions]
         if lines:
             self._logger.info("\n".join(lines))
 
