@@ -331,8 +331,8 @@ def corpus() -> list[Case]:
 def not_utf8_cases() -> list[Case]:
     """Names whose bytes are not UTF-8 (folder only: HTTP has no such names).
 
-    Kept apart from ``corpus()``: watchfiles cannot report such names, so their daemon
-    tests check that the watcher survives them (it restarts and scans the inbox).
+    Kept apart from ``corpus()``: watchfiles (the watcher off Linux) cannot report such
+    names, so their daemon tests check that they are processed however they are found.
     """
     png = encode(digit_like(), "PNG")
     return [

@@ -6,8 +6,8 @@ then moves to ``processed/`` (with ``<name>.json`` holding its prediction) or to
 up as ``processed/7/a.png``; with ``folder.labels_from_subfolders`` the first sub-folder
 names the true class (ImageFolder layout).
 
-Files are found three ways: a scan at start, file-system events (watchfiles), and a
-periodic rescan that reconciles anything an event missed (an inotify queue overflow
+Files are found three ways: a scan at start, file-system events (``monitord.inbox_watch``:
+arrivals only, by inotify on Linux), and a periodic rescan that reconciles anything an event missed (an inotify queue overflow
 included). A file is read only once no writer has it open (see
 ``monitord.file_readiness``). At most ``folder.max_backlog`` waiting files are held in
 memory; the rest stay on disk until a scan finds room for them, so a backlog of any size
@@ -28,18 +28,19 @@ of them. A share that nobody coordinates watches for itself and takes only its f
 
 Files travel in groups, and each group stays in one thread from its claim to its move:
 the dispatcher (a task on the event loop) hands the waiting files to the source's own
-thread (``monitord-folder``), which in one turn
+thread (``monitord-folder``), which in one turn takes up to ``folder.max_in_flight`` of
+them, a batch (``pipeline.max_batch_size``) at a time:
 
 - checks that each is finished (an ``lstat``, which gives its identity and size, and the
-  lease check of ``monitord.file_readiness``), claims up to ``folder.max_in_flight`` ready
-  ones in one ledger transaction (``begin_many``), sets aside the ones refused before
-  reading (over ``folder.max_attempts``, a symlink out of the inbox, over
+  lease check of ``monitord.file_readiness``, whose open also reads a small file), claims
+  the batch's ready ones in one ledger transaction (``begin_many``), sets aside the ones
+  refused before reading (over ``folder.max_attempts``, a symlink out of the inbox, over
   ``folder.max_file_bytes``) and completes moves a crash interrupted;
-- runs the rest through the pipeline a batch at a time (``Pipeline.run_batch``: decoded
-  in this thread, predicted in the model thread, recorded on the event loop), and after
-  each batch carries out its outcomes: recorded in one transaction (``decide_many``),
-  then the files beside written and the files moved, then finished in one more
-  (``finish_many``). Recording before moving is what makes a crash at any point harmless.
+- runs the rest through the pipeline (``Pipeline.run_batch``: decoded in this thread,
+  predicted in the model thread, recorded on the event loop), and carries out their
+  outcomes: recorded in one transaction (``decide_many``), then the files beside written
+  and the files moved, then finished in one more (``finish_many``). Recording before
+  moving is what makes a crash at any point harmless.
 
 A file costs a share of each transaction and of each trip between threads, not one of
 each: on two cores, files handed from thread to thread one by one (each system call lets
@@ -50,6 +51,7 @@ than decoding them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -60,12 +62,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
-import watchfiles
 
 from monitord.builtin.folder_files import free_name, move, sidecar, write_atomically
 from monitord.builtin.folder_ledger import Decision, Entry, FileIdentity, Ledger
 from monitord.file_readiness import WriterState, read_if_finished, writer_state
 from monitord.hookspecs import hookimpl
+from monitord.inbox_watch import arrivals
 from monitord.items import Outcome, Prediction, WorkItem
 from monitord.pipeline import PipelineClosed
 from monitord.sources import Partition, ShareSender, Source, SourceContext
@@ -75,11 +77,9 @@ log = logging.getLogger("monitord.folder")
 #: Names that are still being written by common tools, or are not meant for us.
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 
-#: How watchfiles groups file-system events (milliseconds): it hands over what it has once
-#: no new event came for ``STEP`` (or ``DEBOUNCE`` after the first one at the latest). Each
-#: step is a wake-up of its thread, so this is latency traded against idle wake-ups.
+#: How long file-system events gather after a group is handed over (milliseconds): a lone
+#: file is reported at once, a burst in groups; each group is a wake-up of the event loop.
 WATCH_STEP_MS = 5
-WATCH_DEBOUNCE_MS = 20
 
 #: Files up to this size are read by the open that checks for a writer (one open per file,
 #: not two); a batch of them held in memory at once stays small.
@@ -367,17 +367,20 @@ class FolderSource(Source):
         await self._watch(tell, lambda: send(None, ("scan",)))
 
     async def _watch(self, take: Callable[[list[str]], Awaitable[None]], rescan: Callable[[], None]) -> None:
-        """Hand each group of new paths in the inbox to ``take``; ``rescan`` after the
-        watcher failed and was started again, for what arrived meanwhile."""
-        deleted = watchfiles.Change.deleted
+        """Hand each group of new paths in the inbox to ``take``; ``rescan`` when events
+        were lost, and after the watcher failed and was started again, for what arrived
+        meanwhile."""
         while not self._stopping.is_set():
             try:
-                async for changes in watchfiles.awatch(
-                    self.inbox, stop_event=self._stopping, recursive=True, watch_filter=None,
-                    debounce=WATCH_DEBOUNCE_MS, step=WATCH_STEP_MS,
-                ):
-                    await take([raw_path for change, raw_path in changes if change != deleted])
-            except Exception as error:  # e.g. watchfiles cannot decode a file name that is not UTF-8
+                async with contextlib.aclosing(arrivals(self._inbox, self._stopping, WATCH_STEP_MS,
+                                                        self._is_ours)) as groups:
+                    async for paths in groups:
+                        if paths is None:
+                            log.warning("file-system events were lost (too many at once); rescanning the inbox")
+                            rescan()
+                        else:
+                            await take(paths)
+            except Exception as error:
                 cause = error.exceptions[0] if isinstance(error, BaseExceptionGroup) else error
                 log.warning("the inbox watcher failed (%s); restarting it in 1 s, then rescanning the inbox", cause)
                 try:
