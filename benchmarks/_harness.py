@@ -464,21 +464,55 @@ def table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def replace_section(path: Path, heading: str, section: str) -> None:
-    """Put ``section`` (starting with ``heading``, a "## " line) into ``path``: in place of
-    the section with that heading, else at the end."""
+def replace_section(path: Path, heading: str, section: str, parent: str | None = None) -> None:
+    """Put ``section`` (starting with ``heading``, a "## " or "### " line) into ``path``:
+    in place of the section with that heading, which ends at the next heading of its level
+    or above; else at the end of ``parent``'s section (made if missing), or of the file.
+    Everything else in the file stays as it was."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
     new = section.rstrip("\n").splitlines()
-    if start is None:
-        while lines and not lines[-1].strip():
-            lines.pop()
-        lines += [""] + new
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    start = _heading_at(lines, heading)
+    if start is not None:
+        end = _section_end(lines, start)
         lines[start:end] = new + ([""] if end < len(lines) else [])
+    else:
+        if parent is not None:
+            at = _heading_at(lines, parent)
+            if at is None:
+                new = [parent, ""] + new
+                end = len(lines)
+            else:
+                end = _section_end(lines, at)
+        else:
+            end = len(lines)
+        before, after = lines[:end], lines[end:]
+        while before and not before[-1].strip():
+            before.pop()
+        lines = before + [""] + new + ([""] + after if after else [])
     path.write_text("\n".join(lines) + "\n")
+
+
+def _heading_at(lines: list[str], heading: str) -> int | None:
+    return next((i for i, level in _headings(lines) if lines[i].strip() == heading), None)
+
+
+def _section_end(lines: list[str], start: int) -> int:
+    level = dict(_headings(lines))[start]
+    return next((i for i, other in _headings(lines) if i > start and other <= level), len(lines))
+
+
+def _headings(lines: list[str]) -> list[tuple[int, int]]:
+    """(line index, level) of each Markdown heading, outside fenced code."""
+    found, fenced = [], False
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            if line[level:level + 1] == " ":
+                found.append((i, level))
+    return found
 
 
 def log_summary(text: str, limit: int = 8) -> list[str]:
