@@ -39,7 +39,8 @@ except (ImportError, OSError, AttributeError):  # pragma: no cover - not on Linu
 Arrivals = list[str] | None
 
 
-async def arrivals(root: str, stopping: asyncio.Event, step_ms: int, skip: Callable[[str], bool]) -> AsyncIterator[Arrivals]:
+async def arrivals(root: str, stopping: asyncio.Event, step_ms: int,
+                   skip: Callable[[str], bool]) -> AsyncIterator[Arrivals]:
     """Yield what arrives under ``root`` until ``stopping`` is set; folders for which
     ``skip(path)`` is true (the daemon's own, when they lie inside) are not watched.
 

@@ -39,7 +39,8 @@ def test_the_log_holds_one_line_per_prediction(tmp_path: Path) -> None:
     assert json.loads(lines[0])["correct"] is True
 
 
-def test_a_line_is_encoded_once_and_travels_with_the_prediction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_line_is_encoded_once_and_travels_with_the_prediction(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     made = prediction(3)
     line = made.json_line()
     assert line == json.dumps(made.to_json(), separators=(",", ":"))

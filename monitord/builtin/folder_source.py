@@ -7,8 +7,8 @@ up as ``processed/7/a.png``; with ``folder.labels_from_subfolders`` the first su
 names the true class (ImageFolder layout).
 
 Files are found three ways: a scan at start, file-system events (``monitord.inbox_watch``:
-arrivals only, by inotify on Linux), and a periodic rescan that reconciles anything an event missed (an inotify queue overflow
-included). A file is read only once no writer has it open (see
+arrivals only, by inotify on Linux), and a periodic rescan that reconciles anything an
+event missed. A file is read only once no writer has it open (see
 ``monitord.file_readiness``). At most ``folder.max_backlog`` waiting files are held in
 memory; the rest stay on disk until a scan finds room for them, so a backlog of any size
 costs the same memory.
@@ -61,7 +61,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
-
 
 from monitord.builtin.folder_files import free_name, move, sidecar, write_atomically
 from monitord.builtin.folder_ledger import Decision, Entry, FileIdentity, Ledger
