@@ -46,8 +46,8 @@ class Prediction:
         """``to_json`` as one line of compact JSON, encoded once and kept.
 
         The predictions log and the folder source's ``<image>.json`` both write it, and
-        a worker's prediction carries it to the main process in its pickle: encoding was
-        a fifth of the main process's time with workers.
+        a worker's prediction carries it to the main process in its pickle (with workers,
+        encoding was a fifth of the main process's time under its interpreter lock).
         """
         line = self.__dict__.get("_json_line")
         if line is None:
