@@ -10,9 +10,11 @@ by the process that caused it as well (a burst with two workers: 7 % more files/
 arrivals only). Elsewhere watchfiles does the watching.
 
 A folder that arrives is watched before it is reported, so a scan the caller makes of
-it finds every file that came before the watch. Known gap, for the events it saves: a
-folder moved *out* of the tree is not noticed; its watch stays until the folder is
-deleted, and a path it reports then no longer exists (the caller finds it gone).
+it finds every file that came before the watch. If the watched folder itself is deleted
+or moved away, it is watched again once it is back (looked for every second), and the
+caller is asked to scan it. Known gap, for the events it saves: a sub-folder moved *out*
+of the tree is not noticed; its watch stays until the folder is deleted, and a path it
+reports then no longer exists (the caller finds it gone).
 """
 
 from __future__ import annotations
@@ -68,12 +70,38 @@ async def arrivals(root: str, stopping: asyncio.Event, step_ms: int,
             if stopping.is_set():
                 break
             group = watcher.read()
+            if group is None:
+                log.warning("file-system events were lost (too many at once); rescanning %s", root)
             if group is None or group:
                 yield group
+            if watcher.root_gone:
+                watcher.close()
+                log.warning("%s was deleted or moved away; watching it again once it is back", root)
+                back = await _when_back(root, skip, stopping)
+                if back is None:
+                    break
+                watcher = back
+                log.info("%s is back; watching it", root)
+                yield None  # what came with it
+                continue
             await asyncio.sleep(step_ms / 1000)
     finally:
         stopped.cancel()
         watcher.close()
+
+
+async def _when_back(root: str, skip: Callable[[str], bool], stopping: asyncio.Event) -> _Watcher | None:
+    """A watcher over ``root`` once it exists again (looked for every second); None if
+    asked to stop first."""
+    while not stopping.is_set():
+        try:
+            return _Watcher(root, skip)
+        except OSError:
+            try:
+                await asyncio.wait_for(stopping.wait(), 1.0)
+            except TimeoutError:
+                pass
+    return None
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -88,8 +116,12 @@ class _Watcher:
         self._skip = skip
         self._inotify = INotify(nonblocking=True)
         self._folders: dict[int, str] = {}
+        #: The root was deleted or moved away: its watch no longer stands for its path.
+        self.root_gone = False
         try:
-            self._watch_tree(root, top=True)
+            self._root = self._inotify.add_watch(root, _ARRIVALS | _FOLDER | flags.MOVE_SELF)
+            self._folders[self._root] = root
+            self._watch_below(root)
         except BaseException:
             self._inotify.close()
             raise
@@ -112,6 +144,9 @@ class _Watcher:
             if mask & flags.Q_OVERFLOW:
                 lost = True
                 continue
+            if event.wd == self._root and mask & (flags.IGNORED | flags.MOVE_SELF):
+                self.root_gone = True
+                continue
             if mask & flags.IGNORED:  # the folder is gone, and its watch with it
                 self._folders.pop(event.wd, None)
                 continue
@@ -124,18 +159,19 @@ class _Watcher:
             paths.append(path)
         return None if lost else paths
 
-    def _watch_tree(self, folder: str, top: bool = False) -> None:
+    def _watch_tree(self, folder: str) -> None:
         try:
             # A folder renamed within the tree keeps its watch: the new name replaces the old.
             self._folders[self._inotify.add_watch(folder, _ARRIVALS | _FOLDER)] = folder
         except OSError as error:
-            if top:
-                raise
             # Gone again, or no watch left (fs.inotify.max_user_watches): the periodic
             # rescan still finds what arrives in it, later.
             log.warning("cannot watch %s for new files (%s); the periodic rescan finds them",
                         folder, error.strerror or error)
             return
+        self._watch_below(folder)
+
+    def _watch_below(self, folder: str) -> None:
         try:
             entries = list(os.scandir(folder))
         except OSError:

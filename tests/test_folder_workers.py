@@ -26,16 +26,24 @@ import pytest
 
 from daemon_process import DaemonProcess, free_port, wait_for
 from digit_files import drop_atomically, files_under, held_out_pngs
+from gated_model import gated_model, gated_model_settings
 from monitord.sources import Partition
 
 WORKERS = 2
 #: Batches fill to 64 or wait 2 s: a burst leaves a partial batch in flight in each worker
 #: for long enough to be seen, and the end of a run waits no more than that.
-SLOW_BATCHES = "max_batch_size = 64\nmax_batch_delay = 2.0\nadaptive_batching = false\n"
 
 
 def settings(workers: int, pipeline: str = "") -> str:
     return f'sources = ["folder"]\n[pipeline]\nworkers = {workers}\n{pipeline}'
+
+
+def gated_settings(workers: int, gate: Path, entered: Path) -> str:
+    """Workers whose model holds each image in preprocessing while ``gate`` exists: their
+    first batches stay claimed and undecided for as long as a test needs (a burst is over
+    in a fraction of a second otherwise)."""
+    return (f'sources = ["folder"]\ndetectors = []\n[pipeline]\nworkers = {workers}\n'
+            + gated_model_settings(gate, entered))
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -271,8 +279,9 @@ def test_each_worker_takes_exactly_its_share_and_the_main_process_none(daemon) -
     assert process.terminate() == 0
 
 
-def test_a_worker_killed_mid_burst_is_restarted_and_every_file_is_processed_once(daemon) -> None:
-    process = daemon(settings(WORKERS, SLOW_BATCHES))
+def test_a_worker_killed_mid_burst_is_restarted_and_every_file_is_processed_once(daemon, tmp_path: Path) -> None:
+    env, gate, entered = gated_model(tmp_path)
+    process = daemon(gated_settings(WORKERS, gate, entered), env=env)
     assert process.process is not None
     main_pid = process.process.pid
     workers = worker_pids(main_pid)
@@ -285,6 +294,7 @@ def test_a_worker_killed_mid_burst_is_restarted_and_every_file_is_processed_once
     wait_for(lambda: set(worker_pids(main_pid)) == {1, 2} and worker_pids(main_pid)[1] != workers[1],
              timeout=60, message="a new worker 1")
     assert worker_pids(main_pid)[2] == workers[2]
+    gate.unlink()
 
     wait_for(lambda: len(files_under(process.processed)) >= len(good), timeout=60, message="400 processed files")
     wait_for(lambda: files_under(process.inbox, "*") == [], timeout=20, message="an empty inbox")
@@ -298,16 +308,18 @@ def test_a_worker_killed_mid_burst_is_restarted_and_every_file_is_processed_once
 
 @pytest.mark.parametrize("workers_after", [3, 0])
 def test_after_the_main_process_is_killed_a_start_with_other_workers_completes_every_file(
-    daemon, digits_artifact: Path, workers_after: int,
+    daemon, digits_artifact: Path, tmp_path: Path, workers_after: int,
 ) -> None:
-    first = daemon(settings(WORKERS, SLOW_BATCHES))
+    env, gate, entered = gated_model(tmp_path)
+    first = daemon(gated_settings(WORKERS, gate, entered), env=env)
     assert first.process is not None
     workers = worker_pids(first.process.pid)
     assert sorted(workers) == [1, 2]
     good = drop_digits(first.inbox, 400)
-    # The main process held: no batch is acknowledged, so open claims stay open until the kill.
+    # The workers' first batches wait at the gate, claimed, until the main process is killed.
     assert kill_when_claims_are_open(first.process.pid, first.state) > 0
     first.process.wait(10)
+    gate.unlink()  # the batches then find no main process to record them
     wait_for(lambda: all(gone(pid) for pid in workers.values()), timeout=30, message="the workers to exit")
     # What the workers had in flight stays in the inbox: nothing was wrong with those files.
     reasons = files_under(first.failed, "*.reason.txt")
@@ -320,7 +332,7 @@ def test_after_the_main_process_is_killed_a_start_with_other_workers_completes_e
     # Outcomes recorded but not carried out are completed at the next start without the model.
     decided_left = [relative for relative, outcome in ledger_rows(first.state) if outcome is not None]
 
-    second = restart(first, digits_artifact, settings(workers_after, SLOW_BATCHES))
+    second = restart(first, digits_artifact, settings(workers_after))
     try:
         assert second.process is not None
         assert sorted(worker_pids(second.process.pid)) == list(range(1, workers_after + 1))
@@ -340,15 +352,20 @@ def test_after_the_main_process_is_killed_a_start_with_other_workers_completes_e
     assert ledger_after_stop(second.state) == (0, {"ok": len(good)})
 
 
-def test_sigterm_with_files_in_flight_leaves_each_file_done_once_or_untouched(daemon, digits_artifact: Path) -> None:
-    first = daemon(settings(WORKERS, SLOW_BATCHES))
+def test_sigterm_with_files_in_flight_leaves_each_file_done_once_or_untouched(daemon, digits_artifact: Path,
+                                                                          tmp_path: Path) -> None:
+    env, gate, entered = gated_model(tmp_path)
+    first = daemon(gated_settings(WORKERS, gate, entered), env=env)
     assert first.process is not None
     workers = worker_pids(first.process.pid)
     identities: dict[str, tuple[int, int, int]] = {}
     good = drop_digits(first.inbox, 400, identities=identities)
     wait_for(lambda: any(outcome is None for _, outcome in ledger_rows(first.state)), timeout=30,
              interval=0.02, message="files claimed and not yet decided")
-    assert first.terminate(timeout=60) == 0
+    first.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: "received SIGTERM" in first.log(), message="the stop begun")
+    gate.unlink()  # the batches at the gate finish; nothing after them starts
+    assert first.process.wait(60) == 0
     assert all(gone(pid) for pid in workers.values())
 
     processed, waiting = relative_files(first.processed), relative_files(first.inbox)
@@ -364,7 +381,7 @@ def test_sigterm_with_files_in_flight_leaves_each_file_done_once_or_untouched(da
         assert (first.inbox / name).read_bytes() == good[name]
     assert ledger_after_stop(first.state) == (0, {"ok": len(processed)})  # claims finished or released
 
-    second = restart(first, digits_artifact, settings(WORKERS, SLOW_BATCHES))
+    second = restart(first, digits_artifact, settings(WORKERS))
     try:
         wait_for(lambda: len(files_under(second.processed)) >= len(good), timeout=60,
                  message="400 processed files")

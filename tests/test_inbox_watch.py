@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -55,7 +56,7 @@ class Watch:
 
 def drop(folder: Path, name: str, data: bytes = b"x") -> Path:
     """A file written outside the watched tree and renamed in, as producers should."""
-    staging = next(parent for parent in (folder, *folder.parents) if parent.name == "inbox").parent / "staging"
+    staging = next(parent for parent in (folder, *folder.parents) if parent.name.endswith("inbox")).parent / "staging"
     staging.mkdir(exist_ok=True)
     (staging / name).write_bytes(data)
     os.rename(staging / name, folder / name)
@@ -130,16 +131,43 @@ async def test_a_name_that_is_not_utf8_is_reported_as_python_names_it(tmp_path: 
     assert str(inbox / raw) in paths
 
 
+@pytest.mark.parametrize("away", ["deleted", "moved away"])
+async def test_an_inbox_made_again_is_watched_again_and_scanned(tmp_path: Path, away: str) -> None:
+    inbox = tmp_path / "inbox"
+    (inbox / "5").mkdir(parents=True)
+    async with Watch(inbox) as watch:
+        if away == "deleted":
+            shutil.rmtree(inbox)
+        else:
+            os.rename(inbox, tmp_path / "old-inbox")
+        await asyncio.sleep(0.1)
+        (inbox / "5").mkdir(parents=True)
+        for _ in range(300):  # the new inbox is looked for every second
+            if None in watch.groups:
+                break
+            await asyncio.sleep(0.01)
+        assert None in watch.groups  # asked to scan what came with it
+        if away == "moved away":
+            drop(tmp_path / "old-inbox" / "5", "in-the-old-one.png")
+        sentinel = drop(inbox / "5", "sentinel.png")
+        paths = await watch.until(sentinel)
+    assert paths == [str(sentinel)]  # watched again, the old one no longer
+
+
 def test_lost_events_ask_for_a_scan(tmp_path: Path) -> None:
     from inotify_simple import Event, flags
 
+    (tmp_path / "sub").mkdir()
     watcher = inbox_watch._Watcher(str(tmp_path), lambda path: False)
     try:
-        (wd,) = watcher._folders
-        assert watcher.arrived([Event(wd, flags.MOVED_TO, 0, "a.png")]) == [str(tmp_path / "a.png")]
-        assert watcher.arrived([Event(wd, flags.MOVED_TO, 0, "a.png"), Event(-1, flags.Q_OVERFLOW, 0, "")]) is None
-        assert watcher.arrived([Event(wd, flags.IGNORED, 0, "")]) == []
-        assert watcher.arrived([Event(wd, flags.MOVED_TO, 0, "b.png")]) == []  # its folder went away
+        root, sub = (wd for wd, folder in sorted(watcher._folders.items(), key=lambda item: len(item[1])))
+        assert watcher.arrived([Event(root, flags.MOVED_TO, 0, "a.png")]) == [str(tmp_path / "a.png")]
+        assert watcher.arrived([Event(sub, flags.MOVED_TO, 0, "a.png"), Event(-1, flags.Q_OVERFLOW, 0, "")]) is None
+        assert watcher.arrived([Event(sub, flags.IGNORED, 0, "")]) == []
+        assert watcher.arrived([Event(sub, flags.MOVED_TO, 0, "b.png")]) == []  # its folder went away
+        assert not watcher.root_gone
+        assert watcher.arrived([Event(root, flags.IGNORED, 0, "")]) == []
+        assert watcher.root_gone
     finally:
         watcher.close()
 

@@ -367,15 +367,14 @@ class FolderSource(Source):
 
     async def _watch(self, take: Callable[[list[str]], Awaitable[None]], rescan: Callable[[], None]) -> None:
         """Hand each group of new paths in the inbox to ``take``; ``rescan`` when events
-        were lost, and after the watcher failed and was started again, for what arrived
-        meanwhile."""
+        were lost or the inbox was made again, and after the watcher failed and was
+        started again, for what arrived meanwhile."""
         while not self._stopping.is_set():
             try:
                 async with contextlib.aclosing(arrivals(self._inbox, self._stopping, WATCH_STEP_MS,
                                                         self._is_ours)) as groups:
                     async for paths in groups:
-                        if paths is None:
-                            log.warning("file-system events were lost (too many at once); rescanning the inbox")
+                        if paths is None:  # events were lost, or the inbox came back
                             rescan()
                         else:
                             await take(paths)
