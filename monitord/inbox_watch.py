@@ -23,7 +23,7 @@ import asyncio
 import logging
 import os
 import sys
-from typing import AsyncIterator, Callable, Sequence
+from typing import AsyncIterator, Callable, NamedTuple, Sequence
 
 log = logging.getLogger("monitord.folder")
 
@@ -37,8 +37,16 @@ try:
 except (ImportError, OSError, AttributeError):  # pragma: no cover - not on Linux
     INotify = None  # type: ignore[assignment,misc]
 
-#: Paths that arrived, or None: events were lost (the kernel's queue overflowed), scan.
-Arrivals = list[str] | None
+class Arrived(NamedTuple):
+    """Paths that arrived in one group."""
+
+    paths: list[str]
+    #: Those of them that are folders (their files came unannounced); None: not known here.
+    folders: set[str] | None
+
+
+#: What arrived, or None: events were lost (or the root was made again), scan.
+Arrivals = Arrived | None
 
 
 async def arrivals(root: str, stopping: asyncio.Event, step_ms: int,
@@ -72,7 +80,7 @@ async def arrivals(root: str, stopping: asyncio.Event, step_ms: int,
             group = watcher.read()
             if group is None:
                 log.warning("file-system events were lost (too many at once); rescanning %s", root)
-            if group is None or group:
+            if group is None or group.paths:
                 yield group
             if watcher.root_gone:
                 watcher.close()
@@ -138,6 +146,7 @@ class _Watcher:
     def arrived(self, events: Sequence) -> Arrivals:
         """The paths ``events`` announce; new folders are watched before they are reported."""
         paths: list[str] = []
+        folders: set[str] = set()
         lost = False
         for event in events:
             mask = event.mask
@@ -154,10 +163,12 @@ class _Watcher:
             if folder is None or not event.name:
                 continue
             path = os.path.join(folder, event.name)
-            if mask & flags.ISDIR and not self._skip(path):
-                self._watch_tree(path)
+            if mask & flags.ISDIR:
+                folders.add(path)
+                if not self._skip(path):
+                    self._watch_tree(path)
             paths.append(path)
-        return None if lost else paths
+        return None if lost else Arrived(paths, folders)
 
     def _watch_tree(self, folder: str) -> None:
         try:
@@ -187,4 +198,4 @@ async def _arrivals_from_watchfiles(root: str, stopping: asyncio.Event, step_ms:
     deleted = watchfiles.Change.deleted
     async for changes in watchfiles.awatch(root, stop_event=stopping, recursive=True, watch_filter=None,
                                            debounce=4 * step_ms, step=step_ms):
-        yield [path for change, path in changes if change != deleted]
+        yield Arrived([path for change, path in changes if change != deleted], None)

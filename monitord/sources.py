@@ -68,6 +68,7 @@ class SourceContext:
     #: source in a worker process): what it does there need not be done here.
     coordinated: bool = False
 
+
 #: How ``coordinate()`` reaches the shares: ``send(index, message)`` calls ``receive(message)``
 #: on share ``index``'s instance (every share's with ``None``).
 ShareSender = Callable[[int | None, Any], None]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from monitord import inbox_watch
-from monitord.inbox_watch import arrivals
+from monitord.inbox_watch import Arrived, arrivals
 
 pytestmark = pytest.mark.skipif(inbox_watch.INotify is None, reason="inotify is Linux's")
 
@@ -22,7 +22,7 @@ class Watch:
     def __init__(self, root: Path, skip=lambda path: False) -> None:
         self.root = root
         self.stopping = asyncio.Event()
-        self.groups: list[list[str] | None] = []
+        self.groups: list[Arrived | None] = []
         self._skip = skip
         self._started = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -43,7 +43,11 @@ class Watch:
 
     @property
     def paths(self) -> list[str]:
-        return [path for group in self.groups if group for path in group]
+        return [path for group in self.groups if group for path in group.paths]
+
+    @property
+    def folders(self) -> set[str]:
+        return {path for group in self.groups if group and group.folders for path in group.folders}
 
     async def until(self, path: Path) -> list[str]:
         """Everything reported up to and including ``path`` (a sentinel dropped last)."""
@@ -109,6 +113,10 @@ async def test_a_folder_moved_in_is_reported_and_watched_at_every_depth(tmp_path
         os.rename(inbox / "made", inbox / "renamed")  # renamed within the tree: new paths
         moved = drop(inbox / "renamed" / "here", "after-rename.png")
         await watch.until(moved)
+    # Told apart from files, so that nobody need stat every path to find the folders.
+    folders = {str(inbox / name) for name in ("batch", "made", "renamed")}
+    assert folders <= watch.folders  # ("made/here" too, if it came after the watch on "made")
+    assert not watch.folders & {str(later), str(inside), str(moved)}
 
 
 async def test_folders_the_caller_skips_are_not_watched(tmp_path: Path) -> None:
@@ -161,12 +169,13 @@ def test_lost_events_ask_for_a_scan(tmp_path: Path) -> None:
     watcher = inbox_watch._Watcher(str(tmp_path), lambda path: False)
     try:
         root, sub = (wd for wd, folder in sorted(watcher._folders.items(), key=lambda item: len(item[1])))
-        assert watcher.arrived([Event(root, flags.MOVED_TO, 0, "a.png")]) == [str(tmp_path / "a.png")]
+        assert watcher.arrived([Event(root, flags.MOVED_TO, 0, "a.png")]) == Arrived([str(tmp_path / "a.png")], set())
         assert watcher.arrived([Event(sub, flags.MOVED_TO, 0, "a.png"), Event(-1, flags.Q_OVERFLOW, 0, "")]) is None
-        assert watcher.arrived([Event(sub, flags.IGNORED, 0, "")]) == []
-        assert watcher.arrived([Event(sub, flags.MOVED_TO, 0, "b.png")]) == []  # its folder went away
+        assert watcher.arrived([Event(sub, flags.IGNORED, 0, "")]) == Arrived([], set())
+        # Its folder went away.
+        assert watcher.arrived([Event(sub, flags.MOVED_TO, 0, "b.png")]) == Arrived([], set())
         assert not watcher.root_gone
-        assert watcher.arrived([Event(root, flags.IGNORED, 0, "")]) == []
+        assert watcher.arrived([Event(root, flags.IGNORED, 0, "")]) == Arrived([], set())
         assert watcher.root_gone
     finally:
         watcher.close()

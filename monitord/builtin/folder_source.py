@@ -66,7 +66,7 @@ from monitord.builtin.folder_files import free_name, move, sidecar, write_atomic
 from monitord.builtin.folder_ledger import Decision, Entry, FileIdentity, Ledger
 from monitord.file_readiness import WriterState, read_if_finished, writer_state
 from monitord.hookspecs import hookimpl
-from monitord.inbox_watch import arrivals
+from monitord.inbox_watch import Arrived, arrivals
 from monitord.items import Outcome, Prediction, WorkItem
 from monitord.pipeline import PipelineClosed
 from monitord.sources import Partition, ShareSender, Source, SourceContext
@@ -326,8 +326,9 @@ class FolderSource(Source):
                 found.append(path)
         return found, True
 
-    async def _take_new(self, paths: list[str]) -> None:
-        self._offer_all(paths)
+    async def _take_new(self, arrived: Arrived) -> None:
+        # A folder among them is told apart by the claim's lstat, which asks for a scan.
+        self._offer_all(arrived.paths)
 
     def _offer_all(self, paths: list[str]) -> None:
         for path in paths:
@@ -353,19 +354,24 @@ class FolderSource(Source):
         count = self.context.settings.pipeline.workers
         skip = len(self._prefix)
 
-        async def tell(paths: list[str]) -> None:
+        async def tell(arrived: Arrived) -> None:
             shares: dict[int, list[str]] = {}
-            for path in paths:
+            for path in arrived.paths:
                 if path.startswith(self._prefix) and not self._is_ours(path) and _is_candidate(path[skip:]):
                     shares.setdefault(Partition.share_of(path[skip:], count), []).append(path)
             for share, owned in shares.items():
                 send(share, ("paths", owned))
-            if shares and await self._in_thread(_any_folder, [path for owned in shares.values() for path in owned]):
+            told = [path for owned in shares.values() for path in owned]
+            if arrived.folders is not None:  # the watcher knows which are folders
+                folder_came = any(path in arrived.folders for path in told)
+            else:
+                folder_came = bool(told) and await self._in_thread(_any_folder, told)
+            if folder_came:
                 send(None, ("scan",))
 
         await self._watch(tell, lambda: send(None, ("scan",)))
 
-    async def _watch(self, take: Callable[[list[str]], Awaitable[None]], rescan: Callable[[], None]) -> None:
+    async def _watch(self, take: Callable[[Arrived], Awaitable[None]], rescan: Callable[[], None]) -> None:
         """Hand each group of new paths in the inbox to ``take``; ``rescan`` when events
         were lost or the inbox was made again, and after the watcher failed and was
         started again, for what arrived meanwhile."""
@@ -373,11 +379,11 @@ class FolderSource(Source):
             try:
                 async with contextlib.aclosing(arrivals(self._inbox, self._stopping, WATCH_STEP_MS,
                                                         self._is_ours)) as groups:
-                    async for paths in groups:
-                        if paths is None:  # events were lost, or the inbox came back
+                    async for arrived in groups:
+                        if arrived is None:  # events were lost, or the inbox came back
                             rescan()
                         else:
-                            await take(paths)
+                            await take(arrived)
             except Exception as error:
                 cause = error.exceptions[0] if isinstance(error, BaseExceptionGroup) else error
                 log.warning("the inbox watcher failed (%s); restarting it in 1 s, then rescanning the inbox", cause)
