@@ -22,6 +22,12 @@ config_option = click.option(
 )
 
 
+class ConfigurationError(click.ClickException):
+    """Settings that cannot work: printed without a traceback, exit status 2."""
+
+    exit_code = 2
+
+
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     @cli.command()
@@ -32,18 +38,31 @@ def register_commands(cli: click.Group) -> None:
 
         With no settings at all it trains the default digits model on first use,
         watches ./inbox and serves http://127.0.0.1:8000.
+
+        The whole configuration is checked first (exit status 2 naming each bad key),
+        then the state folder is locked (one daemon per state_dir, exit status 1 if
+        another holds it), and only then is anything loaded or bound.
         """
         from monitord.logging_setup import configure_logging
+        from monitord.preflight import check_configuration
+        from monitord.state_lock import StateDirInUse, lock_state_dir
 
         try:
             settings = load_settings(config)
-        except SettingsError as error:
-            raise click.ClickException(str(error)) from None
+            check_configuration(settings, host)
+        except (SettingsError, PluginError) as error:
+            raise ConfigurationError(str(error)) from None
         configure_logging(settings.log_level)
+        try:
+            lock = lock_state_dir(settings.state_dir)
+        except StateDirInUse as error:
+            raise click.ClickException(str(error)) from None
         try:
             daemon_exit = asyncio.run(_run_daemon(settings, host))
         except PluginError as error:
             raise click.ClickException(str(error)) from None
+        finally:
+            lock.release()
         sys.exit(daemon_exit)
 
     @cli.command()
