@@ -39,7 +39,13 @@ class DriftEvent:
 
 @dataclass(frozen=True)
 class DetectorState:
-    """A detector's current reading, as exported to metrics and ``GET /v1/detectors``."""
+    """A detector's current reading, as exported to metrics and ``GET /v1/detectors``.
+
+    A detector that is not ``ready`` cannot decide yet (its reference, its window or its
+    minimum samples are incomplete): its level is ``ok`` by default, not by a test, and its
+    ``statistic`` is NaN and ``p_value`` None, since a statistic of a few values compared
+    with the threshold of a full test means nothing (NaN is ``null`` in JSON).
+    """
 
     statistic: float
     threshold: float
@@ -51,6 +57,10 @@ class DetectorState:
     #: Size of the reference sample; 0 while it is still being collected from the
     #: stream, None for detectors without a reference.
     reference_samples: int | None = None
+    #: Whether the detector's test has what it needs to run.
+    ready: bool = True
+    #: Samples still needed before it is ready (0 when ready); EDDM counts errors.
+    samples_needed: int = 0
 
 
 @runtime_checkable
@@ -61,7 +71,10 @@ class Detector(Protocol):
         """Consume a batch in order; return the events found in it.
 
         ``values`` has shape (N,) for a detector watching one signal, (N, d) for one
-        watching d signals (columns in the order of its ``signal`` setting).
+        watching d signals (columns in the order of its ``signal`` setting). A value it
+        cannot take raises ``ValueError``; an ``index`` attribute on the error, where
+        present, is that value's row in ``values`` (``monitord replay`` turns it into a
+        line number).
         """
         ...
 

@@ -45,12 +45,32 @@ def test_parameters_and_standard_input(tmp_path: Path) -> None:
     assert [(e["index"], e["level"]) for e in strict[:-1]] == [(1, "warning"), (2, "drift")]
 
 
+def assert_refused(result: subprocess.CompletedProcess[str], *expected: str) -> None:
+    """Exit status 2, nothing on stdout, one line on stderr holding every ``expected``."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for text in expected:
+        assert text in result.stderr, (text, result.stderr)
+
+
 def test_bad_input_and_unknown_detector_say_what_to_fix(tmp_path: Path) -> None:
     env = install_testplugin(tmp_path / "site")
     bad = replay("-d", "over", "-", env=env, cwd=tmp_path, stdin="0.1\n0.2\nabc\n")
-    assert bad.returncode != 0 and "line 3" in bad.stderr and "'abc'" in bad.stderr
+    assert_refused(bad, "line 3", "'abc'")
     ragged = replay("-d", "over", "-", env=env, cwd=tmp_path, stdin="0.1,0.2\n0.3\n")
-    assert ragged.returncode != 0 and "line 2: 1 values where earlier lines had 2" in ragged.stderr
+    assert_refused(ragged, "line 2: 1 value(s) where earlier lines had 2")
     unknown = replay("-d", "nope", "-", env=env, cwd=tmp_path, stdin="0.1\n")
-    assert unknown.returncode != 0 and "nope" in unknown.stderr and "over" in unknown.stderr
-    assert "Traceback" not in bad.stderr + ragged.stderr + unknown.stderr
+    assert_refused(unknown, "nope", "over")
+    empty = replay("-d", "over", "-", env=env, cwd=tmp_path, stdin="# only a comment\n\n")
+    assert_refused(empty, "holds no values")
+    (tmp_path / "reference.txt").write_text("x\n")
+    bad_reference = replay("-d", "over", "-r", "reference.txt", "-", env=env, cwd=tmp_path, stdin="0.1\n")
+    assert_refused(bad_reference, "reference.txt, line 1")
+    bad_param = replay("-d", "over", "-p", "limit", "-", env=env, cwd=tmp_path, stdin="0.1\n")
+    assert bad_param.returncode == 2 and "key=value" in bad_param.stderr
+
+
+def test_columns_must_match_the_signals_named(tmp_path: Path) -> None:
+    env = install_testplugin(tmp_path / "site")
+    result = replay("-d", "over", "--signal", "a", "--signal", "b", "-", env=env, cwd=tmp_path, stdin="0.1\n")
+    assert_refused(result, "line 1: 1 value(s) where --signal names 2 (a, b)")

@@ -3,6 +3,10 @@
 The detector is built by the same plugin factory the daemon uses, from the same kind of
 settings entry, so what replay finds is what the daemon would find on that stream. The
 input is read in chunks and each chunk is one ``update`` call, as micro-batches are.
+The reference can come from a file, from the start of the input, or from a model
+artifact's saved reference signals, the daemon's default.
+
+Every input replay cannot use ends it with one line on standard error and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,20 +15,35 @@ import json
 import math
 import sys
 import time
-from typing import IO, Any, Iterator
+from pathlib import Path
+from typing import IO, Any, Iterator, NamedTuple
 
 import click
 import numpy as np
 
+from monitord.builtin.commands import config_option
+from monitord.detectors import model_reference
 from monitord.plugins import PluginError, PluginHost
-from monitord.settings import DetectorSpec
+from monitord.settings import DetectorSpec, SettingsError, load_settings
 
 #: Samples per ``update`` call: a large micro-batch.
 CHUNK = 4096
+#: The file of a model artifact that holds its ``reference_signals`` (plain JSON, so
+#: replay needs no model framework to read it).
+METADATA_FILE = "metadata.json"
 
 
-class InputError(click.ClickException):
-    """A line of the input could not be read as numbers."""
+class ReplayError(click.ClickException):
+    """Input replay cannot use: said on one line of standard error, exit status 2."""
+
+    exit_code = 2
+
+
+class Chunk(NamedTuple):
+    """Up to CHUNK samples, (n,) or (n, d), and the input line each came from."""
+
+    values: np.ndarray
+    lines: list[int]
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -49,26 +68,30 @@ def read_rows(stream: IO[str], name: str) -> Iterator[tuple[int, list[float]]]:
         try:
             values = [float(field) for field in text.split(",")]
         except ValueError:
-            raise InputError(
+            raise ReplayError(
                 f"{name}, line {number}: {text[:60]!r} is not a number or comma-separated numbers"
             ) from None
         yield number, values
 
 
-def read_chunks(stream: IO[str], name: str, width: int | None = None) -> Iterator[np.ndarray]:
-    """Arrays of up to CHUNK rows: (n,) for one value per line, (n, d) for d."""
+def read_chunks(stream: IO[str], name: str, width: int | None = None, expected: str | None = None) -> Iterator[Chunk]:
+    """Chunks of up to CHUNK rows, every row ``width`` values wide (the first row's when
+    ``width`` is None); ``expected`` says in an error where that width comes from."""
     rows: list[list[float]] = []
+    lines: list[int] = []
     for number, values in read_rows(stream, name):
         if width is None:
             width = len(values)
         elif len(values) != width:
-            raise InputError(f"{name}, line {number}: {len(values)} values where earlier lines had {width}")
+            why = expected or f"earlier lines had {width}"
+            raise ReplayError(f"{name}, line {number}: {len(values)} value(s) where {why}")
         rows.append(values)
+        lines.append(number)
         if len(rows) == CHUNK:
-            yield _array(rows)
-            rows = []
+            yield Chunk(_array(rows), lines)
+            rows, lines = [], []
     if rows:
-        yield _array(rows)
+        yield Chunk(_array(rows), lines)
 
 
 def _array(rows: list[list[float]]) -> np.ndarray:
@@ -80,61 +103,157 @@ def _number(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
+def artifact_reference(artifact: Path, signals: list[str], named_by: str = "--reference-from") -> np.ndarray:
+    """The reference the daemon would give a detector of ``signals``: the values saved
+    under ``reference_signals`` in the artifact's metadata.json. ``named_by`` says in an
+    error where ``artifact`` came from."""
+    path = artifact / METADATA_FILE if artifact.is_dir() or not artifact.exists() else artifact
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReplayError(
+            f"{path} does not exist: {named_by} must name a model artifact folder (written by `monitord train`)"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ReplayError(f"{path} cannot be read as JSON ({error})") from None
+    saved = metadata.get("reference_signals") if isinstance(metadata, dict) else None
+    if not isinstance(saved, dict) or not saved:
+        raise ReplayError(f"{path} holds no reference_signals; give the reference with --reference FILE")
+    missing = [name for name in signals if not isinstance(saved.get(name), list) or not saved[name]]
+    if missing:
+        raise ReplayError(
+            f"{path} has no reference for signal(s) {', '.join(missing)}; it has "
+            f"{', '.join(sorted(saved))} (name them with --signal)"
+        )
+    lengths = {name: len(saved[name]) for name in signals}
+    if len(set(lengths.values())) != 1:
+        raise ReplayError(f"{path} holds references of different lengths for {lengths}; they must be equal")
+    try:
+        reference = model_reference(DetectorSpec(type="replay", signal=signals), saved)
+    except (TypeError, ValueError):
+        raise ReplayError(f"{path}: the reference of {', '.join(signals)} is not a list of numbers") from None
+    assert reference is not None  # every signal was checked above
+    return reference
+
+
+def _signal_names(given: tuple[str, ...]) -> list[str]:
+    return [name.strip() for text in given for name in text.split(",") if name.strip()]
+
+
 def replay_command() -> click.Command:
     @click.command("replay")
     @click.option("--detector", "-d", "detector_type", required=True, help="Detector type, e.g. pht, iks, nm_ddm, ddm.")
     @click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
                   help="A detector parameter, repeatable: --param threshold=20 --param direction=down.")
+    @click.option("--signal", "-s", "signal_names", multiple=True, metavar="NAME",
+                  help="The signal(s) the input holds, one per column (repeat, or separate with commas): "
+                       "needed to find the model's reference.")
     @click.option("--reference", "-r", type=click.File("r"),
                   help="Reference values, same form as the input. Default: the start of the input.")
+    @click.option("--reference-from", "artifact", type=click.Path(path_type=Path), metavar="ARTIFACT",
+                  help="Take the reference from a model artifact folder (its metadata.json's "
+                       "reference_signals), as the daemon does.")
+    @click.option("--model-reference", is_flag=True,
+                  help="Like --reference-from, with the artifact the settings name (model.artifact).")
+    @config_option
     @click.argument("input_file", metavar="FILE|-", type=click.File("r"))
     @click.pass_obj
-    def replay(host: PluginHost, detector_type: str, params: tuple[str, ...], reference: IO[str] | None, input_file: IO[str]) -> None:
+    def replay(
+        host: PluginHost,
+        detector_type: str,
+        params: tuple[str, ...],
+        signal_names: tuple[str, ...],
+        reference: IO[str] | None,
+        artifact: Path | None,
+        model_reference: bool,
+        config: Path | None,
+        input_file: IO[str],
+    ) -> None:
         """Run a detector over FILE (one sample per line: a number, or comma-separated
         numbers for a detector over several signals; - reads standard input).
 
         Prints one JSON object per event (index from 0 over the input, level, statistic,
-        threshold), then a summary (samples, events, seconds spent in the detector).
-        Without --reference the detector takes its reference from the start of the
-        input, as it does in the daemon without a model reference.
+        threshold), then a summary (samples, events, seconds spent in the detector,
+        whether its test ever ran, its final state). Without a reference option the
+        detector takes its reference from the start of the input, as it does in the
+        daemon without a model reference. Bad input stops it with one line on standard
+        error and exit status 2.
         """
         try:
             factory = host.factory("detector", detector_type)
         except PluginError as error:
-            raise click.ClickException(str(error)) from None
+            raise ReplayError(str(error)) from None
+        chosen = [name for name, used in (("--reference", reference is not None),
+                                          ("--reference-from", artifact is not None),
+                                          ("--model-reference", model_reference)) if used]
+        if len(chosen) > 1:
+            raise ReplayError(f"give one reference: {' and '.join(chosen)} were both given")
+        signals = _signal_names(signal_names)
+        named = f"--signal names {len(signals)} ({', '.join(signals)})" if signals else None
         reference_values = None
-        if reference is not None:
-            chunks = list(read_chunks(reference, reference.name))
+        if model_reference:
+            try:
+                artifact = load_settings(config).model_artifact
+            except SettingsError as error:
+                raise ReplayError(str(error)) from None
+        if artifact is not None:
+            if not signals:
+                raise ReplayError(
+                    "name the signal(s) the input holds with --signal (e.g. --signal entropy), so that "
+                    "the model's reference for them can be found"
+                )
+            named_by = "model.artifact (from the settings)" if model_reference else "--reference-from"
+            reference_values = artifact_reference(artifact, signals, named_by)
+        elif reference is not None:
+            chunks = list(read_chunks(reference, reference.name, len(signals) or None, named))
             if not chunks:
-                raise click.ClickException(f"{reference.name} holds no values")
-            reference_values = np.concatenate(chunks)
-        chunks = read_chunks(input_file, input_file.name,
-                             None if reference_values is None else (1 if reference_values.ndim == 1 else reference_values.shape[1]))
+                raise ReplayError(f"{reference.name} holds no values")
+            reference_values = np.concatenate([chunk.values for chunk in chunks])
+
+        width: int | None = len(signals) or None
+        if width is None and reference_values is not None:
+            width = 1 if reference_values.ndim == 1 else reference_values.shape[1]
+            named = f"the reference has {width}"
+        chunks = read_chunks(input_file, input_file.name, width, named)
         first = next(chunks, None)
         if first is None:
-            raise click.ClickException(f"{input_file.name} holds no values")
-        width = 1 if first.ndim == 1 else first.shape[1]
-        signal: str | list[str] = "value" if width == 1 else [f"value{i}" for i in range(width)]
+            raise ReplayError(f"{input_file.name} holds no values")
+        width = 1 if first.values.ndim == 1 else first.values.shape[1]
+        if not signals:
+            signals = ["value"] if width == 1 else [f"value{i}" for i in range(width)]
+        signal: str | list[str] = signals[0] if width == 1 else signals
         try:
             spec = DetectorSpec(type=detector_type, signal=signal, name="replay", **dict(map(parse_param, params)))
             detector = factory(spec, reference_values)
         except ValueError as error:
-            raise click.ClickException(str(error)) from None
+            raise ReplayError(str(error)) from None
 
         samples = events = 0
         spent = 0.0
+        tested = False
         out = sys.stdout
         for chunk in _chain(first, chunks):
             started = time.perf_counter()
-            raised = detector.update(chunk)
+            try:
+                raised = detector.update(chunk.values)
+            except ValueError as error:
+                raise ReplayError(f"{input_file.name}, {_where(error, chunk.lines)}: {error}") from None
             spent += time.perf_counter() - started
             for event in raised:
                 record = {"index": samples + event.index, "level": event.level,
                           "statistic": _number(event.statistic), "threshold": _number(event.threshold)}
                 out.write(json.dumps(record) + "\n")
-            samples += len(chunk)
+            samples += len(chunk.values)
             events += len(raised)
+            tested = tested or detector.state.ready
         state = detector.state
+        if not tested and state.reference_samples == 0:
+            raise ReplayError(
+                f"{input_file.name} holds {samples} samples, all taken into the reference the detector "
+                f"collects from the start of the input; it needs {state.samples_needed} more before it can "
+                "test anything: give a longer input, a reference (--reference FILE, --reference-from "
+                "ARTIFACT or --model-reference), or a smaller reference_size"
+            )
         summary = {
             "summary": True,
             "detector": detector_type,
@@ -142,14 +261,31 @@ def replay_command() -> click.Command:
             "samples": samples,
             "events": events,
             "seconds": round(spent, 6),
+            "tested": tested,
             "final": {"level": state.level, "statistic": _number(state.statistic),
-                      "threshold": _number(state.threshold), "p_value": _number(state.p_value)},
+                      "threshold": _number(state.threshold), "p_value": _number(state.p_value),
+                      "ready": state.ready, "samples_needed": state.samples_needed,
+                      "reference_samples": state.reference_samples},
         }
         out.write(json.dumps(summary) + "\n")
+        if not tested:
+            click.echo(
+                f"monitord replay: {detector_type} never became ready: it needs {state.samples_needed} more "
+                f"sample(s) before its test can run, so no event could be found; give a longer input",
+                err=True,
+            )
 
     return replay
 
 
-def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+def _where(error: ValueError, lines: list[int]) -> str:
+    """The input line of the value a detector refused, when it says which (``index``)."""
+    index = getattr(error, "index", None)
+    if isinstance(index, int) and 0 <= index < len(lines):
+        return f"line {lines[index]}"
+    return f"lines {lines[0]}-{lines[-1]}"
+
+
+def _chain(first: Chunk, rest: Iterator[Chunk]) -> Iterator[Chunk]:
     yield first
     yield from rest

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import numpy as np
 
-from .base import LEVEL_CODES
+from .base import LEVEL_CODES, SampleError
 
 if TYPE_CHECKING:
     from monitord.detectors import DriftEvent
@@ -93,6 +93,15 @@ def _joined(parts: list[np.ndarray | float], lengths: list[int]) -> np.ndarray |
     )
 
 
+def samples_to_test(level: str, done: int, minimum: int) -> int:
+    """Samples (EDDM: errors) still needed before the test first runs, ``minimum - done``.
+
+    0 while the level is held at ``drift`` after a restart: that level is the test's
+    decision, so the detector stays ready (a dashboard sees the drift, not a gap).
+    """
+    return 0 if level == "drift" else max(0, minimum - done)
+
+
 # -- parameter and input checks shared by these detectors ----------------------------------
 
 
@@ -122,9 +131,10 @@ def check_errors(type_name: str, values: np.ndarray, *, binary: bool) -> None:
     if wrong.any():
         at = int(np.argmax(wrong))
         accepted = "0 or 1" if binary else "values in [0, 1]"
-        raise ValueError(
-            f"{type_name} watches the error signal (1 wrong, 0 right) and takes {accepted}; got "
-            f"{float(values[at])!r} at finite value {at} of the batch: set signal = \"error\""
+        raise SampleError(
+            f"{type_name} watches the error signal (1 for a wrong prediction, 0 for a right one) and "
+            f"takes {accepted}; got {float(values[at])!r} (is its signal \"error\"?)",
+            at,
         )
 
 

@@ -22,7 +22,7 @@ the points where ``scipy.stats.ks_2samp`` evaluates them, so
 ``D = max(MAXP, -MINP) / (n * m)``: exact, ties included, in integers until that one
 division, so no rounding error builds up however long the stream runs. ``m`` here is the
 full window: until the window first fills, the root's figures are not ``D`` (the
-detector then computes it directly, when asked).
+detector is not ready then and reports no statistic).
 
 Because the reference is fixed, so is the set of keys: the treap (random priorities,
 heap-ordered; a Cartesian tree) is built once in O(k) and never rotates. A window value

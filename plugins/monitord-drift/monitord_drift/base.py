@@ -12,7 +12,9 @@ Writing a subclass:
 - store every constructor parameter under an attribute of the same name *before* calling
   ``super().__init__`` (snapshots record them, and a given reference is fitted at once);
 - implement ``_fit_reference``, ``_update``, ``_reading``, ``_snapshot_state`` and
-  ``_restore_state``;
+  ``_restore_state``, and ``_samples_to_test`` when the test needs more than a reference
+  (a full window, a minimum number of samples) before it first runs;
+- raise :class:`SampleError` for a value the detector cannot take;
 - keep ``self.level`` current (``"ok"``, ``"warning"``, ``"drift"``); :func:`level_rises`
   finds the events in a vectorised batch of level codes.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import math
 from typing import Any, ClassVar, Mapping, NamedTuple
 
 import numpy as np
@@ -31,6 +34,18 @@ from numpy.typing import ArrayLike
 #: Level names by code, the value ``monitord_drift_level`` exports.
 LEVELS: tuple[Level, Level, Level] = ("ok", "warning", "drift")
 LEVEL_CODES: dict[str, int] = {name: code for code, name in enumerate(LEVELS)}
+
+
+class SampleError(ValueError):
+    """A value the detector cannot take; ``index`` is its row in the batch given to ``update``.
+
+    The message says what is wrong with the value, not where it is: ``monitord replay``
+    adds the line, the daemon's log the detector and signal.
+    """
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class Reading(NamedTuple):
@@ -100,7 +115,11 @@ class DriftDetector(abc.ABC):
         start = 0
         if self.needs_reference and self.reference is None:
             start = self._collect_reference(batch)
-        events = self._update(batch[start:]) if start < len(batch) else []
+        try:
+            events = self._update(batch[start:]) if start < len(batch) else []
+        except SampleError as error:
+            index = error.index + start
+            raise SampleError(str(error), index if positions is None else int(positions[index])) from None
         self.samples += len(batch)
         shifted = []
         for event in events:
@@ -111,18 +130,30 @@ class DriftDetector(abc.ABC):
         return shifted
 
     @property
+    def samples_needed(self) -> int:
+        """Samples still to come before the test can run: the rest of a reference taken
+        from the stream, then what the test itself needs (0 once it has run)."""
+        if self.needs_reference and self.reference is None:
+            return self.reference_size - self._warmup_count + self._samples_to_test()
+        return self._samples_to_test()
+
+    @property
     def state(self) -> DetectorState:
         reading = self._reading()
+        needed = self.samples_needed
+        ready = needed == 0
         return DetectorState(
-            statistic=float(reading.statistic),
+            statistic=float(reading.statistic) if ready else math.nan,
             threshold=float(reading.threshold),
-            p_value=None if reading.p_value is None else float(reading.p_value),
+            p_value=None if reading.p_value is None or not ready else float(reading.p_value),
             level=self.level,
             samples=self.samples,
             warning_threshold=None if reading.warning_threshold is None else float(reading.warning_threshold),
             reference_samples=None if not self.needs_reference else (
                 0 if self.reference is None else len(self.reference)
             ),
+            ready=ready,
+            samples_needed=needed,
         )
 
     def params(self) -> dict[str, Any]:
@@ -187,6 +218,13 @@ class DriftDetector(abc.ABC):
     @abc.abstractmethod
     def _restore_state(self, state: Mapping[str, Any]) -> None:
         """Rebuild the monitoring state written by ``_snapshot_state``."""
+
+    def _samples_to_test(self) -> int:
+        """Samples the test needs beyond a reference before it first runs; 0 once it has.
+
+        With no reference yet, what it will need once it has one.
+        """
+        return 0
 
     # -- helpers ----------------------------------------------------------------------------
 

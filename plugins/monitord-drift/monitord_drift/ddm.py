@@ -9,7 +9,7 @@ import numpy as np
 from monitord.detectors import DriftEvent
 from numpy.typing import ArrayLike
 
-from ._restarting import CARRY, Scan, check_errors, count, number, run_batch
+from ._restarting import CARRY, Scan, check_errors, count, number, run_batch, samples_to_test
 from .base import DriftDetector, Reading
 
 
@@ -157,6 +157,9 @@ class DDM(DriftDetector):
             s = math.sqrt(p * (1.0 - p) / self._count)
             statistic = (p + s - self._p_min) / self._s_min  # type: ignore[operator]
         return Reading(statistic, self.drift_threshold, None, self.warning_threshold)
+
+    def _samples_to_test(self) -> int:
+        return samples_to_test(self.level, self._count, self.min_samples)
 
     def _snapshot_state(self) -> dict[str, Any]:
         return {"count": self._count, "errors": self._errors, "p_min": self._p_min, "s_min": self._s_min}

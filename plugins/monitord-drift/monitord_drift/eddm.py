@@ -9,7 +9,7 @@ import numpy as np
 from monitord.detectors import DriftEvent
 from numpy.typing import ArrayLike
 
-from ._restarting import CARRY, Scan, check_errors, count, number, run_batch
+from ._restarting import CARRY, Scan, check_errors, count, number, run_batch, samples_to_test
 from .base import DriftDetector, Reading
 
 
@@ -174,6 +174,9 @@ class EDDM(DriftDetector):
 
     def _reading(self) -> Reading:
         return Reading(self._ratio, self.beta, None, self.alpha)
+
+    def _samples_to_test(self) -> int:
+        return samples_to_test(self.level, self._errors, self.min_errors)  # errors, not samples
 
     def _snapshot_state(self) -> dict[str, Any]:
         return {

@@ -9,7 +9,7 @@ import numpy as np
 from monitord.detectors import DriftEvent
 from numpy.typing import ArrayLike
 
-from ._restarting import CARRY, Scan, check_errors, confidences, count, run_batch
+from ._restarting import CARRY, Scan, check_errors, confidences, count, run_batch, samples_to_test
 from .base import DriftDetector, Reading
 
 
@@ -184,6 +184,9 @@ class HDDMA(DriftDetector):
         statistic = self._statistic
         p_value = min(1.0, 2.0 * math.exp(-statistic * statistic)) if statistic > 0 else 1.0
         return Reading(statistic, math.sqrt(self._drift_log), p_value, math.sqrt(self._warning_log))
+
+    def _samples_to_test(self) -> int:
+        return samples_to_test(self.level, self._count, self.min_samples)
 
     def _snapshot_state(self) -> dict[str, Any]:
         return {

@@ -8,9 +8,8 @@ from typing import Any, ClassVar, Mapping, NamedTuple
 import numpy as np
 from monitord.detectors import DriftEvent
 from numpy.typing import ArrayLike
-from scipy.signal import lfilter
 
-from ._restarting import CARRY, Scan, check_errors, confidences, count, number, run_batch
+from ._restarting import CARRY, Scan, check_errors, confidences, count, number, run_batch, samples_to_test
 from .base import DriftDetector, Reading
 
 
@@ -72,6 +71,11 @@ class HDDMW(DriftDetector):
     start or a restart (the averages are kept from the first) and holds the level at
     ``drift`` until then, so that a dashboard sees a drift; ``min_samples=1`` is the
     paper's detector.
+
+    Settings under which no stream can raise a drift are refused: the squared weights
+    never fall below $\lambda / (2 - \lambda)$, so with
+    $\lambda \ln(1/\alpha_D) \ge 2 - \lambda$ (``lambda_ = 0.3`` at the default
+    ``drift_confidence``) the drift bound stays above 1.
 
     The input is the ``error`` signal (1 wrong, 0 right; any value in [0, 1] is
     accepted, as the paper allows); a value outside [0, 1] raises ``ValueError`` before
@@ -138,8 +142,26 @@ class HDDMW(DriftDetector):
         self._keep_square = self._keep * self._keep
         self._drift_log = math.log(1.0 / self.drift_confidence)
         self._warning_log = math.log(1.0 / self.warning_confidence)
+        self._refuse_unreachable_drift()
         self._restart()
         super().__init__(reference=None)
+
+    def _refuse_unreachable_drift(self) -> None:
+        """Refuse settings under which no stream can ever raise a drift.
+
+        Every squared-weight sum stays above its limit ``lambda / (2 - lambda)``, so the
+        drift bound stays above ``sqrt(limit * ln(1/alpha_D))``; two averages of values in
+        [0, 1] never differ by more than 1. (A warning's bound is lower, so it is covered.)
+        """
+        floor = self.lambda_ / (2.0 - self.lambda_)
+        if floor * self._drift_log >= 1.0:
+            raise ValueError(
+                f"hddm_w can never alarm with lambda_ = {self.lambda_} and drift_confidence = "
+                f"{self.drift_confidence}: its drift bound stays above {math.sqrt(floor * self._drift_log):.3g}, "
+                f"and two averages of errors never differ by more than 1; set lambda_ below "
+                f"{2.0 / (self._drift_log + 1.0):.3g}, or drift_confidence above "
+                f"{math.exp(-1.0 / floor):.3g}"
+            )
 
     def _restart(self) -> None:
         self._run = 0
@@ -169,6 +191,8 @@ class HDDMW(DriftDetector):
         """
         if len(values) == 0:
             return np.empty(0), np.empty(0)
+        from scipy.signal import lfilter  # here, not at the top: importing it takes a while
+
         head: list[np.ndarray] = []
         if start.value is None:
             start = _Average(float(values[0]), 1.0)
@@ -242,6 +266,9 @@ class HDDMW(DriftDetector):
         statistic = self._statistic
         p_value = math.exp(-statistic * statistic) if statistic > 0 else 1.0
         return Reading(statistic, math.sqrt(self._drift_log), p_value, math.sqrt(self._warning_log))
+
+    def _samples_to_test(self) -> int:
+        return samples_to_test(self.level, self._run, self.min_samples)
 
     def _snapshot_state(self) -> dict[str, Any]:
         return {

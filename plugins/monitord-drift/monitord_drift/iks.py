@@ -8,10 +8,11 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 from monitord.detectors import DriftEvent
 from numpy.typing import ArrayLike
-from scipy.special import kolmogorov
 
-from . import _treap
 from .base import LEVEL_CODES, LEVELS, DriftDetector, Reading
+
+# The compiled treap (numba) and scipy are imported where first used, not here: building
+# a detector without a reference, as the daemon's start-up check does, stays cheap.
 
 
 class IncrementalKS(DriftDetector):
@@ -56,7 +57,8 @@ class IncrementalKS(DriftDetector):
     values; the two sizes are independent. A decision is taken only once the window is
     full: on a partial window the test would compare against a threshold that moves
     with every sample, and a handful of values says little about a distribution. Until
-    then the level stays ``ok`` (the statistic is still reported, computed on demand).
+    then the detector is not ready: the level stays ``ok`` and the state reports no
+    statistic.
 
     Drift is declared when ``D > c(alpha) * sqrt((n + m) / (n * m))`` with
     ``c(alpha) = sqrt(-ln(alpha / 2) / 2)``, the first term of the asymptotic
@@ -73,6 +75,11 @@ class IncrementalKS(DriftDetector):
     falls back once ``D`` is no more than the *warning* threshold. That hysteresis makes
     one change one drift event, where a statistic hovering at the drift threshold would
     otherwise fire again at every crossing.
+
+    The statistic never exceeds 1, so settings whose drift threshold is 1 or more (a
+    window or a reference so small, or an ``alpha`` so low, that no data could ever
+    alarm) are refused with the smallest window, reference and ``alpha`` that can; the
+    warning threshold is never above the drift threshold, so such settings can warn too.
 
     A batch runs in one compiled loop (numba, cached on disk; the very first call in a
     fresh environment compiles for a few seconds): millions of values per second at any
@@ -152,14 +159,17 @@ class IncrementalKS(DriftDetector):
         self._arrays: dict[str, np.ndarray] | None = None
         self._slide_arrays: tuple[np.ndarray, ...] = ()  # the kernel's view of _arrays
         self._reference_count = 0
-        self._set_thresholds(reference_size)
         super().__init__(reference=reference, reference_size=reference_size)
+        if self.reference is None:
+            self._set_thresholds(reference_size)
 
     # -- DriftDetector ----------------------------------------------------------------------
 
     def _fit_reference(self, reference: np.ndarray) -> None:
+        from . import _treap
+
+        self._set_thresholds(len(reference), given=True)
         self._reference_count = len(reference)
-        self._set_thresholds(len(reference))
         keys, counts = np.unique(_treap.to_keys(reference), return_counts=True)
         arrays = _treap.allocate(len(keys), self.window)
         arrays["keys"][:-1] = keys
@@ -181,13 +191,17 @@ class IncrementalKS(DriftDetector):
         return self._events_from_codes(codes, statistics, thresholds)
 
     def _reading(self) -> Reading:
-        count = self._window_count()
-        if count == 0:
-            return Reading(0.0, self._drift_threshold, None, self._warning_threshold)
+        if self._window_count() < self.window:  # not ready: no statistic yet
+            return Reading(math.nan, self._drift_threshold, None, self._warning_threshold)
+        from scipy.special import kolmogorov
+
         statistic = self._statistic()
-        n = self._reference_count
-        p_value = float(kolmogorov(statistic * math.sqrt(n * count / (n + count))))
+        n, m = self._reference_count, self.window
+        p_value = float(kolmogorov(statistic * math.sqrt(n * m / (n + m))))
         return Reading(statistic, self._drift_threshold, p_value, self._warning_threshold)
+
+    def _samples_to_test(self) -> int:
+        return self.window - self._window_count()
 
     def _snapshot_state(self) -> dict[str, Any]:
         return {"window": self.window_values().tolist()}
@@ -211,12 +225,16 @@ class IncrementalKS(DriftDetector):
         """The window, oldest value first (a copy)."""
         if self._arrays is None:
             return np.empty(0)
+        from . import _treap
+
         ring, meta = self._arrays["ring"], self._arrays["meta"]
         count, head = int(meta[_treap.COUNT]), int(meta[_treap.HEAD])
         keys = ring[:count] if count < self.window else np.concatenate((ring[head:], ring[:head]))
         return _treap.from_keys(keys)
 
     def _slide(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        from . import _treap
+
         statistics = np.empty(len(values), dtype=np.float64)
         codes = np.empty(len(values), dtype=np.int8)
         rises = _treap.slide(
@@ -226,30 +244,61 @@ class IncrementalKS(DriftDetector):
         return statistics, codes, rises
 
     def _window_count(self) -> int:
-        return 0 if self._arrays is None else int(self._arrays["meta"][_treap.COUNT])
+        if self._arrays is None:
+            return 0
+        from . import _treap
+
+        return int(self._arrays["meta"][_treap.COUNT])
 
     def _statistic(self) -> float:
-        assert self._arrays is not None and self.reference is not None
-        table, meta = self._arrays["table"], self._arrays["meta"]
-        n, count = self._reference_count, int(meta[_treap.COUNT])
-        if count == self.window:
-            root = meta[_treap.ROOT]
-            gap = max(int(table[root, _treap.MAXP]), -int(table[root, _treap.MINP]))
-            return gap / (n * self.window)
-        # A partial window: the tree's weights assume a full one, so compute it directly
-        # (only when the state is read, and only until the window first fills).
-        reference = np.sort(self.reference)
-        window = np.sort(self.window_values())
-        points = np.concatenate((reference, window))
-        below_ref = np.searchsorted(reference, points, side="right") / n
-        below_win = np.searchsorted(window, points, side="right") / count
-        return float(np.max(np.abs(below_ref - below_win)))
+        """D of the full window, read at the treap's root."""
+        from . import _treap
 
-    def _set_thresholds(self, n: int) -> None:
-        # Those of a full window; before the reference is known, of a full reference.
-        scale = math.sqrt((n + self.window) / (n * self.window))
-        self._drift_threshold = self._c_drift * scale
-        self._warning_threshold = self._c_warning * scale
+        assert self._arrays is not None
+        table, meta = self._arrays["table"], self._arrays["meta"]
+        root = meta[_treap.ROOT]
+        gap = max(int(table[root, _treap.MAXP]), -int(table[root, _treap.MINP]))
+        return gap / (self._reference_count * self.window)
+
+    def _set_thresholds(self, n: int, *, given: bool = False) -> None:
+        """The thresholds for a reference of ``n`` values (before it is known: a full one),
+        refusing ``n`` where the drift threshold is out of the statistic's reach."""
+        self._drift_threshold = self._c_drift * _scale(n, self.window)
+        self._warning_threshold = self._c_warning * _scale(n, self.window)
+        if self._drift_threshold >= 1.0:
+            raise ValueError(self._never_alarms(n, given))
+
+    def _never_alarms(self, n: int, given: bool) -> str:
+        c, m = self._c_drift, self.window
+        reference = f"a reference of {n} values" if given else f"reference_size = {n}"
+        remedies = []
+        if n > c * c:
+            remedies.append(f"a window of at least {_smallest_size(c, n)}")
+        if m > c * c:
+            remedies.append(f"{'a reference of at least' if given else 'a reference_size of at least'} "
+                            f"{_smallest_size(c, m)}{' values' if given else ''}")
+        remedies.append(f"alpha above {2.0 * math.exp(-2.0 * n * m / (n + m)):.3g}")
+        return (
+            f"iks can never alarm with window = {m}, {reference} and alpha = {self.alpha}: its drift "
+            f"threshold would be {self._drift_threshold:.3g} and the KS statistic never exceeds 1; "
+            f"use {', or '.join(remedies)}"
+        )
+
+
+def _scale(n: int, m: int) -> float:
+    """How the KS critical value scales with the sizes of the two samples."""
+    return math.sqrt((n + m) / (n * m))
+
+
+def _smallest_size(c: float, other: int) -> int:
+    """The smallest size of one sample for which ``c * _scale(size, other) < 1``
+    (``other`` must exceed ``c**2``)."""
+    size = max(1, math.floor(c * c * other / (other - c * c)))
+    while c * _scale(size, other) >= 1.0:
+        size += 1
+    while size > 1 and c * _scale(size - 1, other) < 1.0:
+        size -= 1
+    return size
 
 
 def _c(alpha: float) -> float:

@@ -11,8 +11,10 @@ import numpy as np
 from monitord.detectors import DriftEvent
 from numpy.typing import ArrayLike
 
-from . import nm_ddm_kernels as kernels
 from .base import LEVEL_CODES, DriftDetector, Reading
+
+# The compiled kernels (numba) are imported where first used, not here: building a
+# detector without a reference, as the daemon's start-up check does, stays cheap.
 
 #: A feature whose reference spread is below this fraction of its largest magnitude is
 #: treated as constant: its spread is raised to this (see "Degenerate data").
@@ -119,7 +121,8 @@ class NMDDM(DriftDetector):
     leave-one-out sums Σ_{j∈W, j≠i} K(x_i, x_j) are kept current as points enter and
     leave, and p̂_R is computed once per entering point, so a new sample costs
     O(w·d + n·d), plus O(w·d²) per evaluation (w logarithms, the window's covariance). ``tumbling``: non-overlapping
-    windows, evaluated once each, emptied after. Between evaluations the level holds.
+    windows, evaluated once each, emptied after. Between evaluations the level holds. Until
+    the first evaluation against its reference the detector is not ready (no statistic).
     Consecutive sliding windows overlap: alpha is the alarm rate per evaluated window,
     and a clean stream evaluated at every sample sees runs of correlated windows, not
     independent trials (a false alarm tends to last a few samples).
@@ -324,16 +327,22 @@ class NMDDM(DriftDetector):
         self._p_value = None
 
     def _whiten(self, values: np.ndarray) -> np.ndarray:
+        from . import nm_ddm_kernels as kernels
+
         return kernels.whiten(np.ascontiguousarray(values, dtype=np.float64), *self._transform)
 
     def _log_reference_density(self, points: np.ndarray) -> np.ndarray:
         """log p̂_R at whitened points: computed once per entering point."""
+        from . import nm_ddm_kernels as kernels
+
         defence = kernels.log_defensive(points, *self._defence)
         return kernels.log_reference_density(
             points, self._reference_points, self._inv_two_h2, self._reference_log_scale, defence
         )
 
     def _calibrate(self, reference: np.ndarray, held_log_scale: float) -> None:
+        from . import nm_ddm_kernels as kernels
+
         windows = self.calibration_windows or max(1000, math.ceil(10 / self.alpha_drift))
         checksum = zlib.crc32(np.ascontiguousarray(reference).tobytes())
         rng = np.random.default_rng([self.seed, checksum])
@@ -363,6 +372,8 @@ class NMDDM(DriftDetector):
     # -- monitoring --------------------------------------------------------------------------
 
     def _update(self, values: np.ndarray) -> list[DriftEvent]:
+        from . import nm_ddm_kernels as kernels
+
         events: list[DriftEvent] = []
         position = 0
         while position < len(values):
@@ -408,8 +419,17 @@ class NMDDM(DriftDetector):
 
     def _reading(self) -> Reading:
         warning, drift = self._thresholds
-        statistic = 0.0 if self._statistic is None else self._statistic
+        statistic = math.nan if self._statistic is None else self._statistic
         return Reading(statistic, drift, self._p_value, warning)
+
+    def _samples_to_test(self) -> int:
+        # Ready from the first evaluation against the current reference (an adopted one
+        # starts a new count); tumbling windows empty after each, the level holds between.
+        if self._ring is not None and self._statistic is not None:
+            return 0
+        count, since = (0, 0) if self._ring is None else (int(self._counters[1]), int(self._counters[2]))
+        needed = self.window - count
+        return max(needed, self.step - since) if self.window_mode == "sliding" else needed
 
     # -- snapshots ---------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import numpy as np
 from monitord.detectors import DriftEvent
 from numpy.typing import ArrayLike
 
-from ._restarting import CARRY, Scan, count, number, run_batch
+from ._restarting import CARRY, Scan, count, number, run_batch, samples_to_test
 from .base import DriftDetector, Reading
 
 log = logging.getLogger("monitord.drift.pht")
@@ -263,6 +263,9 @@ class PageHinkley(DriftDetector):
     def _reading(self) -> Reading:
         statistic = max(self._side_statistic(i) for i in range(len(self._sides)))
         return Reading(statistic, self.threshold, None, self._warning)
+
+    def _samples_to_test(self) -> int:
+        return samples_to_test(self.level, self._run, self.min_samples)
 
     def _snapshot_state(self) -> dict[str, Any]:
         return {

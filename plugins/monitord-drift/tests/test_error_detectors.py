@@ -259,10 +259,12 @@ DETECTORS = {
             {
                 "drift_confidence": st.sampled_from([0.001, 0.05, 0.15]),
                 "warning_confidence": st.sampled_from([0.2, 0.3]),
-                "lambda_": st.sampled_from([0.05, 0.3, 1.0]),
+                "lambda_": st.sampled_from([0.05, 0.3, 0.6]),
                 "two_sided": st.booleans(),
                 "min_samples": st.integers(1, 40),
             }
+        ).filter(  # settings that can reach a drift (the others are refused)
+            lambda p: p["lambda_"] / (2 - p["lambda_"]) * math.log(1 / p["drift_confidence"]) < 1
         ),
     ),
 }
