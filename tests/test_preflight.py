@@ -34,6 +34,8 @@ BAD_SETTINGS = [
                  ["pht_confidence", "treshold"], id="unknown-parameter"),
     pytest.param({"MONITORD_DETECTORS": json.dumps([{"type": "pht", "signal": "confidence", "threshold": -1}])},
                  ["pht_confidence", "threshold"], id="bad-parameter"),
+    pytest.param({"MONITORD_DETECTORS": json.dumps([{"type": "iks", "signal": "entropy", "window": 3}])},
+                 ["iks_entropy", "can never alarm", "window = 3"], id="can-never-alarm"),
     pytest.param({"MONITORD_DETECTORS": '[{"type": "pht",'},
                  ["MONITORD_DETECTORS", "not valid JSON", "line 1 column"], id="malformed-json"),
     pytest.param({"MONITORD_SINKS": json.dumps([{"type": "webhook", "urls": ["ftp://example"]}])},
