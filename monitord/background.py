@@ -13,6 +13,7 @@ written atomically, as the model artifact is (a staging folder renamed into plac
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from typing import Callable, TypeVar
 
@@ -36,9 +37,11 @@ class BackgroundJobs:
             except RuntimeError:
                 pass  # the loop is closed: nobody waits for this any more
 
+        context = contextvars.copy_context()  # as asyncio.to_thread passes it on
+
         def target() -> None:
             try:
-                result = function(*args)
+                result = context.run(function, *args)
             except BaseException as error:  # noqa: BLE001 - handed to the awaiting task
                 settle(lambda: future.done() or future.set_exception(error))
             else:

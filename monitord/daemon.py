@@ -28,6 +28,7 @@ from monitord.alerting.dispatcher import AlertDispatcher
 from monitord.alerting.episodes import AlertSource
 from monitord.alerting.sinks import Sink, SinkContext, build_sinks
 from monitord.api import add_api_routes
+from monitord import reference_cache
 from monitord.background import BackgroundJobs
 from monitord.detectors import DetectorStage
 from monitord.feedback import Feedback
@@ -234,6 +235,10 @@ class Daemon:
         self.metrics.describe_build(model=model.name, device=model.device)
         log.info("model %s on %s, %d classes", model.name, model.device, len(model.class_names))
         self.readiness.set(False, "building detectors")
+        # Detectors keep what they compute from the reference (calibrations) across restarts.
+        reference_cache.activate(
+            reference_cache.ReferenceCache.for_daemon(self.settings.model_artifact, self.settings.state_dir)
+        )
         try:
             # Off the event loop: detectors may calibrate on their reference (seconds).
             detectors = await self.background.run(
