@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -122,9 +122,25 @@ class FeedbackSettings(_Section):
     ttl_seconds: float = Field(3600.0, gt=0)
     #: ``monitord_accuracy`` is the share of correct predictions among the last N labelled.
     accuracy_window: int = Field(500, gt=0)
+    #: ... once at least this many labelled predictions are in the window (NaN before):
+    #: one wrong label must not read as 0 % accuracy.
+    min_labels: int = Field(50, gt=0)
+    #: ... and NaN once no label came for this many seconds (evaluated at each scrape); the
+    #: next label starts a new window.
+    accuracy_max_age_seconds: float = Field(3600.0, gt=0)
     #: Largest ``POST /v1/feedback`` body in bytes, and most records in one request.
     max_body_bytes: int = Field(MiB, gt=0)
     max_records: int = Field(10_000, gt=0)
+
+    @model_validator(mode="after")
+    def _min_labels_fit_the_window(self) -> "FeedbackSettings":
+        if self.min_labels > self.accuracy_window:
+            raise ValueError(
+                f"feedback.min_labels ({self.min_labels}) is larger than feedback.accuracy_window "
+                f"({self.accuracy_window}), so monitord_accuracy could never be a number; "
+                "lower min_labels or raise accuracy_window"
+            )
+        return self
 
 
 class SnapshotSettings(_Section):

@@ -100,8 +100,11 @@ def build_sinks(
             factory = factory_for(spec.type)
         except Exception as error:
             raise ValueError(f"{where}: {error}") from None
+        context = make_context(spec)
         try:
-            sinks.append(factory(make_context(spec)))
+            sinks.append(factory(context))
         except (ValueError, TypeError) as error:
             raise ValueError(f"{where}: {error}") from None
+        # Every sink's outcome series from the first scrape, also a plugin's that declares none.
+        context.metrics.declare_sink(spec.label)
     return sinks
