@@ -36,6 +36,7 @@ shutdown_timeout = 5.0
 interval_seconds = 0.5
 [alerts]
 cooldown_seconds = 2.0
+resolve_after_samples = 1
 warning_alerts = false
 renotify_seconds = 0
 [[detectors]]

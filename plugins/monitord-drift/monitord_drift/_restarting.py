@@ -44,6 +44,9 @@ class Scan(NamedTuple):
     threshold: np.ndarray | float
     #: Whether the scan stopped at a drift and restarted the statistic.
     restarted: bool
+    #: Per sample, whether a change found there moves back toward the reference (None:
+    #: the detector cannot tell); becomes ``DriftEvent.toward_reference``.
+    toward: np.ndarray | None = None
 
 
 def run_batch(detector: DriftDetector, values: np.ndarray, scan: Callable[[np.ndarray], Scan]) -> list[DriftEvent]:
@@ -72,7 +75,10 @@ def run_batch(detector: DriftDetector, values: np.ndarray, scan: Callable[[np.nd
         1: _joined([found.warning_threshold for found in scans], [len(found.codes) for found in scans]),
         2: _joined([found.threshold for found in scans], [len(found.codes) for found in scans]),
     }
-    return detector._events_from_codes(codes, statistic, thresholds)
+    toward = None
+    if all(found.toward is not None for found in scans):
+        toward = np.concatenate([found.toward for found in scans])
+    return detector._events_from_codes(codes, statistic, thresholds, toward)
 
 
 def carry_levels(codes: np.ndarray, before: int) -> np.ndarray:

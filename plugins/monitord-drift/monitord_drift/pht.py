@@ -84,6 +84,12 @@ class PageHinkley(DriftDetector):
     $\{0, \dots, 7\}$) keeps alarming every few dozen samples: the stream is still
     unlike the reference, in units of the reference.
 
+    Each event says whether the shift it found points back toward the reference
+    (``toward_reference``): true where the mean since the last restart lies more than
+    ``delta`` off the reference mean and the shift goes back toward it, as when a drifted
+    stream returns to normal. The alerting takes such an event as the end of a drift, not
+    as a new one.
+
     A reference without spread (a constant, or a standard deviation below $10^{-9}$ of
     its magnitude) gives no unit to standardise with: the test then runs in the raw units
     of the signal ($\sigma_R$ taken as 1, as the other libraries do) and logs a warning.
@@ -224,16 +230,24 @@ class PageHinkley(DriftDetector):
         deviation = z - mean_sums / (self._mean_count + steps)
         ages = self._age + steps
         growth, decay = self._growth[ages], self._decay[ages]
-        sums, minima, statistic = [], [], None
+        sums, minima, statistic, direction = [], [], None, None
         for side, sum0, min0 in zip(self._sides, self._sums, self._minima):
             scaled = (side * deviation - self.delta) * growth
             running = np.cumsum(np.concatenate(([sum0], scaled)))[1:]
             lowest = np.minimum.accumulate(np.concatenate(([min0], running)))[1:]
             value = (running - lowest) * decay
-            statistic = value if statistic is None else np.maximum(statistic, value)
+            if statistic is None:
+                statistic, direction = value, np.full(size, side)
+            else:
+                direction = np.where(value > statistic, side, direction)
+                statistic = np.maximum(statistic, value)
             sums.append(running)
             minima.append(lowest)
-        assert statistic is not None
+        assert statistic is not None and direction is not None
+        # Back toward the reference: the mean since the last restart lies more than delta
+        # off the reference mean (0 here) and the shift found points back to it.
+        regime = mean_sums / (self._mean_count + steps)
+        toward = (np.abs(regime) > self.delta) & (direction * regime < 0)
         tested = self._run + steps >= self.min_samples
         drift = tested & (statistic > self.threshold)
         stop = int(np.argmax(drift)) if drift.any() else size - 1
@@ -253,7 +267,7 @@ class PageHinkley(DriftDetector):
                 self._sums = [self._side_statistic(i) for i in range(len(self._sides))]
                 self._minima = [0.0 for _ in self._sides]
                 self._age = 0
-        return Scan(codes, statistic[: stop + 1], self._warning, self.threshold, restarted)
+        return Scan(codes, statistic[: stop + 1], self._warning, self.threshold, restarted, toward[: stop + 1])
 
     def _side_statistic(self, side: int) -> float:
         return float((self._sums[side] - self._minima[side]) * self._decay[self._age])
