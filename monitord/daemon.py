@@ -25,7 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from monitord.alerting.dispatcher import AlertDispatcher
-from monitord.alerting.episodes import AlertSource
+from monitord.alerting.episodes import AlertSource, default_instance
 from monitord.alerting.sinks import Sink, SinkContext, build_sinks
 from monitord.api import add_api_routes
 from monitord.detectors import DetectorStage
@@ -110,7 +110,7 @@ class Daemon:
 
     @property
     def instance(self) -> str:
-        return self.settings.alerts.instance or f"{socket.gethostname()}:{self.settings.http.port}"
+        return self.settings.alerts.instance or default_instance(self.settings.http.host, self.settings.http.port)
 
     def _sink_context(self, spec: SinkSpec) -> SinkContext:
         return SinkContext(

@@ -220,7 +220,9 @@ class AlertSettings(_Section):
     renotify_seconds: float = Field(3600.0, ge=0)
     #: Base of each alert's generatorURL; default ``http://<http.host>:<http.port>``.
     external_url: str = ""
-    #: The ``instance`` label; default ``<hostname>:<http.port>``.
+    #: The ``instance`` label; default ``<http.host>:<http.port>`` (the host name for a
+    #: wildcard host), what Prometheus calls a scrape target written that way. Set it to
+    #: the target Prometheus scrapes when that is another name.
     instance: str = ""
 
 

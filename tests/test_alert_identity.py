@@ -5,8 +5,8 @@ inhibit rule that keeps replicas apart. Checked against the real Alertmanager wh
 
 from __future__ import annotations
 
+import json
 import socket
-import time
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from monitord.alerting.alert import Alert, fingerprint
-from monitord.alerting.episodes import AlertSource, DetectorAlerts, default_instance
+from monitord.alerting.episodes import AlertSource, DetectorAlerts
 from monitord.alerting.sinks import SinkContext
 from monitord.builtin.alertmanager_sink import AlertmanagerSink
 from monitord.builtin.webhook_sink import WebhookSink
@@ -145,6 +145,8 @@ async def test_alertmanager_refreshes_carry_keys_of_their_own(tmp_path: Path) ->
 
 
 def test_the_default_instance_is_the_scrape_target() -> None:
+    from monitord.alerting.episodes import default_instance
+
     defaults = Settings(_env_file=None)
     target = yaml.safe_load((CONFIGS / "local" / "prometheus.yml").read_text())
     (scrape,) = [job for job in target["scrape_configs"] if job["job_name"] == "monitord"]
@@ -190,6 +192,21 @@ def post_image(daemon: DaemonProcess, level: int) -> None:
         assert response.status == 200
 
 
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def notified(receiver: WebhookReceiver, status: str, time_field: str, since: str) -> bool:
+    """Whether an alert of ``status`` with ``time_field`` at or after ``since`` arrived."""
+    return any(alert["status"] == status and alert[time_field] >= since
+               for body in receiver.bodies() for alert in body["alerts"])
+
+
+def detector_samples(daemon: DaemonProcess) -> int:
+    (detector,) = get_json(daemon.url + "/v1/detectors")["detectors"]
+    return detector["samples"]
+
+
 def test_an_episode_continues_across_a_restart_on_another_port(tmp_path: Path) -> None:
     receiver = WebhookReceiver()
     env = {**install_testplugin(tmp_path / "site"), "MONITORD_LOAD_PLUGINS": "monitord-testplugin"}
@@ -203,11 +220,14 @@ def test_an_episode_continues_across_a_restart_on_another_port(tmp_path: Path) -
         assert first.terminate() == 0
 
         second.start()  # same state_dir, another port
-        time.sleep(1.5)  # three cool-downs: a wrongly orphaned episode would have resolved by now
+        post_image(second, 250)  # the detector (restored at drift) stays there: the same episode
+        wait_for(lambda: detector_samples(second) == 2, 15, message="the detector to take the image")
+        dark_at = now()
         post_image(second, 5)
-        wait_for(lambda: len(receiver.bodies()) >= 2, 15, message="the resolved alert")
+        wait_for(lambda: notified(receiver, "resolved", "endsAt", dark_at), 15, message="the resolved alert")
+        bright_at = now()
         post_image(second, 250)  # a new episode, under this run's instance
-        wait_for(lambda: len(receiver.bodies()) >= 3, 15, message="the second episode")
+        wait_for(lambda: notified(receiver, "firing", "startsAt", bright_at), 15, message="the second episode")
         assert second.terminate() == 0
     finally:
         first.kill()
@@ -223,8 +243,6 @@ def test_an_episode_continues_across_a_restart_on_another_port(tmp_path: Path) -
 
 
 def post_alerts(url: str, alerts: list[dict]) -> None:
-    import json
-
     request = urllib.request.Request(url + "/api/v2/alerts", data=json.dumps(alerts).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
     urllib.request.urlopen(request, timeout=10).close()

@@ -19,6 +19,7 @@ detector is at drift too.
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,6 +36,11 @@ SEVERITIES: dict[str, tuple[str, str]] = {
 }
 
 
+#: Labels that do not identify an episode: a restart with another ``instance`` (another
+#: port, say) continues the episodes saved before it, under the labels they fired with.
+NOT_IDENTITY = frozenset({"instance"})
+
+
 @dataclass(frozen=True)
 class AlertSource:
     """Who raises the alerts: the labels common to a daemon's alerts, and the link back."""
@@ -42,6 +48,17 @@ class AlertSource:
     model: str
     instance: str
     generator_url: str
+
+
+def default_instance(host: str, port: int) -> str:
+    """The ``instance`` label Prometheus gives a scrape target ``<host>:<port>``: the
+    daemon's own alerts carry it too, so the two can be matched. A wildcard bind
+    (0.0.0.0, ::) names no host: the machine's host name stands in for it."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}"
 
 
 @dataclass
@@ -136,7 +153,7 @@ class DetectorAlerts:
             renotify = self.settings.renotify_seconds
             if renotify > 0 and now - episode.last_notified >= renotify:
                 episode.last_notified = now
-                notify.append(episode.alert)
+                notify.append(episode.alert.notified(_utc(self._wall())))
         return notify
 
     def tick(self, state: DetectorState) -> list[Alert]:
@@ -150,6 +167,15 @@ class DetectorAlerts:
         if severity in SEVERITIES:
             now = self._clock()
             self.open[severity] = _Episode(alert, now, state.samples, now)
+
+    def continues(self, alert: Alert) -> bool:
+        """Whether a saved ``alert`` is an episode of this detector: the same labels but
+        for those that do not identify an episode (``NOT_IDENTITY``)."""
+        severity = alert.labels.get("severity", "")
+        if severity not in SEVERITIES:
+            return False
+        ours = {name: value for name, value in self.labels(severity).items() if name not in NOT_IDENTITY}
+        return {name: value for name, value in alert.labels.items() if name not in NOT_IDENTITY} == ours
 
     def firing(self) -> list[Alert]:
         return [episode.alert for episode in self.open.values()]
@@ -174,6 +200,7 @@ class DetectorAlerts:
             f"no longer look like its reference. Check GET /v1/detectors and the drift panels of the "
             f"dashboard; the alert resolves once the detector {quiet}."
         )
+        started = _utc(self._wall())
         return Alert(
             labels=self.labels(severity),
             annotations={
@@ -182,6 +209,7 @@ class DetectorAlerts:
                 "summary": summary,
                 "description": description,
             },
-            starts_at=_utc(self._wall()),
+            starts_at=started,
             generator_url=self.source.generator_url,
+            notified_at=started,
         )

@@ -2,10 +2,11 @@
 
 Each notification (one alert: firing, re-notified or resolved) is POSTed to every URL in
 ``urls`` as the JSON body Alertmanager's webhook receiver sends, so receivers written for
-Alertmanager take it unchanged. Headers: ``Idempotency-Key: <fingerprint>-<status>-<startsAt>``
-(the same for every copy of one notification, so a receiver can drop duplicates) and, with
-a ``secret``, ``X-Monitord-Signature: sha256=<hex HMAC-SHA256 of the body>``. Delivery is
-spooled and retried (``monitord.alerting.delivery``).
+Alertmanager take it unchanged. Headers: ``Idempotency-Key:
+<fingerprint>-<status>-<startsAt>-<notifiedAt>`` (the same for every copy and every retry
+of one notification, so a receiver can drop duplicates, and another for each
+re-notification) and, with a ``secret``, ``X-Monitord-Signature: sha256=<hex HMAC-SHA256
+of the body>``. Delivery is spooled and retried (``monitord.alerting.delivery``).
 """
 
 from __future__ import annotations
