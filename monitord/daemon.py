@@ -40,6 +40,7 @@ from monitord.plugins import PluginHost
 from monitord.predictions_log import PredictionsLog
 from monitord.settings import Settings, SinkSpec
 from monitord.snapshots import DetectorSnapshots, reference_fingerprint
+from monitord.state_files import prepare_state_dir
 from monitord.sources import Source, SourceContext
 
 log = logging.getLogger("monitord")
@@ -61,6 +62,7 @@ class StartupError(Exception):
 
 class Daemon:
     def __init__(self, settings: Settings, plugins: PluginHost) -> None:
+        prepare_state_dir(Path(settings.state_dir))  # 0700, before anything is written in it
         self.settings = settings
         self.plugins = plugins
         self.metrics = Metrics()

@@ -65,8 +65,8 @@ class AlertmanagerSink:
     def __init__(self, context: SinkContext) -> None:
         self.options: AlertmanagerOptions = AlertmanagerOptions.parse(context.options)  # type: ignore[assignment]
         self.name = context.name
-        self.delivery = HttpDelivery(context, self.options)
         self.endpoints = [url.rstrip("/") + API_PATH for url in self.options.urls]
+        self.delivery = HttpDelivery(context, self.options, self.endpoints)
         #: Firing alerts by fingerprint, re-posted every refresh_seconds.
         self.firing: dict[str, Alert] = {}
         self._refresher: asyncio.Task[None] | None = None
@@ -108,12 +108,10 @@ class AlertmanagerSink:
 
     async def _post(self, alerts: Sequence[Alert]) -> None:
         ends_at = datetime.fromtimestamp(time.time() + self.options.ends_after_seconds, timezone.utc)
-        requests = []
-        for alert in alerts:
-            body = json.dumps([postable_alert(alert, ends_at)]).encode()
-            headers = {"Idempotency-Key": alert.idempotency_key}
-            requests.extend((url, body, headers) for url in self.endpoints)
-        await self.delivery.enqueue(requests)
+        await self.delivery.enqueue([
+            (json.dumps([postable_alert(alert, ends_at)]).encode(), {"Idempotency-Key": alert.idempotency_key})
+            for alert in alerts
+        ])
 
 
 @hookimpl
