@@ -44,8 +44,9 @@ class Scan(NamedTuple):
     threshold: np.ndarray | float
     #: Whether the scan stopped at a drift and restarted the statistic.
     restarted: bool
-    #: Per sample, whether a change found there moves back toward the reference (None:
-    #: the detector cannot tell); becomes ``DriftEvent.toward_reference``.
+    #: Per sample, whether a change found there moves back toward the reference; becomes
+    #: ``DriftEvent.toward_reference``. None: the detector cannot tell, or no sample of the
+    #: scan is at a level (so it holds no event).
     toward: np.ndarray | None = None
 
 
@@ -76,8 +77,10 @@ def run_batch(detector: DriftDetector, values: np.ndarray, scan: Callable[[np.nd
         2: _joined([found.threshold for found in scans], [len(found.codes) for found in scans]),
     }
     toward = None
-    if all(found.toward is not None for found in scans):
-        toward = np.concatenate([found.toward for found in scans])
+    if any(found.toward is not None for found in scans):
+        toward = np.concatenate([
+            np.zeros(len(found.codes), dtype=bool) if found.toward is None else found.toward for found in scans
+        ])
     return detector._events_from_codes(codes, statistic, thresholds, toward)
 
 

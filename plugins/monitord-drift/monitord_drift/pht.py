@@ -230,28 +230,23 @@ class PageHinkley(DriftDetector):
         deviation = z - mean_sums / (self._mean_count + steps)
         ages = self._age + steps
         growth, decay = self._growth[ages], self._decay[ages]
-        sums, minima, statistic, direction = [], [], None, None
+        sums, minima, values = [], [], []
         for side, sum0, min0 in zip(self._sides, self._sums, self._minima):
             scaled = (side * deviation - self.delta) * growth
             running = np.cumsum(np.concatenate(([sum0], scaled)))[1:]
             lowest = np.minimum.accumulate(np.concatenate(([min0], running)))[1:]
-            value = (running - lowest) * decay
-            if statistic is None:
-                statistic, direction = value, np.full(size, side)
-            else:
-                direction = np.where(value > statistic, side, direction)
-                statistic = np.maximum(statistic, value)
+            values.append((running - lowest) * decay)
             sums.append(running)
             minima.append(lowest)
-        assert statistic is not None and direction is not None
-        # Back toward the reference: the mean since the last restart lies more than delta
-        # off the reference mean (0 here) and the shift found points back to it.
-        regime = mean_sums / (self._mean_count + steps)
-        toward = (np.abs(regime) > self.delta) & (direction * regime < 0)
+        statistic = values[0] if len(values) == 1 else np.maximum(values[0], values[1])
+        above_warning = statistic > self._warning
+        toward = None  # no sample at a level: no event to say it of
+        if above_warning.any():
+            toward = self._toward_reference(values, mean_sums, self._mean_count + steps, above_warning)
         tested = self._run + steps >= self.min_samples
         drift = tested & (statistic > self.threshold)
         stop = int(np.argmax(drift)) if drift.any() else size - 1
-        codes = np.where(statistic > self.threshold, 2, np.where(statistic > self._warning, 1, 0))
+        codes = np.where(statistic > self.threshold, 2, np.where(above_warning, 1, 0))
         codes = np.where(tested, codes, CARRY)[: stop + 1]
         restarted = bool(drift[stop])
         if restarted:
@@ -267,7 +262,24 @@ class PageHinkley(DriftDetector):
                 self._sums = [self._side_statistic(i) for i in range(len(self._sides))]
                 self._minima = [0.0 for _ in self._sides]
                 self._age = 0
-        return Scan(codes, statistic[: stop + 1], self._warning, self.threshold, restarted, toward[: stop + 1])
+        return Scan(codes, statistic[: stop + 1], self._warning, self.threshold, restarted,
+                    None if toward is None else toward[: stop + 1])
+
+    def _toward_reference(
+        self, values: list[np.ndarray], mean_sums: np.ndarray, counts: np.ndarray, above_warning: np.ndarray
+    ) -> np.ndarray:
+        """Per sample, whether the shift found there points back toward the reference: the
+        mean since the last restart (0 being the reference's) lies more than ``delta`` off
+        it, and the side that leads points back. Worked out only where a level can rise."""
+        toward = np.zeros(len(above_warning), dtype=bool)
+        rising = np.flatnonzero(above_warning)
+        regime = mean_sums[rising] / counts[rising]
+        if len(values) == 1:
+            leading = np.full(len(rising), self._sides[0])
+        else:
+            leading = np.where(values[1][rising] > values[0][rising], self._sides[1], self._sides[0])
+        toward[rising] = (np.abs(regime) > self.delta) & (leading * regime < 0)
+        return toward
 
     def _side_statistic(self, side: int) -> float:
         return float((self._sums[side] - self._minima[side]) * self._decay[self._age])
