@@ -30,13 +30,17 @@ class DriftEvent:
     """A detector crossed into ``level`` at ``index`` within the batch it was given.
 
     ``statistic`` and ``threshold`` are the values at that sample (the threshold of the
-    level crossed), for alerts and for ``monitord replay``.
+    level crossed), for alerts and for ``monitord replay``. ``toward_reference`` says
+    whether the change moves the signal back toward the detector's reference (True: a
+    return to normal after a drift, which must not open a new alert episode), away from
+    it (False), or that the detector cannot tell (None).
     """
 
     index: int
     level: Level
     statistic: float | None = None
     threshold: float | None = None
+    toward_reference: bool | None = None
 
 
 @dataclass(frozen=True)

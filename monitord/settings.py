@@ -225,13 +225,20 @@ class AlertSettings(_Section):
     enabled: bool = True
     #: Also raise ``severity="warning"`` alerts (``MonitordDriftWarning``) at the warning level.
     warning_alerts: bool = True
-    #: An episode resolves once its detector stayed below the level this many seconds.
+    #: An episode resolves once its detector has seen ``resolve_after_samples`` samples
+    #: without coming back to the level, and at least this many seconds passed since it
+    #: last did. Time alone never resolves: a traffic pause keeps an episode open.
     cooldown_seconds: float = Field(60.0, ge=0)
+    #: Samples without a detection before an episode resolves: above the gaps at which a
+    #: restarting detector (PHT, the DDM family) re-detects a change that persists.
+    resolve_after_samples: int = Field(1000, ge=1)
     #: Re-send a still-firing alert this often; 0 never re-sends.
     renotify_seconds: float = Field(3600.0, ge=0)
     #: Base of each alert's generatorURL; default ``http://<http.host>:<http.port>``.
     external_url: str = ""
-    #: The ``instance`` label; default ``<hostname>:<http.port>``.
+    #: The ``instance`` label; default ``<http.host>:<http.port>`` (the host name for a
+    #: wildcard host), what Prometheus calls a scrape target written that way. Set it to
+    #: the target Prometheus scrapes when that is another name.
     instance: str = ""
 
 

@@ -39,7 +39,8 @@ class SinkContext:
     type: str
     #: The sink's own keys from its ``[[sinks]]`` table.
     options: dict[str, Any]
-    #: The daemon's state folder; spooling sinks keep ``<state_dir>/spool/<name>/``.
+    #: The daemon's state folder; spooling sinks keep ``<state_dir>/spool/<name>/``. What a
+    #: sink writes there must be private (``monitord.state_files``) and hold no credential.
     state_dir: Path
     metrics: Metrics
     alerts: AlertSettings = field(default_factory=AlertSettings)
