@@ -25,7 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from monitord.alerting.dispatcher import AlertDispatcher
-from monitord.alerting.episodes import AlertSource
+from monitord.alerting.episodes import AlertSource, default_instance
 from monitord.alerting.sinks import Sink, SinkContext, build_sinks
 from monitord.api import add_api_routes
 from monitord import reference_cache
@@ -42,6 +42,7 @@ from monitord.plugins import PluginHost
 from monitord.predictions_log import PredictionsLog
 from monitord.settings import Settings, SinkSpec
 from monitord.snapshots import DetectorSnapshots, reference_fingerprint
+from monitord.state_files import prepare_state_dir
 from monitord.sources import Source, SourceContext
 
 log = logging.getLogger("monitord")
@@ -63,6 +64,7 @@ class StartupError(Exception):
 
 class Daemon:
     def __init__(self, settings: Settings, plugins: PluginHost) -> None:
+        prepare_state_dir(Path(settings.state_dir))  # 0700, before anything is written in it
         self.settings = settings
         self.plugins = plugins
         self.metrics = Metrics()
@@ -114,7 +116,7 @@ class Daemon:
 
     @property
     def instance(self) -> str:
-        return self.settings.alerts.instance or f"{socket.gethostname()}:{self.settings.http.port}"
+        return self.settings.alerts.instance or default_instance(self.settings.http.host, self.settings.http.port)
 
     def _sink_context(self, spec: SinkSpec) -> SinkContext:
         return SinkContext(

@@ -21,6 +21,8 @@ log = logging.getLogger("monitord.detectors")
 
 Level = Literal["ok", "warning", "drift"]
 LEVEL_VALUES: dict[str, int] = {"ok": 0, "warning": 1, "drift": 2}
+#: The levels a ``DriftEvent`` can have: the ``level`` label of ``monitord_drift_events_total``.
+EVENT_LEVELS: tuple[Level, ...] = ("warning", "drift")
 
 
 @dataclass(frozen=True)
@@ -28,13 +30,17 @@ class DriftEvent:
     """A detector crossed into ``level`` at ``index`` within the batch it was given.
 
     ``statistic`` and ``threshold`` are the values at that sample (the threshold of the
-    level crossed), for alerts and for ``monitord replay``.
+    level crossed), for alerts and for ``monitord replay``. ``toward_reference`` says
+    whether the change moves the signal back toward the detector's reference (True: a
+    return to normal after a drift, which must not open a new alert episode), away from
+    it (False), or that the detector cannot tell (None).
     """
 
     index: int
     level: Level
     statistic: float | None = None
     threshold: float | None = None
+    toward_reference: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,7 @@ class DetectorStage:
         #: (possibly none), e.g. the alert state machines.
         self.listeners: list[Callable[[list[tuple[WatchedDetector, list[DriftEvent]]]], None]] = []
         for watched in self.detectors:
+            self._declare(watched.spec)
             self._export(watched)
 
     @classmethod
@@ -203,6 +210,14 @@ class DetectorStage:
         if len(columns) == 1:
             return np.asarray(columns[0], dtype=np.float64)
         return np.column_stack(columns).astype(np.float64, copy=False)
+
+    def _declare(self, spec: DetectorSpec) -> None:
+        """Create the detector's counter series at 0: one that first appears at 1 hides its
+        first event from ``increase()`` and ``rate()`` (the rules, the dashboard)."""
+        labels = self._labels(spec)
+        for level in EVENT_LEVELS:
+            self._metrics.drift_events.labels(*labels, level)
+        self._metrics.detector_errors.labels(*labels)
 
     def _export(self, watched: WatchedDetector) -> None:
         state = watched.detector.state

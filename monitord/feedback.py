@@ -107,18 +107,33 @@ class Feedback:
         self.settings = settings
         self._metrics = metrics
         self.pending = PendingPredictions(settings.max_pending, settings.ttl_seconds, clock)
-        self._recent: deque[bool] = deque(maxlen=settings.accuracy_window)
+        self._clock = clock
+        self._recent: deque[bool] = deque()
+        self._recent_correct = 0
+        self._last_label: float | None = None
         self._classes: frozenset[str] = frozenset()
         self._detectors: DetectorStage | None = None
         self._warned_labels: set[str] = set()
+        # Read at every scrape, so the accuracy goes NaN when labels stop without a new one.
+        metrics.accuracy.set_function(lambda: nan_for_none(self.accuracy))
+        metrics.accuracy_labels.set_function(lambda: self.accuracy_labels)
 
     def attach(self, class_names: Iterable[str], detectors: DetectorStage) -> None:
         self._classes = frozenset(class_names)
         self._detectors = detectors
 
     @property
+    def accuracy_labels(self) -> int:
+        """Labelled predictions the accuracy rests on: the window, or none once it is stale."""
+        return 0 if self._stale() else len(self._recent)
+
+    @property
     def accuracy(self) -> float | None:
-        return sum(self._recent) / len(self._recent) if self._recent else None
+        """Share right in the window; None below ``min_labels`` labels or once stale."""
+        labels = self.accuracy_labels
+        if labels < self.settings.min_labels:
+            return None
+        return self._recent_correct / labels
 
     def observe(self, predictions: Sequence[Prediction]) -> None:
         """Score predictions that came with a label; keep the others for a later one."""
@@ -156,11 +171,21 @@ class Feedback:
     def _score(self, correct: list[bool]) -> None:
         if not correct:
             return
-        self._recent.extend(correct)
-        self._metrics.accuracy.set(self.accuracy)
+        if self._stale():  # after a gap, old labels describe another time
+            self._recent.clear()
+            self._recent_correct = 0
+        for right in correct:
+            if len(self._recent) == self.settings.accuracy_window:
+                self._recent_correct -= self._recent.popleft()
+            self._recent.append(right)
+            self._recent_correct += right
+        self._last_label = self._clock()
         if self._detectors is not None:
             errors = 1.0 - np.asarray(correct, dtype=np.float64)
             self._detectors.update({ERROR_SIGNAL: errors}, from_model=False)
+
+    def _stale(self) -> bool:
+        return self._last_label is None or self._clock() - self._last_label > self.settings.accuracy_max_age_seconds
 
     def _known_label(self, label: str, source: str) -> bool:
         if label in self._classes:
@@ -173,6 +198,10 @@ class Feedback:
     def _unknown_label(self, label: str) -> str:
         shown = ", ".join(sorted(self._classes)[:20])
         return f"label {label!r} is not one of the model's classes ({shown})"
+
+
+def nan_for_none(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 _REASONS = {

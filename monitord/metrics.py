@@ -99,10 +99,16 @@ class Metrics:
         )
         self.accuracy = Gauge(
             "monitord_accuracy",
-            "Share of correct predictions among the most recent labelled ones (feedback.accuracy_window).",
+            "Share of correct predictions among the most recent labelled ones (feedback.accuracy_window); "
+            "NaN below feedback.min_labels labels and after feedback.accuracy_max_age_seconds without one.",
             registry=r,
         )
         self.accuracy.set(float("nan"))
+        self.accuracy_labels = Gauge(
+            "monitord_accuracy_labels",
+            "Labelled predictions monitord_accuracy is computed from (0 once it is NaN for want of new labels).",
+            registry=r,
+        )
         self.feedback = Counter(
             "monitord_feedback", "Labels received, by how they joined a prediction.", ["outcome"], registry=r
         )

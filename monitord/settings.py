@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     SettingsError as PydanticSettingsError,
@@ -124,9 +124,25 @@ class FeedbackSettings(_Section):
     ttl_seconds: float = Field(3600.0, gt=0)
     #: ``monitord_accuracy`` is the share of correct predictions among the last N labelled.
     accuracy_window: int = Field(500, gt=0)
+    #: ... once at least this many labelled predictions are in the window (NaN before):
+    #: one wrong label must not read as 0 % accuracy.
+    min_labels: int = Field(50, gt=0)
+    #: ... and NaN once no label came for this many seconds (evaluated at each scrape); the
+    #: next label starts a new window.
+    accuracy_max_age_seconds: float = Field(3600.0, gt=0)
     #: Largest ``POST /v1/feedback`` body in bytes, and most records in one request.
     max_body_bytes: int = Field(MiB, gt=0)
     max_records: int = Field(10_000, gt=0)
+
+    @model_validator(mode="after")
+    def _min_labels_fit_the_window(self) -> "FeedbackSettings":
+        if self.min_labels > self.accuracy_window:
+            raise ValueError(
+                f"feedback.min_labels ({self.min_labels}) is larger than feedback.accuracy_window "
+                f"({self.accuracy_window}), so monitord_accuracy could never be a number; "
+                "lower min_labels or raise accuracy_window"
+            )
+        return self
 
 
 class SnapshotSettings(_Section):
@@ -211,13 +227,20 @@ class AlertSettings(_Section):
     enabled: bool = True
     #: Also raise ``severity="warning"`` alerts (``MonitordDriftWarning``) at the warning level.
     warning_alerts: bool = True
-    #: An episode resolves once its detector stayed below the level this many seconds.
+    #: An episode resolves once its detector has seen ``resolve_after_samples`` samples
+    #: without coming back to the level, and at least this many seconds passed since it
+    #: last did. Time alone never resolves: a traffic pause keeps an episode open.
     cooldown_seconds: float = Field(60.0, ge=0)
+    #: Samples without a detection before an episode resolves: above the gaps at which a
+    #: restarting detector (PHT, the DDM family) re-detects a change that persists.
+    resolve_after_samples: int = Field(1000, ge=1)
     #: Re-send a still-firing alert this often; 0 never re-sends.
     renotify_seconds: float = Field(3600.0, ge=0)
     #: Base of each alert's generatorURL; default ``http://<http.host>:<http.port>``.
     external_url: str = ""
-    #: The ``instance`` label; default ``<hostname>:<http.port>``.
+    #: The ``instance`` label; default ``<http.host>:<http.port>`` (the host name for a
+    #: wildcard host), what Prometheus calls a scrape target written that way. Set it to
+    #: the target Prometheus scrapes when that is another name.
     instance: str = ""
 
 

@@ -101,6 +101,8 @@ class WebhookReceiver:
         self.url = f"http://127.0.0.1:{self.port}/hook"
         self.received: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        #: Path and query string of each request.
+        self.paths: list[str] = []
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -113,6 +115,7 @@ class WebhookReceiver:
         with self._lock:
             self.received.append(body)
             self.headers.append(dict(request.headers))
+            self.paths.append(request.path_qs)
         return web.json_response({"ok": True})
 
     async def _start(self) -> None:

@@ -60,8 +60,8 @@ async def settle() -> None:
 
 async def dispatcher(tmp_path: Path, detectors: DetectorStage, clock: Clock) -> tuple[AlertDispatcher, RecordingSink]:
     sink = RecordingSink()
-    alerting = AlertDispatcher(AlertSettings(cooldown_seconds=5), [sink], SOURCE, tmp_path, clock.monotonic,
-                               clock.wall, tick_seconds=3600)
+    alerting = AlertDispatcher(AlertSettings(cooldown_seconds=5, resolve_after_samples=1), [sink], SOURCE, tmp_path,
+                               clock.monotonic, clock.wall, tick_seconds=3600)
     alerting.attach(detectors)
     await alerting.start()
     return alerting, sink

@@ -112,7 +112,8 @@ async def test_webhook_posts_the_alertmanager_payload_signed_to_every_url(tmp_pa
     }
     expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     assert headers["X-Monitord-Signature"] == f"sha256={expected}"
-    assert headers["Idempotency-Key"] == f"{alert().fingerprint}-firing-2024-05-01T12:00:00.000Z"
+    assert headers["Idempotency-Key"] == alert().idempotency_key == (
+        f"{alert().fingerprint}-firing-2024-05-01T12:00:00.000Z-2024-05-01T12:00:00.000Z")
     assert headers["Content-Type"] == "application/json"
     assert count(metrics, "hook", "delivered") == 2 and count(metrics, "hook", "failed") == 0
     assert metrics.registry.get_sample_value("monitord_alert_spool_depth", {"sink": "hook"}) == 0

@@ -23,13 +23,13 @@ class Clock:
         return 1_700_000_000.0 + self.t
 
 
-def state(level: str, statistic: float = 1.0) -> DetectorState:
-    return DetectorState(statistic=statistic, threshold=0.5, p_value=None, level=level, samples=10,
+def state(level: str, statistic: float = 1.0, samples: int = 10) -> DetectorState:
+    return DetectorState(statistic=statistic, threshold=0.5, p_value=None, level=level, samples=samples,
                          warning_threshold=0.3)
 
 
 def machine(clock: Clock, **settings) -> DetectorAlerts:
-    defaults = {"cooldown_seconds": 10, "renotify_seconds": 0}
+    defaults = {"cooldown_seconds": 10, "renotify_seconds": 0, "resolve_after_samples": 5}
     return DetectorAlerts("pht_confidence", "pht", "confidence", SOURCE, AlertSettings(**{**defaults, **settings}),
                           clock.monotonic, clock.wall)
 
@@ -37,30 +37,34 @@ def machine(clock: Clock, **settings) -> DetectorAlerts:
 DRIFT = [DriftEvent(3, "drift", 0.93, 0.5)]
 
 
-def test_one_episode_despite_flapping_then_resolved_after_the_cool_down() -> None:
+def test_one_episode_despite_flapping_then_resolved_after_quiet_samples() -> None:
     clock = Clock()
-    alerts = machine(clock, warning_alerts=False)
+    alerts = machine(clock, warning_alerts=False, resolve_after_samples=25)
+    samples = 10
     # PHT-like: raises drift and restarts at once, so the level after the batch is ok.
-    (fired,) = alerts.observe(state("ok"), DRIFT)
+    (fired,) = alerts.observe(state("ok", samples=samples), DRIFT)
     assert fired.status == "firing" and fired.labels["severity"] == "critical"
     assert fired.labels["alertname"] == "MonitordDrift"
-    for _ in range(20):  # re-fires every 5 s: never 10 s below the level
+    for _ in range(20):  # re-fires every 20 samples (5 s): never 25 samples without
         clock.t += 5
-        assert alerts.observe(state("ok"), DRIFT) == []
+        samples += 20
+        assert alerts.observe(state("ok", samples=samples), DRIFT) == []
         clock.t += 0.5
-        assert alerts.tick(state("ok")) == []
-    clock.t += 9.0  # 9.5 s since the last drift event
-    assert alerts.tick(state("ok")) == []
-    clock.t += 0.5
-    (resolved,) = alerts.tick(state("ok"))
+        assert alerts.tick(state("ok", samples=samples)) == []
+    clock.t += 600  # ten minutes without images: time alone resolves nothing
+    assert alerts.tick(state("ok", samples=samples)) == []
+    samples += 24
+    assert alerts.observe(state("ok", samples=samples)) == []
+    samples += 1
+    (resolved,) = alerts.observe(state("ok", samples=samples))
     assert resolved.status == "resolved" and resolved.fingerprint == fired.fingerprint
     assert resolved.starts_at == fired.starts_at and resolved.ends_at is not None
     assert resolved.ends_at > resolved.starts_at
     assert resolved.to_webhook()["endsAt"].endswith("Z") and resolved.to_webhook()["endsAt"] != ZERO_TIME
-    assert alerts.tick(state("ok")) == []
+    assert alerts.tick(state("ok", samples=samples)) == []
     # a new episode afterwards is a new alert (same labels, later startsAt)
     clock.t += 1
-    (again,) = alerts.observe(state("drift"), [])
+    (again,) = alerts.observe(state("drift", samples=samples + 1), [])
     assert again.fingerprint == fired.fingerprint and again.starts_at > fired.starts_at
 
 
@@ -71,9 +75,9 @@ def test_a_detector_that_stays_at_drift_without_traffic_keeps_firing() -> None:
     clock.t += 1000
     assert alerts.tick(state("drift")) == []  # still at drift: no resolve
     clock.t += 5
-    assert alerts.observe(state("ok"), []) == []
+    assert alerts.observe(state("ok", samples=15), []) == []
     clock.t += 10
-    assert [a.status for a in alerts.tick(state("ok"))] == ["resolved"]
+    assert [a.status for a in alerts.tick(state("ok", samples=15))] == ["resolved"]
 
 
 def test_renotify_resends_the_same_alert_and_zero_never_does() -> None:
@@ -84,7 +88,7 @@ def test_renotify_resends_the_same_alert_and_zero_never_does() -> None:
     assert alerts.tick(state("drift")) == []
     clock.t += 1
     (again,) = alerts.tick(state("drift"))
-    assert again == first and again.idempotency_key == first.idempotency_key
+    assert again == first and again.idempotency_key != first.idempotency_key  # a reminder gets through
     clock.t += 30
     assert len(alerts.tick(state("drift"))) == 1
 
@@ -112,9 +116,9 @@ def test_warning_alerts_on_and_off(enabled: bool) -> None:
     assert critical.labels["severity"] == "critical" and critical.fingerprint != warning.fingerprint
     clock.t += 50
     assert alerts.tick(state("drift")) == []
-    alerts.observe(state("ok"), [])
+    alerts.observe(state("ok", samples=15), [])
     clock.t += 10
-    assert sorted(a.labels["severity"] for a in alerts.tick(state("ok"))) == ["critical", "warning"]
+    assert sorted(a.labels["severity"] for a in alerts.tick(state("ok", samples=15))) == ["critical", "warning"]
 
 
 def test_a_jump_straight_to_drift_raises_no_warning_alert() -> None:
@@ -144,4 +148,4 @@ def test_labels_annotations_and_fingerprint_are_stable() -> None:
     webhook = alert.to_webhook()
     assert webhook["endsAt"] == ZERO_TIME and webhook["status"] == "firing"
     assert webhook["startsAt"] == "2023-11-14T22:30:00.000Z"
-    assert alert.idempotency_key == f"{alert.fingerprint}-firing-2023-11-14T22:30:00.000Z"
+    assert alert.idempotency_key == f"{alert.fingerprint}-firing-2023-11-14T22:30:00.000Z-2023-11-14T22:30:00.000Z"

@@ -36,6 +36,7 @@ shutdown_timeout = 5.0
 interval_seconds = 0.5
 [alerts]
 cooldown_seconds = 2.0
+resolve_after_samples = 1
 warning_alerts = false
 renotify_seconds = 0
 [[detectors]]
@@ -124,15 +125,19 @@ def test_every_notification_survives_a_receiver_outage_and_restarts(tmp_path: Pa
     bodies, headers = receiver.bodies(), receiver.headers
     notifications = [(b["alerts"][0]["fingerprint"], b["status"], b["alerts"][0]["startsAt"]) for b in bodies]
     # Exactly the six notifications, in order; any copy would repeat one of them exactly
-    # (same fingerprint, status and startsAt, hence the same Idempotency-Key).
+    # (the same body under the same Idempotency-Key).
     unique = list(dict.fromkeys(notifications))
     assert [status for _, status, _ in unique] == ["firing", "resolved"] * 3
     starts = [starts_at for _, _, starts_at in unique]
     assert starts[0] == starts[1] and starts[2] == starts[3] and starts[4] == starts[5]
     assert starts[0] < starts[2] < starts[4]
     assert len({fp for fp, _, _ in notifications}) == 1  # one detector, one labelset
+    keys = [header["Idempotency-Key"] for header in headers]
+    assert len(set(keys)) == len(unique)
+    for key, body in zip(keys, bodies):
+        assert body == bodies[keys.index(key)]  # a copy repeats its notification exactly
     for body, header, (fp, status, starts_at) in zip(bodies, headers, notifications):
-        assert header["Idempotency-Key"] == f"{fp}-{status}-{starts_at}"
+        assert header["Idempotency-Key"].startswith(f"{fp}-{status}-{starts_at}-")
         alert = body["alerts"][0]
         assert alert["labels"]["alertname"] == "MonitordDrift" and alert["labels"]["detector"] == "bright"
         assert alert["labels"]["model"] == "brightness" and body["receiver"] == "hook"

@@ -85,3 +85,16 @@ def test_a_failing_detector_is_skipped_and_counted_while_the_others_go_on(caplog
     assert metrics.registry.get_sample_value(
         "monitord_detector_errors_total", {"detector": "broken_confidence", "type": "broken", "signal": "confidence"}) == 3
     assert caplog.text.count("values must be 0 or 1") == 1
+
+
+def test_event_and_error_counters_exist_at_zero_before_the_first_batch() -> None:
+    # A counter that first appears at 1 is invisible to increase()/rate(): the rules and
+    # the dashboard would miss the first event of every detector.
+    metrics = Metrics()
+    specs = [DetectorSpec(type="over", signal="confidence"), DetectorSpec(type="over", signal=["a", "b"], name="ab")]
+    DetectorStage.build(specs, lambda kind: lambda spec, reference: OverDetector(), {}, metrics)
+    for labels in ({"detector": "over_confidence", "type": "over", "signal": "confidence"},
+                   {"detector": "ab", "type": "over", "signal": "a+b"}):
+        assert metrics.registry.get_sample_value("monitord_detector_errors_total", labels) == 0
+        for level in ("warning", "drift"):
+            assert metrics.registry.get_sample_value("monitord_drift_events_total", {**labels, "level": level}) == 0

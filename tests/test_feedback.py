@@ -63,7 +63,7 @@ def stage_with_error_detector(metrics: Metrics) -> tuple[DetectorStage, OverDete
 def test_labels_feed_accuracy_and_the_error_signal() -> None:
     metrics = Metrics()
     stage, detector = stage_with_error_detector(metrics)
-    feedback = Feedback(FeedbackSettings(accuracy_window=4), metrics)
+    feedback = Feedback(FeedbackSettings(accuracy_window=4, min_labels=1), metrics)
     feedback.attach(["a", "b"], stage)
     assert math.isnan(metrics.registry.get_sample_value("monitord_accuracy"))
 
@@ -95,3 +95,56 @@ def test_folder_labels_outside_the_classes_are_not_scored(caplog: pytest.LogCapt
     feedback.observe([prediction("2024-01-01/x.png", "a", label="2024-01-01")] * 3)
     assert detector.samples == 0 and feedback.accuracy is None
     assert sum("'2024-01-01' is not one of the model's classes" in r.message for r in caplog.records) == 1
+
+
+def accuracy_metrics(metrics: Metrics) -> tuple[float, float]:
+    """``monitord_accuracy`` and ``monitord_accuracy_labels`` as a scrape reads them."""
+    return (metrics.registry.get_sample_value("monitord_accuracy"),
+            metrics.registry.get_sample_value("monitord_accuracy_labels"))
+
+
+def test_accuracy_is_a_number_only_once_enough_labels_are_in_the_window() -> None:
+    metrics = Metrics()
+    stage, _ = stage_with_error_detector(metrics)
+    feedback = Feedback(FeedbackSettings(accuracy_window=10, min_labels=3), metrics)
+    feedback.attach(["a", "b"], stage)
+    accuracy, labels = accuracy_metrics(metrics)
+    assert math.isnan(accuracy) and labels == 0
+
+    feedback.observe([prediction("1", "a", label="b")])  # one wrong label: no number yet
+    accuracy, labels = accuracy_metrics(metrics)
+    assert math.isnan(accuracy) and labels == 1 and feedback.accuracy is None
+    feedback.observe([prediction("2", "a", label="a"), prediction("3", "a", label="a")])
+    assert accuracy_metrics(metrics) == (pytest.approx(2 / 3), 3)
+    for index in range(10):  # the window holds the last 10
+        feedback.observe([prediction(f"w{index}", "a", label="a")])
+    assert accuracy_metrics(metrics) == (1.0, 10)
+
+
+def test_accuracy_goes_nan_once_no_label_came_for_its_max_age_and_restarts_after() -> None:
+    clock = Clock()
+    metrics = Metrics()
+    stage, _ = stage_with_error_detector(metrics)
+    feedback = Feedback(FeedbackSettings(accuracy_window=10, min_labels=2, accuracy_max_age_seconds=60), metrics, clock)
+    feedback.attach(["a", "b"], stage)
+    feedback.observe([prediction("1", "a", label="b"), prediction("2", "a", label="b")])
+    clock.now = 30
+    feedback.observe([prediction("3", "a"), prediction("4", "a", label="a")])
+    assert accuracy_metrics(metrics) == (pytest.approx(1 / 3), 3)
+    clock.now = 89  # 59 s after the last label: still a number
+    assert accuracy_metrics(metrics) == (pytest.approx(1 / 3), 3)
+    clock.now = 91  # evaluated at the scrape: no label for 61 s
+    accuracy, labels = accuracy_metrics(metrics)
+    assert math.isnan(accuracy) and labels == 0 and feedback.accuracy is None
+
+    # A label after the gap starts a new window: the old labels describe another time.
+    feedback.receive([("3", "a")])
+    accuracy, labels = accuracy_metrics(metrics)
+    assert math.isnan(accuracy) and labels == 1
+    feedback.observe([prediction("5", "a", label="b")])
+    assert accuracy_metrics(metrics) == (0.5, 2)
+
+
+def test_min_labels_above_the_window_is_refused() -> None:
+    with pytest.raises(ValueError, match="min_labels .* accuracy_window"):
+        FeedbackSettings(accuracy_window=10, min_labels=11)

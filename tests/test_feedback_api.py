@@ -18,6 +18,7 @@ type = "brightness"
 [feedback]
 ttl_seconds = 2.0
 accuracy_window = 4
+min_labels = 4
 max_records = 10
 [[detectors]]
 type = "over"
@@ -89,6 +90,7 @@ async def test_labels_join_predictions_and_drive_accuracy_and_the_error_detector
     assert detectors["errors"]["statistic"] == pytest.approx(0.75) and detectors["errors"]["signal"] == "error"
     assert detectors["over_confidence"]["samples"] == 5 and detectors["over_confidence"]["level"] == "ok"
     assert server.metric("monitord_accuracy") == pytest.approx(0.25)
+    assert server.metric("monitord_accuracy_labels") == 4
     assert server.metric("monitord_feedback_total", outcome="joined") == 3
     assert server.metric("monitord_feedback_total", outcome="duplicate") == 3
     assert server.metric("monitord_feedback_total", outcome="invalid") == 3

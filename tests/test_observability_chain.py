@@ -60,6 +60,7 @@ sources = ["http"]
 type = "brightness"
 [alerts]
 cooldown_seconds = 3
+resolve_after_samples = 3
 [[detectors]]
 type = "over"
 signal = "brightness"

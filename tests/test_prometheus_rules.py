@@ -9,8 +9,10 @@ Every metric a rule reads must exist in a real daemon's /metrics.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +21,10 @@ import yaml
 
 from servers import require_binary
 
-CONFIGS = Path(__file__).parents[1] / "configs"
+ROOT = Path(__file__).parents[1]
+CONFIGS = ROOT / "configs"
+README = ROOT / "README.md"
+DASHBOARD = CONFIGS / "grafana" / "dashboards" / "monitord.json"
 RULES = CONFIGS / "prometheus_rules.yaml"
 RULE_TESTS = CONFIGS / "prometheus_rules.test.yaml"
 REQUIRED_ALERTS = {
@@ -30,7 +35,7 @@ REQUIRED_ALERTS = {
 PROMQL_WORDS = {
     "up", "or", "and", "unless", "on", "ignoring", "by", "without", "group_left", "group_right", "bool",
     "sum", "max", "min", "avg", "count", "rate", "increase", "irate", "absent", "max_over_time",
-    "min_over_time", "avg_over_time", "histogram_quantile", "le", "offset",
+    "min_over_time", "avg_over_time", "histogram_quantile", "le",
 }
 
 
@@ -100,7 +105,7 @@ def test_rule_unit_tests_cover_every_alert_firing_and_not_firing() -> None:
 
 def metric_names_in(expression: str) -> set[str]:
     without_strings = re.sub(r'"[^"]*"', '""', expression)
-    without_ranges = re.sub(r"\[[^\]]*\]", "", without_strings)
+    without_ranges = re.sub(r"\[[^\]]*\]|\boffset\s+\w+", "", without_strings)
     names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_ranges))
     # Label names inside braces and by/on/without lists are not metrics.
     labels = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", without_ranges))
@@ -123,8 +128,9 @@ def exposed_metric_names(metrics_text: str) -> set[str]:
 
 def test_metric_name_extraction() -> None:
     assert metric_names_in('sum by (job, source) (rate(monitord_images_total{outcome="rejected"}[10m])) / '
-                           'up{job="monitord"} > 0.1 or absent(monitord_queue_depth) > 1e3') == {
-        "monitord_images_total", "monitord_queue_depth"}
+                           'up{job="monitord"} > 0.1 or absent(monitord_queue_depth) > 1e3 '
+                           'and up offset 25m and monitord_accuracy offset 1h30m') == {
+        "monitord_images_total", "monitord_queue_depth", "monitord_accuracy"}
 
 
 def test_every_metric_the_rules_read_exists_in_a_real_daemon(daemon) -> None:
@@ -135,3 +141,88 @@ def test_every_metric_the_rules_read_exists_in_a_real_daemon(daemon) -> None:
     used = set().union(*(metric_names_in(rule["expr"]) for rule in rules()))
     assert used, "no metric found in the rules"
     assert used - exposed == set(), f"rules read metrics the daemon does not export: {used - exposed}"
+
+
+def readme_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of ``markdown`` (lower case, punctuation dropped,
+    spaces as hyphens, a repeated one numbered)."""
+    anchors: set[str] = set()
+    in_code = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        heading = re.match(r"#{1,6} (.+)", line)
+        if in_code or not heading:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+        anchor, number = slug, 0
+        while anchor in anchors:
+            number += 1
+            anchor = f"{slug}-{number}"
+        anchors.add(anchor)
+    return anchors
+
+
+def test_readme_anchors_follow_github() -> None:
+    assert readme_anchors("# A b\n## `x.y` (z)\n```\n# not a heading\n```\n### A b\n") == {"a-b", "xy-z", "a-b-1"}
+
+
+def test_every_rule_links_its_runbook_in_the_readme_and_the_dashboard() -> None:
+    anchors = readme_anchors(README.read_text())
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {variable["name"] for variable in dashboard["templating"]["list"]}
+    for rule in rules():
+        name, annotations = rule["alert"], rule["annotations"]
+        runbook = urllib.parse.urlsplit(annotations.get("runbook_url", ""))
+        assert runbook.path == "README.md", f"{name}: runbook_url {annotations.get('runbook_url')!r}"
+        assert runbook.fragment in anchors, f"{name}: README.md has no section #{runbook.fragment}"
+        assert runbook.fragment == name.lower(), f"{name}: the runbook section is named after the alert"
+        link = urllib.parse.urlsplit(annotations.get("dashboard", ""))
+        assert link.path == f"/d/{dashboard['uid']}/{dashboard['title']}", f"{name}: dashboard {link.path!r}"
+        for key, _ in urllib.parse.parse_qsl(link.query, keep_blank_values=True):
+            assert key.removeprefix("var-") in variables, f"{name}: the dashboard has no variable for {key}"
+
+
+def seconds(duration: str) -> float:
+    """A Prometheus duration (``15s``, ``5m``, ``1h30m``) in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = re.findall(r"(\d+)(ms|s|m|h|d)", duration)
+    assert "".join(number + unit for number, unit in parts) == duration, duration
+    return sum(int(number) * units[unit] for number, unit in parts)
+
+
+def spoken(total: float) -> str:
+    minutes, rest = divmod(int(total), 60)
+    return " ".join(part for part in (f"{minutes} min" if minutes else "", f"{rest} s" if rest else "") if part)
+
+
+def test_the_readme_and_the_routing_state_the_alert_latency_of_the_shipped_configs() -> None:
+    prometheus = yaml.safe_load((CONFIGS / "prometheus.yml").read_text())["global"]
+    alertmanager_text = (CONFIGS / "alertmanager.yml").read_text()
+    route = next(r for r in yaml.safe_load(alertmanager_text)["route"]["routes"] if r["receiver"] == "monitord-webhook")
+    drift = next(rule for rule in rules() if rule["alert"] == "MonitordDriftDetected")
+    (window,) = set(re.findall(r"\[(\w+)\]", drift["expr"]))
+    readme = README.read_text()
+    section = readme[readme.index("### Alert latency"):]
+    section = section[:section.index("\n### ")]
+    stated = {
+        "`scrape_interval`": prometheus["scrape_interval"], "`evaluation_interval`": prometheus["evaluation_interval"],
+        "`for`": drift["for"], "window": window, "`group_wait`": route["group_wait"],
+        "`group_interval`": route["group_interval"],
+    }
+    for name, value in stated.items():
+        assert f"{name} ({value})" in section, f"README's Alert latency should state {name} ({value})"
+    firing = sum(seconds(stated[name]) for name in ("`scrape_interval`", "`evaluation_interval`", "`for`", "`group_wait`"))
+    resolving = sum(seconds(stated[name]) for name in ("`scrape_interval`", "window", "`evaluation_interval`",
+                                                      "`group_interval`"))
+    assert f"**up to {spoken(firing)}**" in section and f"**up to {spoken(resolving)}**" in section
+    # Beside the routing too: the comment above group_interval names the resolve latency.
+    comment = alertmanager_text[:alertmanager_text.index("      group_interval:")].rsplit("group_wait:", 1)[1]
+    comment = " ".join(comment.replace("#", " ").split())
+    assert f"up to about {resolving / 60:g} minutes after the drift stopped" in comment
+    assert "resolve" in comment and "Alert latency" in comment
+
+
+def test_spoken_durations() -> None:
+    assert (seconds("1h30m"), seconds("15s")) == (5400, 15)
+    assert (spoken(90), spoken(390), spoken(45), spoken(300)) == ("1 min 30 s", "6 min 30 s", "45 s", "5 min")

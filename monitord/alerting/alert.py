@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Literal, Mapping
 
@@ -14,15 +13,22 @@ DRIFT_ALERT = "MonitordDrift"
 WARNING_ALERT = "MonitordDriftWarning"
 
 
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_SEPARATOR = b"\xff"
+
+
 def fingerprint(labels: Mapping[str, str]) -> str:
-    """A stable hex digest of the labelset (sorted), like Alertmanager's fingerprint."""
-    digest = hashlib.sha256()
+    """Alertmanager's fingerprint of the labelset (``model.LabelSet.Fingerprint()``):
+    64-bit FNV-1a over each label name and value, names sorted, every one followed by the
+    byte 0xff, as 16 hex digits. The same alert has the same fingerprint here, in
+    Alertmanager's API and in its webhooks."""
+    value = _FNV_OFFSET
     for name in sorted(labels):
-        digest.update(name.encode())
-        digest.update(b"\xff")
-        digest.update(str(labels[name]).encode())
-        digest.update(b"\xff")
-    return digest.hexdigest()[:16]
+        for part in (name.encode(), _SEPARATOR, str(labels[name]).encode(), _SEPARATOR):
+            for byte in part:
+                value = ((value ^ byte) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return f"{value:016x}"
 
 
 def rfc3339(moment: datetime) -> str:
@@ -36,13 +42,19 @@ def parse_rfc3339(text: str) -> datetime:
 
 @dataclass(frozen=True)
 class Alert:
-    """One alert notification: firing while ``ends_at`` is None, resolved once set."""
+    """One alert notification: firing while ``ends_at`` is None, resolved once set.
+
+    ``notified_at`` is when this notification was made (the first firing: ``starts_at``;
+    a re-notification: its time; resolved: ``ends_at``); it tells notifications of one
+    alert apart and is no part of the alert's identity (nor of equality).
+    """
 
     labels: dict[str, str]
     annotations: dict[str, str]
     starts_at: datetime
     generator_url: str
     ends_at: datetime | None = None
+    notified_at: datetime | None = field(default=None, compare=False)
 
     @property
     def status(self) -> Literal["firing", "resolved"]:
@@ -54,11 +66,17 @@ class Alert:
 
     @property
     def idempotency_key(self) -> str:
-        """``<fingerprint>-<status>-<startsAt>``: the same for every copy of one notification."""
-        return f"{self.fingerprint}-{self.status}-{rfc3339(self.starts_at)}"
+        """``<fingerprint>-<status>-<startsAt>-<notifiedAt>``: the same for every copy and
+        every retry of one notification, another for each re-notification."""
+        notified_at = self.notified_at or self.ends_at or self.starts_at
+        return f"{self.fingerprint}-{self.status}-{rfc3339(self.starts_at)}-{rfc3339(notified_at)}"
 
     def resolved(self, at: datetime) -> "Alert":
-        return replace(self, ends_at=at)
+        return replace(self, ends_at=at, notified_at=at)
+
+    def notified(self, at: datetime) -> "Alert":
+        """This alert as a notification made at ``at`` (a re-notification, a refresh)."""
+        return replace(self, notified_at=at)
 
     def to_webhook(self) -> dict[str, Any]:
         """The alert as an element of the Alertmanager webhook payload's ``alerts``."""

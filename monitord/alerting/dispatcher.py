@@ -7,8 +7,10 @@ to every sink in order from its own task, so the pipeline never waits on a sink.
 
 Open episodes are saved to ``<state_dir>/alerts.json`` whenever they change. A restart
 (graceful or not) resolves nothing: the saved episodes reopen with the same labels and
-``startsAt`` (the same fingerprint), and resolve after the cool-down once the detector
-(its state restored from ``detectors.json``, see ``monitord.snapshots``) stays below the
+``startsAt`` (the same fingerprint; a restart with another ``instance``, on another port
+say, continues them under the labels they fired with), and resolve as any episode does once the detector
+(its state restored from ``detectors.json``, see ``monitord.snapshots``) has seen
+``alerts.resolve_after_samples`` samples after the restart without coming back to the
 level. An episode of a detector no longer configured resolves at start.
 """
 
@@ -93,8 +95,8 @@ class AlertDispatcher:
         orphaned = []
         for alert in saved:
             entry = self.machines.get(alert.labels.get("detector", ""))
-            if entry is not None and entry[1].labels(alert.labels.get("severity", "")) == alert.labels:
-                entry[1].resume(alert)
+            if entry is not None and entry[1].continues(alert):
+                entry[1].resume(alert, entry[0].detector.state)
             else:
                 orphaned.append(alert.resolved(datetime.fromtimestamp(self._wall(), timezone.utc)))
         firing = self.firing()

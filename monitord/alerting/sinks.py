@@ -39,7 +39,8 @@ class SinkContext:
     type: str
     #: The sink's own keys from its ``[[sinks]]`` table.
     options: dict[str, Any]
-    #: The daemon's state folder; spooling sinks keep ``<state_dir>/spool/<name>/``.
+    #: The daemon's state folder; spooling sinks keep ``<state_dir>/spool/<name>/``. What a
+    #: sink writes there must be private (``monitord.state_files``) and hold no credential.
     state_dir: Path
     metrics: Metrics
     alerts: AlertSettings = field(default_factory=AlertSettings)
@@ -100,8 +101,11 @@ def build_sinks(
             factory = factory_for(spec.type)
         except Exception as error:
             raise ValueError(f"{where}: {error}") from None
+        context = make_context(spec)
         try:
-            sinks.append(factory(make_context(spec)))
+            sinks.append(factory(context))
         except (ValueError, TypeError) as error:
             raise ValueError(f"{where}: {error}") from None
+        # Every sink's outcome series from the first scrape, also a plugin's that declares none.
+        context.metrics.declare_sink(spec.label)
     return sinks

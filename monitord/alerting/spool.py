@@ -1,14 +1,19 @@
 """A sink's on-disk spool: one JSON file per pending (URL, notification), oldest first.
 
-Files are ``<state_dir>/spool/<sink>/<sequence>.json``, written atomically (temporary file,
-fsync, ``os.replace``, fsync of the folder) before delivery is attempted and deleted once
-delivered, so a notification survives a receiver outage, a restart and ``kill -9``. The
-spool holds at most ``max_files``; when full the oldest is dropped to make room.
-The index lives on the event loop; only the file I/O runs in threads.
+Files are ``<state_dir>/spool/<sink>/<sequence>.json``, private (0600 in 0700 folders),
+written atomically (temporary file, fsync, ``os.replace``, fsync of the folder) before
+delivery is attempted and deleted once delivered, so a notification survives a receiver
+outage, a restart and ``kill -9``. A file holds ``url_index`` (the place of its URL in the
+sink's ``urls``), the headers to send and the body: never the URL, whose user info, path or
+query often hold credentials; the sink resolves the index against its settings when it
+delivers. Files written before (``url`` instead of ``url_index``) are read as ``legacy_url``
+for the sink to migrate. The spool holds at most ``max_files``; when full the oldest is
+dropped to make room. The index lives on the event loop; only the file I/O runs in threads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -16,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from monitord.state_files import sync_directory
+from monitord.state_files import make_private_folder, open_private_text, sync_directory
 
 log = logging.getLogger("monitord.alerts")
 
@@ -24,10 +29,13 @@ log = logging.getLogger("monitord.alerts")
 @dataclass(frozen=True)
 class SpoolEntry:
     sequence: int
-    url: str
+    #: Which of the sink's URLs (0-based); -1 for a legacy entry until it is migrated.
+    url_index: int
     body: bytes
     headers: dict[str, str]
     path: Path
+    #: The full URL a file from before ``url_index`` holds; None otherwise.
+    legacy_url: str | None = None
 
 
 class Spool:
@@ -44,7 +52,8 @@ class Spool:
 
     def load(self) -> list[SpoolEntry]:
         """Read what an earlier run left (blocking I/O: call from a thread at start)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_folder(self.directory.parent)
+        make_private_folder(self.directory)
         found = []
         for path in self.directory.iterdir():
             if path.name.endswith(".tmp"):
@@ -53,14 +62,10 @@ class Spool:
             if path.suffix != ".json" or not path.stem.isdigit():
                 continue
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                entry = SpoolEntry(int(path.stem), str(data["url"]), data["body"].encode("utf-8"),
-                                   {str(k): str(v) for k, v in data.get("headers", {}).items()}, path)
+                found.append(self._read(path))
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
                 log.error("spool file %s is unreadable (%s); moved aside as %s.bad", path, error, path.name)
                 path.replace(path.with_name(path.name + ".bad"))
-                continue
-            found.append(entry)
         found.sort(key=lambda entry: entry.sequence)
         for entry in found:
             self._entries[entry.sequence] = entry
@@ -68,10 +73,22 @@ class Spool:
         self._next = (found[-1].sequence + 1) if found else 1
         return found
 
-    def reserve(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[SpoolEntry, list[SpoolEntry]]:
+    @staticmethod
+    def _read(path: Path) -> SpoolEntry:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        headers = {str(k): str(v) for k, v in data.get("headers", {}).items()}
+        body = data["body"].encode("utf-8")
+        if "url_index" in data:
+            index = data["url_index"]
+            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                raise ValueError(f"url_index {index!r} is not a place in a list")
+            return SpoolEntry(int(path.stem), index, body, headers, path)
+        return SpoolEntry(int(path.stem), -1, body, headers, path, legacy_url=str(data["url"]))
+
+    def reserve(self, url_index: int, body: bytes, headers: dict[str, str]) -> tuple[SpoolEntry, list[SpoolEntry]]:
         """Index a new entry (write it with ``write`` before delivering); return it and the
         oldest entries dropped to stay within ``max_files``."""
-        entry = SpoolEntry(self._next, url, body, dict(headers), self.directory / f"{self._next:016d}.json")
+        entry = SpoolEntry(self._next, url_index, body, dict(headers), self.directory / f"{self._next:016d}.json")
         self._next += 1
         dropped = []
         while len(self._entries) >= self.max_files:
@@ -81,10 +98,19 @@ class Spool:
         self._entries[entry.sequence] = entry
         return entry, dropped
 
-    def next_for(self, url: str) -> SpoolEntry | None:
-        """The oldest pending entry for ``url``, once its file is written (None before)."""
+    def migrated(self, entry: SpoolEntry, url_index: int) -> SpoolEntry:
+        """``entry`` (a legacy one) with its URL replaced by ``url_index``, in its place in
+        the index; write it with ``write`` to take the URL off the disk."""
+        moved = dataclasses.replace(entry, url_index=url_index, legacy_url=None)
+        if entry.sequence in self._entries:
+            self._entries[entry.sequence] = moved
+        return moved
+
+    def next_for(self, url_index: int) -> SpoolEntry | None:
+        """The oldest pending entry for the URL at ``url_index``, once its file is written
+        (None before)."""
         for entry in self._entries.values():
-            if entry.url == url:
+            if entry.url_index == url_index:
                 return entry if entry.sequence in self._written else None
         return None
 
@@ -92,8 +118,8 @@ class Spool:
         if entry.sequence in self._entries:
             self._written.add(entry.sequence)
 
-    def urls(self) -> list[str]:
-        return list(dict.fromkeys(entry.url for entry in self._entries.values()))
+    def url_indexes(self) -> list[int]:
+        return list(dict.fromkeys(entry.url_index for entry in self._entries.values()))
 
     def forget(self, entry: SpoolEntry) -> bool:
         """Take ``entry`` out of the index; False when it was already dropped."""
@@ -106,10 +132,11 @@ class Spool:
     # Blocking file I/O, for asyncio.to_thread.
 
     def write(self, entry: SpoolEntry) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"url": entry.url, "headers": entry.headers, "body": entry.body.decode("utf-8")})
+        make_private_folder(self.directory)
+        data = json.dumps({"url_index": entry.url_index, "headers": entry.headers,
+                           "body": entry.body.decode("utf-8")})
         temporary = entry.path.with_name(entry.path.name + ".tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
+        with open_private_text(temporary) as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

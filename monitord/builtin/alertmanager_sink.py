@@ -3,7 +3,8 @@
 Routing, grouping, inhibition, silences and notification channels then come from
 Alertmanager. A firing alert is posted with ``endsAt`` = now + ``ends_after_seconds``
 (Alertmanager resolves an alert whose ``endsAt`` passed) and posted again every
-``refresh_seconds`` while it fires, as Prometheus does; a resolved alert is posted with its
+``refresh_seconds`` while it fires, as Prometheus does (each post with an
+``Idempotency-Key`` of its own); a resolved alert is posted with its
 real ``endsAt``. ``url`` (or ``urls``, for every member of an Alertmanager cluster) is the
 Alertmanager base URL. Delivery is spooled and retried like the webhook's.
 """
@@ -64,8 +65,8 @@ class AlertmanagerSink:
     def __init__(self, context: SinkContext) -> None:
         self.options: AlertmanagerOptions = AlertmanagerOptions.parse(context.options)  # type: ignore[assignment]
         self.name = context.name
-        self.delivery = HttpDelivery(context, self.options)
         self.endpoints = [url.rstrip("/") + API_PATH for url in self.options.urls]
+        self.delivery = HttpDelivery(context, self.options, self.endpoints)
         #: Firing alerts by fingerprint, re-posted every refresh_seconds.
         self.firing: dict[str, Alert] = {}
         self._refresher: asyncio.Task[None] | None = None
@@ -76,7 +77,7 @@ class AlertmanagerSink:
         for alert in firing:
             self.firing[alert.fingerprint] = alert
         if self.firing:
-            await self._post(list(self.firing.values()))
+            await self._post(self._refreshed())
         self._refresher = asyncio.create_task(self._refresh(), name=f"sink-{self.name}-refresh")
 
     async def send(self, alerts: Sequence[Alert]) -> None:
@@ -97,16 +98,20 @@ class AlertmanagerSink:
         while True:
             await asyncio.sleep(self.options.refresh_seconds)
             if self.firing:
-                await self._post(list(self.firing.values()))
+                await self._post(self._refreshed())
+
+    def _refreshed(self) -> list[Alert]:
+        """The firing alerts as posts of their own (each its own Idempotency-Key, so that
+        nothing between here and Alertmanager takes a refresh for a duplicate)."""
+        now = datetime.now(timezone.utc)
+        return [alert.notified(now) for alert in self.firing.values()]
 
     async def _post(self, alerts: Sequence[Alert]) -> None:
         ends_at = datetime.fromtimestamp(time.time() + self.options.ends_after_seconds, timezone.utc)
-        requests = []
-        for alert in alerts:
-            body = json.dumps([postable_alert(alert, ends_at)]).encode()
-            headers = {"Idempotency-Key": alert.idempotency_key}
-            requests.extend((url, body, headers) for url in self.endpoints)
-        await self.delivery.enqueue(requests)
+        await self.delivery.enqueue([
+            (json.dumps([postable_alert(alert, ends_at)]).encode(), {"Idempotency-Key": alert.idempotency_key})
+            for alert in alerts
+        ])
 
 
 @hookimpl

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
-from monitord.state_files import set_aside
+from monitord.state_files import create_private_file, make_private, make_private_folder, set_aside
 
 log = logging.getLogger("monitord.folder.ledger")
 
@@ -126,7 +126,7 @@ class Ledger:
         self._db = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_folder(self.path.parent)
         try:
             return self._open_when_free()
         except sqlite3.OperationalError as error:  # locked, or cannot be read at all: not corrupt
@@ -162,6 +162,10 @@ class Ledger:
             delay = min(delay * 2, 0.5)
 
     def _open(self) -> sqlite3.Connection:
+        # SQLite would create the file 0644, and its -wal and -shm files take the file's mode.
+        create_private_file(self.path)
+        for suffix in ("-wal", "-shm"):
+            make_private(self.path.with_name(self.path.name + suffix))
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=OPEN_TIMEOUT)
         try:
             db.execute("PRAGMA journal_mode=WAL")

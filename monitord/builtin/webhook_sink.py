@@ -2,10 +2,11 @@
 
 Each notification (one alert: firing, re-notified or resolved) is POSTed to every URL in
 ``urls`` as the JSON body Alertmanager's webhook receiver sends, so receivers written for
-Alertmanager take it unchanged. Headers: ``Idempotency-Key: <fingerprint>-<status>-<startsAt>``
-(the same for every copy of one notification, so a receiver can drop duplicates) and, with
-a ``secret``, ``X-Monitord-Signature: sha256=<hex HMAC-SHA256 of the body>``. Delivery is
-spooled and retried (``monitord.alerting.delivery``).
+Alertmanager take it unchanged. Headers: ``Idempotency-Key:
+<fingerprint>-<status>-<startsAt>-<notifiedAt>`` (the same for every copy and every retry
+of one notification, so a receiver can drop duplicates, and another for each
+re-notification) and, with a ``secret``, ``X-Monitord-Signature: sha256=<hex HMAC-SHA256
+of the body>``. Delivery is spooled and retried (``monitord.alerting.delivery``).
 """
 
 from __future__ import annotations
@@ -70,19 +71,18 @@ class WebhookSink:
         self.context = context
         secret = self.options.secret.get_secret_value() if self.options.secret else None
         sign = (lambda body: {SIGNATURE_HEADER: signature(secret, body)}) if secret else None
-        self.delivery = HttpDelivery(context, self.options, sign)
+        self.delivery = HttpDelivery(context, self.options, self.options.urls, sign)
         context.metrics.declare_sink(context.name, spooled=True)
 
     async def start(self, firing: Sequence[Alert] = ()) -> None:
         await self.delivery.start()
 
     async def send(self, alerts: Sequence[Alert]) -> None:
-        requests = []
-        for alert in alerts:
-            body = json.dumps(webhook_payload(alert, self.name, self.context.external_url)).encode()
-            headers = {"Idempotency-Key": alert.idempotency_key}
-            requests.extend((url, body, headers) for url in self.options.urls)
-        await self.delivery.enqueue(requests)
+        await self.delivery.enqueue([
+            (json.dumps(webhook_payload(alert, self.name, self.context.external_url)).encode(),
+             {"Idempotency-Key": alert.idempotency_key})
+            for alert in alerts
+        ])
 
     async def close(self) -> None:
         await self.delivery.close()

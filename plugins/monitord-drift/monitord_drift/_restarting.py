@@ -44,6 +44,10 @@ class Scan(NamedTuple):
     threshold: np.ndarray | float
     #: Whether the scan stopped at a drift and restarted the statistic.
     restarted: bool
+    #: Per sample, whether a change found there moves back toward the reference; becomes
+    #: ``DriftEvent.toward_reference``. None: the detector cannot tell, or no sample of the
+    #: scan is at a level (so it holds no event).
+    toward: np.ndarray | None = None
 
 
 def run_batch(detector: DriftDetector, values: np.ndarray, scan: Callable[[np.ndarray], Scan]) -> list[DriftEvent]:
@@ -72,7 +76,12 @@ def run_batch(detector: DriftDetector, values: np.ndarray, scan: Callable[[np.nd
         1: _joined([found.warning_threshold for found in scans], [len(found.codes) for found in scans]),
         2: _joined([found.threshold for found in scans], [len(found.codes) for found in scans]),
     }
-    return detector._events_from_codes(codes, statistic, thresholds)
+    toward = None
+    if any(found.toward is not None for found in scans):
+        toward = np.concatenate([
+            np.zeros(len(found.codes), dtype=bool) if found.toward is None else found.toward for found in scans
+        ])
+    return detector._events_from_codes(codes, statistic, thresholds, toward)
 
 
 def carry_levels(codes: np.ndarray, before: int) -> np.ndarray:

@@ -22,6 +22,7 @@ Writing a subclass:
 from __future__ import annotations
 
 import abc
+import dataclasses
 import inspect
 import math
 from typing import Any, ClassVar, Mapping, NamedTuple
@@ -126,7 +127,7 @@ class DriftDetector(abc.ABC):
             index = event.index + start
             if positions is not None:
                 index = int(positions[index])
-            shifted.append(DriftEvent(index, event.level, event.statistic, event.threshold))
+            shifted.append(dataclasses.replace(event, index=index))
         return shifted
 
     @property
@@ -229,11 +230,16 @@ class DriftDetector(abc.ABC):
     # -- helpers ----------------------------------------------------------------------------
 
     def _events_from_codes(
-        self, codes: np.ndarray, statistics: np.ndarray, thresholds: Mapping[int, np.ndarray | float]
+        self,
+        codes: np.ndarray,
+        statistics: np.ndarray,
+        thresholds: Mapping[int, np.ndarray | float],
+        toward: np.ndarray | None = None,
     ) -> list[DriftEvent]:
         """Events for the rises in ``codes``; sets ``self.level`` to the last code.
 
-        ``thresholds`` maps a level code (1, 2) to the threshold crossed (scalar or per sample).
+        ``thresholds`` maps a level code (1, 2) to the threshold crossed (scalar or per sample);
+        ``toward``, per sample, whether a change there moves back toward the reference.
         """
         if len(codes) == 0:
             return []
@@ -242,7 +248,8 @@ class DriftDetector(abc.ABC):
             code = int(codes[index])
             threshold = thresholds[code]
             threshold = float(threshold[index]) if isinstance(threshold, np.ndarray) else float(threshold)
-            events.append(DriftEvent(int(index), LEVELS[code], float(statistics[index]), threshold))
+            back = None if toward is None else bool(toward[index])
+            events.append(DriftEvent(int(index), LEVELS[code], float(statistics[index]), threshold, back))
         self.level = LEVELS[int(codes[-1])]
         return events
 

@@ -84,6 +84,12 @@ class PageHinkley(DriftDetector):
     $\{0, \dots, 7\}$) keeps alarming every few dozen samples: the stream is still
     unlike the reference, in units of the reference.
 
+    Each event says whether the shift it found points back toward the reference
+    (``toward_reference``): true where the mean since the last restart lies more than
+    ``delta`` off the reference mean and the shift goes back toward it, as when a drifted
+    stream returns to normal. The alerting takes such an event as the end of a drift, not
+    as a new one.
+
     A reference without spread (a constant, or a standard deviation below $10^{-9}$ of
     its magnitude) gives no unit to standardise with: the test then runs in the raw units
     of the signal ($\sigma_R$ taken as 1, as the other libraries do) and logs a warning.
@@ -224,20 +230,23 @@ class PageHinkley(DriftDetector):
         deviation = z - mean_sums / (self._mean_count + steps)
         ages = self._age + steps
         growth, decay = self._growth[ages], self._decay[ages]
-        sums, minima, statistic = [], [], None
+        sums, minima, values = [], [], []
         for side, sum0, min0 in zip(self._sides, self._sums, self._minima):
             scaled = (side * deviation - self.delta) * growth
             running = np.cumsum(np.concatenate(([sum0], scaled)))[1:]
             lowest = np.minimum.accumulate(np.concatenate(([min0], running)))[1:]
-            value = (running - lowest) * decay
-            statistic = value if statistic is None else np.maximum(statistic, value)
+            values.append((running - lowest) * decay)
             sums.append(running)
             minima.append(lowest)
-        assert statistic is not None
+        statistic = values[0] if len(values) == 1 else np.maximum(values[0], values[1])
+        above_warning = statistic > self._warning
+        toward = None  # no sample at a level: no event to say it of
+        if above_warning.any():
+            toward = self._toward_reference(values, mean_sums, self._mean_count + steps, above_warning)
         tested = self._run + steps >= self.min_samples
         drift = tested & (statistic > self.threshold)
         stop = int(np.argmax(drift)) if drift.any() else size - 1
-        codes = np.where(statistic > self.threshold, 2, np.where(statistic > self._warning, 1, 0))
+        codes = np.where(statistic > self.threshold, 2, np.where(above_warning, 1, 0))
         codes = np.where(tested, codes, CARRY)[: stop + 1]
         restarted = bool(drift[stop])
         if restarted:
@@ -253,7 +262,24 @@ class PageHinkley(DriftDetector):
                 self._sums = [self._side_statistic(i) for i in range(len(self._sides))]
                 self._minima = [0.0 for _ in self._sides]
                 self._age = 0
-        return Scan(codes, statistic[: stop + 1], self._warning, self.threshold, restarted)
+        return Scan(codes, statistic[: stop + 1], self._warning, self.threshold, restarted,
+                    None if toward is None else toward[: stop + 1])
+
+    def _toward_reference(
+        self, values: list[np.ndarray], mean_sums: np.ndarray, counts: np.ndarray, above_warning: np.ndarray
+    ) -> np.ndarray:
+        """Per sample, whether the shift found there points back toward the reference: the
+        mean since the last restart (0 being the reference's) lies more than ``delta`` off
+        it, and the side that leads points back. Worked out only where a level can rise."""
+        toward = np.zeros(len(above_warning), dtype=bool)
+        rising = np.flatnonzero(above_warning)
+        regime = mean_sums[rising] / counts[rising]
+        if len(values) == 1:
+            leading = np.full(len(rising), self._sides[0])
+        else:
+            leading = np.where(values[1][rising] > values[0][rising], self._sides[1], self._sides[0])
+        toward[rising] = (np.abs(regime) > self.delta) & (leading * regime < 0)
+        return toward
 
     def _side_statistic(self, side: int) -> float:
         return float((self._sums[side] - self._minima[side]) * self._decay[self._age])
