@@ -15,6 +15,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from monitord.state_files import open_private, prepare_state_dir
+
 LOCK_FILE = "lock"
 
 
@@ -39,9 +41,9 @@ def lock_state_dir(state_dir: Path) -> StateDirLock:
     """Take ``<state_dir>/lock`` (creating the folder, private, if needed) or raise
     ``StateDirInUse`` at once, without waiting."""
     folder = Path(state_dir)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    prepare_state_dir(folder)
     path = folder / LOCK_FILE
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    descriptor = open_private(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
