@@ -180,7 +180,7 @@ def demo_command(
         scenario.validate()
     except DriftError as error:
         raise click.UsageError(str(error)) from None
-    _check_targets(workdir, port, daemon_url, change_daemon_state)
+    _check_targets(workdir, port, daemon_url, change_daemon_state, scenario.total)
     play = Play(scenario, rate, labels, plot_path, ready_timeout)
     # A SIGTERM to the demo should stop its daemon and remove its folder, as Ctrl-C does.
     previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -195,7 +195,9 @@ def demo_command(
         signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _check_targets(workdir: Path | None, port: int | None, daemon_url: str | None, change_state: bool) -> None:
+def _check_targets(
+    workdir: Path | None, port: int | None, daemon_url: str | None, change_state: bool, images: int
+) -> None:
     """Refuse option combinations that would do something other than what was asked."""
     if daemon_url is None:
         if change_state:
@@ -208,7 +210,7 @@ def _check_targets(workdir: Path | None, port: int | None, daemon_url: str | Non
     if not change_state:
         raise click.UsageError(
             f"--daemon-url {daemon_url}: feeding that daemon drifted digits leaves its detectors at "
-            "drift, opens alerts to its sinks and adds some thousand images to its processed folder "
+            f"drift, opens alerts to its sinks and adds {images} images to its processed folder "
             "and predictions log. Add --change-daemon-state if that is what you want, or leave out "
             "--daemon-url and the demo runs its own daemon in a temporary folder"
         )
@@ -295,7 +297,6 @@ class Played:
     writer: InboxWriter
     session: DemoSession
     result: SessionResult
-    daemon_url: str
 
 
 def _play(client: DaemonClient, inbox: Path, play: Play, started: StartedDaemon | None) -> Played:
@@ -316,7 +317,7 @@ def _play(client: DaemonClient, inbox: Path, play: Play, started: StartedDaemon 
     say(f"  watch   {client.url}/metrics (monitord_drift_level: 0 ok, 1 warning, 2 drift)")
     session = DemoSession(client, writer, images, rate=play.rate, clean=scenario.clean, say=say, started=started)
     result = session.run()
-    return Played(images, writer, session, result, client.url)
+    return Played(images, writer, session, result)
 
 
 def _collect_signals(

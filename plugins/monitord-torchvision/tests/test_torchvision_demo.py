@@ -617,6 +617,7 @@ def test_a_running_daemon_is_fed_only_when_told_it_may_change_its_state(cli: cli
         assert refused.exit_code == 2
         assert (f"--daemon-url {daemon.url}: feeding that daemon drifted digits leaves its detectors at drift"
                 in refused.output)
+        assert "adds 10 images to its processed folder and predictions log" in refused.output
         assert "Add --change-daemon-state if that is what you want" in refused.output
         assert daemon.seen_names == [] and not (tmp_path / "monitord-demo.png").exists()
         allowed = CliRunner().invoke(cli, ["demo", "--daemon-url", daemon.url, "--change-daemon-state",
