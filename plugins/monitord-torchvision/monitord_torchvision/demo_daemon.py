@@ -1,4 +1,4 @@
-"""The demo's side of the daemon: find it over HTTP, start one if none answers, read it.
+"""The demo's side of the daemon: start its own or reach a running one, and read it.
 
 Everything goes through the daemon's public surface (``/readyz``, ``/metrics`` and a
 ``monitord run`` subprocess), the way a user or a dashboard would see it, so the demo
@@ -19,21 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from monitord.settings import Settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from .errors import DemoError
-
-#: Hosts a server listens on that a client cannot connect to, and what to use instead.
-_WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
-
-
-def daemon_url(settings: Settings) -> str:
-    """Where the daemon described by ``settings`` answers HTTP."""
-    host = _WILDCARD_HOSTS.get(settings.http.host, settings.http.host)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.http.port}"
 
 
 @dataclass(frozen=True)
@@ -68,6 +56,8 @@ class Observation:
     #: Folder-source images it refused or failed on (``rejected`` and ``error``).
     rejected: int
     detectors: dict[str, DetectorReading]
+    #: The model the daemon serves (``monitord_build_info{model}``), once it is loaded.
+    model: str | None = None
 
 
 def parse_metrics(text: str, observed_at: float, source: str = "folder") -> Observation:
@@ -75,9 +65,12 @@ def parse_metrics(text: str, observed_at: float, source: str = "folder") -> Obse
     images: dict[str, float] = {}
     series: dict[str, dict[str, float]] = {}
     labels_of: dict[str, tuple[str, str]] = {}
+    model = None
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "monitord_images_total" and sample.labels.get("source") == source:
+            if sample.name == "monitord_build_info":
+                model = sample.labels.get("model")
+            elif sample.name == "monitord_images_total" and sample.labels.get("source") == source:
                 images[sample.labels.get("outcome", "")] = sample.value
             elif sample.name in ("monitord_drift_statistic", "monitord_drift_threshold", "monitord_drift_level"):
                 name = sample.labels.get("detector", "")
@@ -99,6 +92,7 @@ def parse_metrics(text: str, observed_at: float, source: str = "folder") -> Obse
         classified=int(images.get("ok", 0)),
         rejected=int(images.get("rejected", 0) + images.get("error", 0)),
         detectors=detectors,
+        model=model,
     )
 
 
@@ -124,8 +118,8 @@ class DaemonClient:
         except (ValueError, KeyError, TypeError):
             raise DemoError(
                 f"{self.url}/readyz answered HTTP {status} but not as monitord does; another program "
-                "is using that address. Point the demo at the daemon with --daemon-url, or free "
-                "the port (http.port / MONITORD_HTTP__PORT)"
+                "is using that address. Check --daemon-url, or leave out --port (or choose another) "
+                "for the demo's own daemon"
             ) from None
 
     def observe(self) -> Observation:
@@ -141,22 +135,31 @@ class DaemonClient:
 
 
 class StartedDaemon:
-    """A ``monitord run`` the demo started itself, with its output in ``log_path``."""
+    """A ``monitord run`` the demo started itself, with its output in ``log_path``
+    (which ``log_kept`` False says will be removed with the demo's temporary folder)."""
 
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path, log_kept: bool = True) -> None:
         self.process = process
         self.log_path = log_path
+        self.log_kept = log_kept
 
     @classmethod
-    def start(cls, config: Path | None, log_path: Path) -> StartedDaemon:
-        """Start ``monitord run`` with the demo's settings (same ``--config``, same environment)."""
+    def start(
+        cls, log_path: Path, environment: dict[str, str], cwd: Path, log_kept: bool = True
+    ) -> StartedDaemon:
+        """Start ``monitord run`` in ``cwd`` with settings from ``environment`` only."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "monitord", "run"]
-        if config is not None:
-            command += ["--config", str(config)]
         with log_path.open("ab") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        return cls(process, log_path)
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment, cwd=cwd
+            )
+        return cls(process, log_path, log_kept)
+
+    @property
+    def log_name(self) -> str:
+        """How messages name the log: its path, unless it goes with the temporary folder."""
+        return f"its log ({self.log_path})" if self.log_kept else "its log"
 
     def exit_code(self) -> int | None:
         return self.process.poll()
@@ -181,6 +184,10 @@ class StartedDaemon:
                 self.process.kill()
                 self.process.wait(10)
                 return f"the daemon did not stop within {timeout:g} s of SIGTERM and was killed"
+            except KeyboardInterrupt:  # a second Ctrl-C: no more waiting, but no orphan either
+                self.process.kill()
+                self.process.wait(10)
+                raise
         if self.process.returncode != 0:
             return f"the daemon exited with status {self.process.returncode}"
         return None
@@ -200,7 +207,7 @@ def wait_until_ready(
         if started is not None and started.exit_code() is not None:
             raise DemoError(
                 f"the daemon exited with status {started.exit_code()} before it was ready; "
-                f"the end of its log ({started.log_path}):\n{started.log_tail()}"
+                f"the end of {started.log_name}:\n{started.log_tail()}"
             )
         readiness = client.readiness()
         if readiness.ready:
@@ -209,7 +216,7 @@ def wait_until_ready(
             last_reason = readiness.reason
             say(f"waiting for the daemon at {client.url}: {readiness.reason}")
         if time.monotonic() >= deadline:
-            where = f"; the end of its log ({started.log_path}):\n{started.log_tail()}" if started else ""
+            where = f"; the end of {started.log_name}:\n{started.log_tail()}" if started else ""
             raise DemoError(
                 f"the daemon at {client.url} was not ready after {timeout:g} s "
                 f"(last /readyz: {readiness.reason}); raise --ready-timeout if it is just slow{where}"

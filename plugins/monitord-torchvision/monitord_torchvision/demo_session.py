@@ -178,7 +178,7 @@ class DemoSession:
         if self.started is not None and self.started.exit_code() is not None:
             raise DemoError(
                 f"the daemon exited with status {self.started.exit_code()} during the demo; "
-                f"the end of its log ({self.started.log_path}):\n{self.started.log_tail()}"
+                f"the end of {self.started.log_name}:\n{self.started.log_tail()}"
             )
 
     def _check_progress(self, observation: Observation) -> None:

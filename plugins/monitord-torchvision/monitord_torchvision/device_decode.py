@@ -5,8 +5,9 @@ does. Here a micro-batch of JPEGs is decoded in one ``torchvision.io.decode_jpeg
 on the model's device (nvJPEG on CUDA, batched, with the hardware decoder where the GPU
 has one; libjpeg-turbo on the CPU) and then oriented, resized and normalised there, in
 float32, with the same semantics as ``preprocess.preprocess_image``: pixels in [0, 1],
-gray repeated over RGB or colour reduced to ITU-R 601 luma as the model needs, bilinear
-resizing with antialiasing (Pillow's filter), then the model's mean and std.
+gray repeated over RGB or colour reduced to ITU-R 601 luma as the model needs, resizing
+as ``preprocess`` does (whole blocks averaged, then bilinear with antialiasing), then the
+model's mean and std.
 
 Split in two halves, as the core's ``EncodedInputModel`` protocol calls them:
 
@@ -34,7 +35,7 @@ from monitord.decode import FORMATS, DecodeError, decode_image
 from PIL import Image
 
 from .jpeg_scan import NotPlainJpeg, scan_jpeg
-from .preprocess import PreprocessSpec, preprocess_image
+from .preprocess import PreprocessSpec, block_factors, preprocess_image
 
 log = logging.getLogger("monitord.torchvision")
 
@@ -235,9 +236,14 @@ class DevicePreprocessor:
             values = (values * self._luma).sum(dim=1, keepdim=True)
         height, width = self.spec.input_size
         if values.shape[-2:] != (height, width):
-            values = F.interpolate(
-                values, size=(height, width), mode="bilinear", align_corners=False, antialias=True
-            )
+            factors = block_factors(tuple(values.shape[-2:]), (height, width))
+            if factors != (1, 1):
+                # Pillow's Image.reduce: the last, partial block is averaged over what it holds.
+                values = F.avg_pool2d(values, factors, ceil_mode=True)
+            if values.shape[-2:] != (height, width):
+                values = F.interpolate(
+                    values, size=(height, width), mode="bilinear", align_corners=False, antialias=True
+                )
         return (values - self._mean) / self._std
 
     def _on_cpu(self, image: EncodedJpeg, error: Exception) -> torch.Tensor:

@@ -61,6 +61,8 @@ def register_models(register: Register) -> None:
 def register_commands(cli: click.Group) -> None:
     from .cli import train_command
     from .demo import demo_command
+    from .samples import samples_command
 
     cli.add_command(train_command)
     cli.add_command(demo_command)
+    cli.add_command(samples_command)

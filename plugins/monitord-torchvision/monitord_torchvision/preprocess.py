@@ -50,7 +50,7 @@ def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     Pixels are first brought to [0, 1]: 8-bit modes divide by 255, 16-bit ones by
     65535 (so a 16-bit copy of an 8-bit image gives the same input), transparency is
     composited on black, and colour converts to luma or gray repeats over RGB as the
-    model needs. Then the image is resized (bilinear) to ``input_size``.
+    model needs. Then the image is resized to ``input_size`` (see ``block_factors``).
 
     Raises ``ValueError`` saying why for anything that is not a usable image.
     """
@@ -112,17 +112,32 @@ def _match_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(pixels, 3, axis=2)
 
 
+def block_factors(source: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
+    """Whole (height, width) factors by which a ``source``-sized image is block-averaged
+    before the antialiased bilinear resize to ``target`` takes the rest (under 2).
+
+    Averaging whole blocks first makes a nearest-neighbour enlargement by a whole factor
+    (a 32x32 copy of an 8x8 digit) come back exactly as it was; antialiased bilinear alone
+    mixes each block with its neighbours, and the model's signals see a blurred image.
+    Both the CPU path (Pillow) and the device path (torch) follow this rule.
+    """
+    return (max(1, source[0] // target[0]), max(1, source[1] // target[1]))
+
+
 def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize in float, one channel at a time (Pillow's F mode is per channel)."""
+    """Area averaging over whole blocks (``Image.reduce``), then Pillow's bilinear filter,
+    which antialiases as torchvision's ``resize(antialias=True)`` does; in float, one
+    channel at a time (Pillow's F mode is per channel)."""
     height, width = size
     if pixels.shape[:2] == (height, width):
         return pixels
-    planes = [
-        np.asarray(
-            Image.fromarray(np.ascontiguousarray(pixels[:, :, c], dtype=np.float32)).resize(
-                (width, height), Image.Resampling.BILINEAR
-            )
-        )
-        for c in range(pixels.shape[2])
-    ]
+    factor_y, factor_x = block_factors(pixels.shape[:2], size)
+    planes = []
+    for c in range(pixels.shape[2]):
+        plane = Image.fromarray(np.ascontiguousarray(pixels[:, :, c], dtype=np.float32))
+        if factor_x > 1 or factor_y > 1:
+            plane = plane.reduce((factor_x, factor_y))
+        if plane.size != (width, height):
+            plane = plane.resize((width, height), Image.Resampling.BILINEAR)
+        planes.append(np.asarray(plane))
     return np.stack(planes, axis=2)

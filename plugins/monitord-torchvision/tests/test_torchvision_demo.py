@@ -7,9 +7,13 @@ import json
 import os
 import re
 import socket
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -17,7 +21,6 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from monitord.settings import Settings
 from PIL import Image
 
 from monitord_torchvision import plugin
@@ -26,7 +29,6 @@ from monitord_torchvision.demo_daemon import (
     DetectorReading,
     Observation,
     StartedDaemon,
-    daemon_url,
     parse_metrics,
     wait_until_ready,
 )
@@ -63,12 +65,13 @@ class FakeDaemon:
     into ``processed/`` and a predictions log. Its one detector, ``fake``, reports the
     level of the highest entry of ``levels`` (images classified → level) reached."""
 
-    def __init__(self, root: Path, levels: dict[int, int], work: bool = True) -> None:
+    def __init__(self, root: Path, levels: dict[int, int], work: bool = True, model: str = "digits_cnn") -> None:
         self.inbox, self.processed, self.state = root / "inbox", root / "processed", root / "state"
         for folder in (self.inbox, self.processed, self.state):
             folder.mkdir(parents=True, exist_ok=True)
         self.levels = levels
         self.work = work
+        self.model = model
         #: While set, /metrics answers 503, as a daemon too busy to be scraped would fail.
         self.silent = False
         self.classified = 0
@@ -111,6 +114,7 @@ class FakeDaemon:
     def exposition(self) -> str:
         labels = 'detector="fake",type="over",signal="confidence"'
         return (
+            f'monitord_build_info{{version="0",model="{self.model}",device="cpu"}} 1\n'
             f'monitord_images_total{{source="folder",outcome="ok"}} {self.classified}\n'
             f'monitord_images_total{{source="folder",outcome="rejected"}} 0\n'
             f"monitord_drift_statistic{{{labels}}} {self.level() * 0.6}\n"
@@ -169,7 +173,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> click.Group:
 
 def test_demo_writes_the_scenario_follows_the_levels_and_summarises(cli: click.Group, tmp_path: Path) -> None:
     with FakeDaemon(tmp_path, levels={120: 1, 190: 2}) as daemon:
-        args = ["demo", "--daemon-url", daemon.url, "--no-start-daemon", "--rate", "100",
+        args = ["demo", "--daemon-url", daemon.url, "--change-daemon-state", "--rate", "100",
                 "--clean", "100", "--drifted", "1.5s", "--plot", "out/demo.png"]
         result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
@@ -199,7 +203,8 @@ def test_demo_writes_the_scenario_follows_the_levels_and_summarises(cli: click.G
 
 def test_a_false_alarm_on_clean_images_is_called_one(cli: click.Group, tmp_path: Path) -> None:
     with FakeDaemon(tmp_path, levels={40: 2}) as daemon:
-        args = ["demo", "--daemon-url", daemon.url, "--rate", "200", "--clean", "150", "--drifted", "20"]
+        args = ["demo", "--daemon-url", daemon.url, "--change-daemon-state", "--rate", "200", "--clean", "150",
+                "--drifted", "20"]
         result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "fake: drift (level 2) BEFORE the change, on clean images" in result.output
@@ -211,8 +216,8 @@ def test_a_false_alarm_on_clean_images_is_called_one(cli: click.Group, tmp_path:
 def test_a_plot_that_cannot_be_written_fails_the_demo_after_the_summary(cli: click.Group, tmp_path: Path) -> None:
     (tmp_path / "taken").write_text("a file, not a folder")
     with FakeDaemon(tmp_path, levels={}) as daemon:
-        args = ["demo", "--daemon-url", daemon.url, "--rate", "200", "--clean", "5", "--drifted", "5",
-                "--plot", "taken/demo.png"]
+        args = ["demo", "--daemon-url", daemon.url, "--change-daemon-state", "--rate", "200", "--clean", "5",
+                "--drifted", "5", "--plot", "taken/demo.png"]
         result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1
     assert re.search(r"plot +not written: cannot write taken/demo.png", result.output)
@@ -262,17 +267,19 @@ def test_a_daemon_deaf_to_sigterm_is_killed_and_that_is_said(tmp_path: Path) -> 
     process.stdout.close()
 
 
-def test_without_a_daemon_and_without_starting_one_it_says_what_to_do(cli: click.Group) -> None:
-    result = CliRunner().invoke(cli, ["demo", "--no-start-daemon"])
+def test_a_daemon_url_where_nothing_answers_is_reported(cli: click.Group) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(cli, ["demo", "--daemon-url", url, "--change-daemon-state"])
     assert result.exit_code == 1
-    assert re.search(r"Error: no daemon answers at http://127.0.0.1:\d+; start one with `monitord run`",
-                     result.output)
+    assert f"Error: no daemon answers at {url}; start it (`monitord run` with the same settings)" in result.output
     assert "Traceback" not in result.output
 
 
-def test_without_the_folder_source_it_refuses_to_start(cli: click.Group, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_folder_source_it_refuses_to_feed_a_running_daemon(
+    cli: click.Group, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MONITORD_SOURCES", '["http"]')
-    result = CliRunner().invoke(cli, ["demo"])
+    result = CliRunner().invoke(cli, ["demo", "--daemon-url", "http://127.0.0.1:1", "--change-daemon-state"])
     assert result.exit_code == 1
     assert "the folder source is not enabled (sources = ['http']); add \"folder\" to sources" in result.output
 
@@ -287,6 +294,9 @@ def test_without_the_folder_source_it_refuses_to_start(cli: click.Group, monkeyp
         (["--drift", "invert", "--amount", "3"], "must be between 0 and 1, got 3.0"),
         (["--drifted", "0"], "at least 0 clean and 1 drifted image"),
         (["--rate", "0"], "--rate"),
+        (["--change-daemon-state"], "--change-daemon-state only applies with --daemon-url"),
+        (["--daemon-url", "http://127.0.0.1:1", "--change-daemon-state", "--port", "9000"],
+         "--workdir and --port are for the demo's own daemon"),
     ],
 )
 def test_bad_options_exit_2_with_the_reason(cli: click.Group, args: list[str], message: str) -> None:
@@ -304,10 +314,10 @@ def test_settings_errors_exit_2(cli: click.Group, tmp_path: Path) -> None:
 def test_a_started_daemon_that_exits_is_reported_with_its_log(tmp_path: Path) -> None:
     """The real ``monitord run``, with a model type no plugin registers: it exits, and
     the demo says so with the end of the daemon's log."""
-    config = tmp_path / "monitord.toml"
     port = free_port()
-    config.write_text(f'state_dir = "{tmp_path / "state"}"\n[http]\nport = {port}\n[model]\ntype = "nope"\n')
-    started = StartedDaemon.start(config, tmp_path / "state" / "daemon.log")
+    environment = {**os.environ, "MONITORD_STATE_DIR": str(tmp_path / "state"), "MONITORD_HTTP__PORT": str(port),
+                   "MONITORD_MODEL__TYPE": "nope"}
+    started = StartedDaemon.start(tmp_path / "state" / "daemon.log", environment, cwd=tmp_path)
     try:
         with pytest.raises(DemoError, match=r"(?s)the daemon exited with status \d+ before it was ready; "
                                             r"the end of its log .*daemon.log.*nope"):
@@ -437,12 +447,6 @@ def test_levels_are_timed_in_images_after_the_change() -> None:
     assert "  plot               /p.png" in summary
 
 
-def test_the_daemon_address_comes_from_the_settings() -> None:
-    assert daemon_url(Settings(http={"host": "0.0.0.0", "port": 9100})) == "http://127.0.0.1:9100"
-    assert daemon_url(Settings(http={"host": "::", "port": 9100})) == "http://[::1]:9100"
-    assert daemon_url(Settings(http={"host": "monitor.local", "port": 80})) == "http://monitor.local:80"
-
-
 def test_another_program_on_the_port_is_not_taken_for_the_daemon() -> None:
     class NotMonitord(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -481,38 +485,188 @@ def test_the_plot_is_a_png_even_with_nothing_to_show(tmp_path: Path) -> None:
     assert_valid_png(empty)
 
 
-# -- the real daemon, end to end ---------------------------------------------------------------
+# -- the user's own state is left alone (issue 15, item 2) -------------------------------------------
 
-def test_demo_alone_starts_the_daemon_and_shows_drift(tmp_path: Path, artifact_dir: Path) -> None:
-    """A newcomer's ``monitord demo``: no daemon running, the default detector set, a
-    rotation drift. Some detector must reach drift after the change, none before it."""
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MONITORD_")}
-    env.update({
-        "MONITORD_STATE_DIR": str(tmp_path / "state"),
-        "MONITORD_HTTP__PORT": str(port),
-        "MONITORD_FOLDER__INBOX": str(tmp_path / "inbox"),
-        "MONITORD_FOLDER__PROCESSED": str(tmp_path / "processed"),
-        "MONITORD_FOLDER__FAILED": str(tmp_path / "failed"),
-        "MONITORD_MODEL__ARTIFACT": str(artifact_dir),
-        "MONITORD_MODEL__DEVICE": "cpu",
-    })
-    command = [sys.executable, "-m", "monitord", "demo", "--rate", "80", "--clean", "400", "--drifted", "500",
-               "--drift", "rotation", "--plot", str(tmp_path / "demo.png")]
-    completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+
+class UserSetup:
+    """A user's checkout: settings in the environment naming their state, folders and trained
+    model, an empty working folder, and a TMPDIR of its own to see what the demo leaves."""
+
+    def __init__(self, root: Path, artifact: Path, port: int) -> None:
+        self.home, self.cwd, self.tmp = root / "user", root / "cwd", root / "tmp"
+        for folder in (self.home, self.cwd, self.tmp):
+            folder.mkdir(parents=True)
+        self.artifact = self.home / "state" / "model"
+        shutil.copytree(artifact, self.artifact)
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("MONITORD_")}
+        self.env.update({
+            "MONITORD_STATE_DIR": str(self.home / "state"),
+            "MONITORD_HTTP__PORT": str(port),
+            "MONITORD_FOLDER__INBOX": str(self.home / "inbox"),
+            "MONITORD_FOLDER__PROCESSED": str(self.home / "processed"),
+            "MONITORD_FOLDER__FAILED": str(self.home / "failed"),
+            "MONITORD_MODEL__ARTIFACT": str(self.artifact),
+            "MONITORD_MODEL__DEVICE": "cpu",
+            "TMPDIR": str(self.tmp),
+            "PYTHONUNBUFFERED": "1",
+        })
+        self.before = self.files()
+
+    def files(self) -> dict[str, bytes]:
+        """Every file of the user's folders, with its contents."""
+        return {str(path.relative_to(self.home)): path.read_bytes() for path in self.home.rglob("*") if path.is_file()}
+
+    def assert_untouched(self) -> None:
+        assert self.files() == self.before
+        assert sorted(p.name for p in self.home.iterdir()) == ["state"]
+        assert list(self.tmp.iterdir()) == []
+
+    def demo(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "monitord", "demo", *args]
+
+
+def demo_port(out: str) -> int:
+    found = re.search(r"  daemon  http://127.0.0.1:(\d+) \(the demo's own\)", out)
+    assert found, out
+    return int(found.group(1))
+
+
+def test_a_demo_leaves_nothing_but_its_plot_and_feeds_only_its_own_daemon(tmp_path: Path, artifact_dir: Path) -> None:
+    """A newcomer's ``monitord demo`` with a daemon of theirs running on the settings' port:
+    the demo starts its own daemon in a temporary folder with the user's trained model (read
+    only) and the default detectors, shows drift, and leaves the user's state, folders,
+    daemon and TMPDIR as they were: only the plot is new, and its path is printed."""
+    with FakeDaemon(tmp_path / "running", levels={}) as users_daemon:
+        user = UserSetup(tmp_path, artifact_dir, port=int(users_daemon.url.rsplit(":", 1)[1]))
+        users_daemon.inbox = user.home / "inbox"  # the user's daemon watches the user's inbox
+        args = ["--rate", "80", "--clean", "300", "--drifted", "400", "--drift", "rotation"]
+        completed = subprocess.run(user.demo(*args), cwd=user.cwd, env=user.env, capture_output=True, text=True,
+                                   timeout=300)
     out = completed.stdout
-    log = (tmp_path / "state" / "demo-daemon.log")
-    assert completed.returncode == 0, f"{out}\n{completed.stderr}\n{log.read_text() if log.exists() else ''}"
-    assert f"no daemon answers at http://127.0.0.1:{port}; starting `monitord run`" in out
-    assert "stopping the daemon the demo started (SIGTERM)" in out
-    assert re.search(r"daemon handled +900 classified, 0 rejected", out), out
-    # DDM may warn on the few errors among clean digits (a warning is not drift); no
-    # detector may reach drift before the change.
+    assert completed.returncode == 0, f"{out}\n{completed.stderr}"
+    assert users_daemon.seen_names == []
+    assert re.search(r"daemon handled +700 classified, 0 rejected", out), out
+    assert f"  model   {user.artifact} (model.artifact, read only)" in out
     assert "drift (level 2) BEFORE the change" not in out, out
     drifts = re.findall(r"\] (\w+): drift \(level 2\), (\d+) images after the change", out)
-    # The point of the demo: drift seen without labels, from the model's own signals.
-    assert {name for name, _ in drifts} - {"ddm_error"}, out
-    assert all(int(after) <= 500 for _, after in drifts)
-    assert_valid_png(tmp_path / "demo.png")
-    print(out)  # shown with -s: what a newcomer sees
-    assert DaemonClient(f"http://127.0.0.1:{port}").readiness().answered is False  # the daemon is gone
+    assert {name for name, _ in drifts} - {"hddm_a_error"}, out  # seen from the model's own signals
+    plot = user.cwd / "monitord-demo.png"
+    assert re.search(rf"plot +{re.escape(str(plot))}$", out, re.M), out
+    assert_valid_png(plot)
+    assert [p.name for p in user.cwd.iterdir()] == ["monitord-demo.png"]
+    user.assert_untouched()
+    assert re.search(r"removed the demo's temporary folder .*/tmp/monitord-demo-\w+$", out, re.M), out
+    assert DaemonClient(f"http://127.0.0.1:{demo_port(out)}").readiness().answered is False  # its daemon is gone
+
+
+def test_ctrl_c_stops_the_demos_daemon_and_removes_its_folder(tmp_path: Path, artifact_dir: Path) -> None:
+    user = UserSetup(tmp_path, artifact_dir, port=free_port())
+    process = subprocess.Popen(user.demo("--rate", "20", "--clean", "2000"), cwd=user.cwd, env=user.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if "  plan    " in line:
+                break
+        assert any("  plan    " in line for line in seen), "".join(seen)
+        port = demo_port("".join(seen))
+        workspace = next(user.tmp.glob("monitord-demo-*"))
+        deadline = time.monotonic() + 60
+        while not list((workspace / "processed").rglob("*.png")):  # the daemon is taking images
+            assert time.monotonic() < deadline, "".join(seen)
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:  # the test failed: still let the demo stop its daemon
+            process.terminate()
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    out = "".join(seen) + rest
+    assert process.returncode != 0, out
+    assert "stopped the demo's daemon (SIGTERM)" in out and "removed the demo's temporary folder" in out, out
+    assert DaemonClient(f"http://127.0.0.1:{port}").readiness().answered is False
+    assert list(user.cwd.iterdir()) == []  # interrupted: no plot either
+    user.assert_untouched()
+
+
+def test_workdir_keeps_the_demos_folders_and_must_be_new_or_empty(tmp_path: Path, artifact_dir: Path) -> None:
+    user = UserSetup(tmp_path, artifact_dir, port=free_port())
+    workdir = tmp_path / "kept"
+    args = ["--rate", "100", "--clean", "30", "--drifted", "30", "--workdir", str(workdir), "--plot", "p.png"]
+    completed = subprocess.run(user.demo(*args), cwd=user.cwd, env=user.env, capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert f"in {workdir} (kept at the end (--workdir))" in completed.stdout
+    assert len(list((workdir / "processed").rglob("*.png"))) == 60
+    assert (workdir / "state" / "predictions.jsonl").is_file() and (workdir / "daemon.log").is_file()
+    user.assert_untouched()
+    again = subprocess.run(user.demo(*args), cwd=user.cwd, env=user.env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1
+    assert f"--workdir {workdir} is not an empty folder; give a new or empty one" in again.stderr
+
+
+def test_a_running_daemon_is_fed_only_when_told_it_may_change_its_state(cli: click.Group, tmp_path: Path) -> None:
+    with FakeDaemon(tmp_path, levels={}) as daemon:
+        refused = CliRunner().invoke(cli, ["demo", "--daemon-url", daemon.url, "--clean", "5", "--drifted", "5"])
+        assert refused.exit_code == 2
+        assert (f"--daemon-url {daemon.url}: feeding that daemon drifted digits leaves its detectors at drift"
+                in refused.output)
+        assert "adds 10 images to its processed folder and predictions log" in refused.output
+        assert "Add --change-daemon-state if that is what you want" in refused.output
+        assert daemon.seen_names == [] and not (tmp_path / "monitord-demo.png").exists()
+        allowed = CliRunner().invoke(cli, ["demo", "--daemon-url", daemon.url, "--change-daemon-state",
+                                           "--rate", "200", "--clean", "5", "--drifted", "5"])
+    assert allowed.exit_code == 0, allowed.output
+    assert daemon.classified == 10
+
+
+def test_a_running_daemon_serving_another_model_is_refused(cli: click.Group, tmp_path: Path) -> None:
+    with FakeDaemon(tmp_path, levels={}, model="resnet18") as daemon:
+        result = CliRunner().invoke(cli, ["demo", "--daemon-url", daemon.url, "--change-daemon-state"])
+    assert result.exit_code == 1
+    assert f"the daemon at {daemon.url} serves 'resnet18', not the default digits model (digits_cnn)" in result.output
+    assert "the demo writes 8x8 grayscale digits and needs the default digits model" in result.output
+    assert daemon.seen_names == [] and list(daemon.inbox.iterdir()) == []
+
+
+def resnet_artifact(folder: Path) -> Path:
+    from monitord_torchvision.artifact import ArtifactMetadata, write_metadata
+
+    folder.mkdir(parents=True)
+    write_metadata(folder, ArtifactMetadata(format_version=1, architecture="resnet18", class_names=["cat", "dog"],
+                                            input_size=(224, 224), channels=3, mean=(0.5,) * 3, std=(0.2,) * 3))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"MONITORD_MODEL__ARCHITECTURE": "resnet18", "MONITORD_MODEL__WEIGHTS": "w.safetensors"},
+         "model.architecture = 'resnet18' is set, so the daemon serves that model"),
+        ({"MONITORD_MODEL__ARTIFACT": "RESNET"},
+         "is not the digits model (architecture 'resnet18', not 'digits_cnn'; classes cat, dog, not the digits "
+         "0 to 9; input 3x224x224, not 1x8x8)"),
+        ({"MONITORD_MODEL__TYPE": "onnx"}, "model.type = 'onnx' is not the torchvision plugin's model"),
+    ],
+)
+def test_settings_for_another_model_are_refused_before_any_file_is_written(
+    cli: click.Group, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, str], message: str
+) -> None:
+    artifact = resnet_artifact(tmp_path / "resnet")
+    for name, value in settings.items():
+        monkeypatch.setenv(name, str(artifact) if value == "RESNET" else value)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    before = sorted(tmp_path.rglob("*"))
+    result = CliRunner().invoke(cli, ["demo"])
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert "the demo writes 8x8 grayscale digits and needs the default digits model" in result.output
+    assert sorted(tmp_path.rglob("*")) == before  # no folder, no daemon log, no plot

@@ -161,6 +161,36 @@ def test_each_exif_orientation_matches_pillows_exif_transpose(orientation: int) 
     np.testing.assert_allclose(got[0].numpy(), expected, atol=1e-4)
 
 
+#: (stored size (H, W), model input (H, W)): whole and broken factors, shrinking and enlarging,
+#: a last block left over (37 = 4 * 9 + 1) and one axis shrunk while the other grows.
+RESIZES = [((32, 32), (8, 8)), ((20, 20), (8, 8)), ((37, 23), (8, 8)), ((40, 40), (32, 32)),
+           ((12, 12), (32, 32)), ((300, 224), (64, 64)), ((16, 90), (32, 8))]
+
+
+@pytest.mark.parametrize(("source", "size"), RESIZES)
+def test_the_device_resizes_as_the_cpu_path_does(source: tuple[int, int], size: tuple[int, int]) -> None:
+    """Whole blocks averaged, then antialiased bilinear: the same numbers on both paths."""
+    pixels = np.random.default_rng(sum(source)).integers(0, 256, (*source, 3), dtype=np.uint8)
+    data = jpeg_bytes(Image.fromarray(pixels))
+    spec = PreprocessSpec(input_size=size, channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    expected = preprocess_image(decode_image(data, MAX_PIXELS), spec)
+    encoded = read_encoded_jpeg(data, MAX_PIXELS)
+    got, _ = device_decode.DevicePreprocessor(spec, torch.device("cpu")).inputs([encoded])
+    assert np.abs(got[0].numpy() - expected).max() < 1e-4
+
+
+def test_an_enlarged_digit_jpeg_is_shrunk_back_to_the_digit_on_the_device() -> None:
+    """Issue 15, item 16, on the device path: a 32x32 copy of a digit (nearest upscale,
+    a near-lossless JPEG) gives the 8x8 digit's input, not a blurred one."""
+    images, _ = held_out_digits()
+    spec = PreprocessSpec(input_size=(8, 8), channels=1, mean=(0.0,), std=(1.0,))
+    preprocessor = device_decode.DevicePreprocessor(spec, torch.device("cpu"))
+    for pixels in images[:20]:
+        data = jpeg_bytes(Image.fromarray(pixels).resize((32, 32), Image.Resampling.NEAREST), quality=100)
+        got, _ = preprocessor.inputs([read_encoded_jpeg(data, MAX_PIXELS)])
+        assert np.abs(got[0, 0].numpy() - pixels / 255.0).max() < 0.02  # JPEG rounding; blurred: 0.36
+
+
 def test_orient_is_the_identity_for_unknown_orientations() -> None:
     image = torch.arange(6).view(1, 2, 3)
     for orientation in (0, 1, 9):

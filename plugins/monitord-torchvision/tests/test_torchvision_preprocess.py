@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from monitord_torchvision.digits import held_out_digits
 from monitord_torchvision.preprocess import PreprocessSpec, preprocess_image
 
 GRAY = PreprocessSpec(input_size=(8, 8), channels=1, mean=(0.5,), std=(0.25,))
@@ -103,7 +104,74 @@ def test_resizes_any_size_to_the_input_size() -> None:
     big = Image.fromarray(np.kron(ramp(), np.ones((4, 4), dtype=np.uint8)))
     small = preprocess_image(big, PLAIN_GRAY)
     assert small.shape == (1, 8, 8)
-    np.testing.assert_allclose(small[0], ramp() / 255.0, atol=0.025)  # bilinear blurs edges
+    np.testing.assert_allclose(small[0], ramp() / 255.0, atol=1e-6)  # 4x4 blocks averaged back
+
+
+# -- resizing: area averaging over whole blocks, then torchvision's antialiased bilinear -----------
+
+
+def nearest_upscaled(pixels: np.ndarray, height: int, width: int | None = None) -> Image.Image:
+    """A digit enlarged the way an image viewer or a screenshot enlarges it."""
+    return Image.fromarray(pixels).resize((width or height, height), Image.Resampling.NEAREST)
+
+
+@pytest.mark.parametrize(("height", "width"), [(16, 16), (32, 32), (40, 40), (24, 16), (8, 32)])
+def test_a_digit_enlarged_by_whole_factors_preprocesses_to_the_digit_itself(height: int, width: int) -> None:
+    """Issue 15, item 16: each 4x4 block of a 32x32 copy is averaged back to its pixel,
+    so a clean digit at another resolution is the same input as the clean digit (the
+    bilinear filter alone, antialiased or not, mixes every pixel with its neighbours)."""
+    images, _ = held_out_digits()
+    for pixels in images[:60]:
+        expected = preprocess_image(Image.fromarray(pixels), PLAIN_GRAY)
+        got = preprocess_image(nearest_upscaled(pixels, height, width), PLAIN_GRAY)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    # torchvision's antialiased bilinear alone is 3/4 of a block and 1/8 of each neighbour.
+    blurred = torchvision_resize(np.asarray(nearest_upscaled(images[0], 32), np.float32) / 255.0, (8, 8))
+    assert np.abs(blurred - images[0] / 255.0).max() > 0.1
+
+
+def torchvision_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """torchvision's ``resize(antialias=True)`` (bilinear) of a (H, W) float image in [0, 1]."""
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    return F.resize(torch.from_numpy(image)[None], list(size), antialias=True)[0].numpy()
+
+
+#: (source (H, W), model input (H, W)): factors under two along each axis, up and down.
+UNDER_TWO = [((9, 13), (8, 8)), ((12, 15), (8, 10)), ((40, 40), (32, 32)), ((20, 28), (32, 32)), ((5, 7), (8, 8))]
+
+
+@pytest.mark.parametrize(("source", "size"), UNDER_TWO)
+def test_below_a_factor_of_two_the_resize_is_torchvisions_antialiased_bilinear(
+    source: tuple[int, int], size: tuple[int, int]
+) -> None:
+    pixels = np.random.default_rng(sum(source)).integers(0, 256, source, dtype=np.uint8)
+    spec = PreprocessSpec(input_size=size, channels=1, mean=(0.0,), std=(1.0,))
+    got = preprocess_image(Image.fromarray(pixels), spec)[0]
+    expected = torchvision_resize(pixels.astype(np.float32) / 255.0, size)
+    assert np.abs(got - expected).max() < 1e-5  # measured: under 3e-7
+
+
+@pytest.mark.parametrize(("source", "size"), [((32, 32), (8, 8)), ((37, 23), (8, 8)), ((20, 20), (8, 8)),
+                                              ((224, 300), (64, 64)), ((17, 90), (8, 8))])
+def test_from_a_factor_of_two_whole_blocks_are_averaged_first(
+    source: tuple[int, int], size: tuple[int, int]
+) -> None:
+    """Shrinking by k or more along an axis: k-pixel blocks are averaged (Pillow's
+    ``Image.reduce``, the last block of what is left over too), then torchvision's
+    antialiased bilinear takes the rest, a factor under two. The plain antialiased
+    bilinear differs from it: the measured difference is stated."""
+    import torch
+
+    pixels = np.random.default_rng(sum(source)).random(source).astype(np.float32)
+    spec = PreprocessSpec(input_size=size, channels=1, mean=(0.0,), std=(1.0,))
+    got = preprocess_image(Image.fromarray((pixels * 255).round().astype(np.uint8)), spec)[0]
+    unit = (pixels * 255).round().astype(np.float32) / 255.0
+    factors = (max(1, source[0] // size[0]), max(1, source[1] // size[1]))
+    blocks = torch.nn.functional.avg_pool2d(torch.from_numpy(unit)[None, None], factors, ceil_mode=True)[0, 0]
+    expected = torchvision_resize(blocks.numpy(), size)
+    assert np.abs(got - expected).max() < 1e-5
 
 
 def test_rejects_what_is_not_a_usable_image() -> None:
