@@ -278,7 +278,8 @@ class Daemon:
         self.detectors, self.feedback = detectors, feedback
         if self.snapshots is not None:
             self.snapshots.start(self.settings.snapshots.interval_seconds)
-        freeze_startup_objects()
+        # The collection before the freeze takes ~0.1 s with torch loaded: after readiness.
+        asyncio.get_running_loop().call_later(1.0, freeze_startup_objects)
         for source in self.sources:
             if self._in_workers(source):
                 log.info("source %s: run by the %d worker processes, each over its share", source.name,
