@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
+from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, InvalidURLError, LineTooLong
 from prometheus_client.exposition import choose_encoder
 
 from monitord.metrics import Metrics
@@ -88,20 +89,35 @@ def bearer_auth(token: str, protect_metrics: bool) -> Callable[..., Awaitable[we
     Health and readiness stay open: orchestrators probe them without credentials. The
     comparison takes constant time, so the token cannot be guessed byte by byte.
     """
-    expected = f"Bearer {token}".encode()
+    expected = token.encode()
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
         if path.startswith("/v1/") or (protect_metrics and path == "/metrics"):
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
+            if not bearer_matches(request.headers.get(hdrs.AUTHORIZATION, ""), expected):
                 response = json_error(401, "missing or wrong bearer token: send Authorization: Bearer <http.token>")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="monitord"'
                 return response
         return await handler(request)
 
     return check
+
+
+def bearer_matches(header: str, expected: bytes) -> bool:
+    """Whether an ``Authorization`` value carries the bearer token ``expected``.
+
+    The scheme is matched case-insensitively and may be followed by several spaces (RFC
+    7235 §2.1); the token is compared in constant time. aiohttp decodes header bytes that
+    are not UTF-8 as lone surrogates ("surrogateescape"), which gives them back unchanged.
+    """
+    scheme, _, credentials = header.partition(" ")
+    try:
+        given = credentials.lstrip(" ").encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate aiohttp's decoding cannot have produced
+        given = b""
+    matches = hmac.compare_digest(given, expected)
+    return matches and scheme.lower() == "bearer"
 
 
 def base_app(max_body_bytes: int, token: str | None = None, protect_metrics: bool = False) -> web.Application:
@@ -151,6 +167,10 @@ def build_app(
 #: close first and never reuse a connection this server is closing.
 KEEPALIVE_TIMEOUT_SECONDS = 75.0
 
+#: Longest request line, and longest header line, in bytes: aiohttp's defaults, set here
+#: so that the answer past them can name them.
+MAX_LINE_BYTES = 8190
+
 
 class GuardedRequestHandler(web.RequestHandler):
     """aiohttp's connection protocol, plus a deadline for each request's line and headers.
@@ -165,15 +185,24 @@ class GuardedRequestHandler(web.RequestHandler):
     has produced a complete request head. If it fires first, the client gets a 408 (when
     it sent anything) and the connection is closed.
 
-    It relies on these aiohttp internals (checked against 3.14): ``_request_count`` grows
-    by one for each request head the parser completes in ``data_received``; ``_waiter`` is
-    a pending future exactly while ``start()`` waits for the next request (so bytes that
-    arrive then begin a new head, never a body); ``_messages`` holds parsed requests not yet
-    handled; ``force_close()`` closes the transport and ends ``start()``, as aiohttp's own
-    keep-alive timeout does.
+    A request aiohttp's parser refuses (an over-long line, ``GET *``, a malformed header)
+    is answered by ``handle_error``: JSON like every other error, and nothing of the
+    request is logged or echoed, since the parser's message quotes the request line or a
+    header, and those may hold a credential (a token sent as a query parameter, say).
+
+    It relies on these aiohttp internals (checked against 3.14.5; tests/test_http_aiohttp_pins.py
+    pins them): ``_request_count`` grows by one for each request head the parser completes
+    (or refuses) in ``data_received``; ``_waiter`` is a pending future exactly while
+    ``start()`` waits for the next request (so bytes that arrive then begin a new head,
+    never a body); ``_messages`` holds parsed requests not yet handled; ``force_close()``
+    closes the transport and ends ``start()``, as aiohttp's own keep-alive timeout does;
+    ``handle_error(request, status, exc, message)`` makes the response for each request
+    the parser refused (``exc`` the ``HttpProcessingError``), and for a handler's exception
+    that escaped the application.
     """
 
-    __slots__ = ("_header_timeout", "_header_timer", "_head_bytes", "_timeout_response")
+    __slots__ = ("_header_timeout", "_header_timer", "_head_bytes", "_timeout_response", "_line_length",
+                 "_last_line_length")
 
     def __init__(
         self, manager: web.Server, *, header_timeout: float, timeout_response: bytes, **kwargs: Any
@@ -183,6 +212,11 @@ class GuardedRequestHandler(web.RequestHandler):
         self._timeout_response = timeout_response
         self._header_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
+        # The request line's length in the head being received, once its end has arrived,
+        # and in the head completed last (None: unknown, a pipelined head): it tells an
+        # over-long URL (414) from an over-long header (431).
+        self._line_length: int | None = None
+        self._last_line_length: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -191,9 +225,17 @@ class GuardedRequestHandler(web.RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._header_timer is None and data and self._waiting_for_request():
             self._arm_header_timer()
+        if self._header_timer is not None and self._line_length is None and (end := data.find(b"\n")) >= 0:
+            self._line_length = self._head_bytes + end
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed:
+            # Known only for the head the timer watched from its first byte, if this data ended it.
+            if self._request_count - parsed == 1 and self._header_timer is not None:
+                self._last_line_length = (self._line_length if self._line_length is not None
+                                             else self._head_bytes + len(data))
+            else:
+                self._last_line_length = None
             self._disarm_header_timer()
         elif self._header_timer is not None:
             self._head_bytes += len(data)
@@ -208,6 +250,7 @@ class GuardedRequestHandler(web.RequestHandler):
 
     def _arm_header_timer(self) -> None:
         self._head_bytes = 0
+        self._line_length = None
         self._header_timer = self._loop.call_later(self._header_timeout, self._header_timed_out)
 
     def _disarm_header_timer(self) -> None:
@@ -225,6 +268,50 @@ class GuardedRequestHandler(web.RequestHandler):
         if self._head_bytes:
             self.transport.write(self._timeout_response)
         self.force_close()
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's own answer to a request it refused or a failure it caught, as JSON.
+
+        ``message`` (the parser's, quoting the client's bytes) is neither logged nor sent.
+        """
+        if isinstance(exc, HttpProcessingError):
+            status, reason = refused_head_reason(exc, self._last_line_length)
+            log.debug("refused a request from %s that cannot be parsed: %s (answered %d)",
+                      request.remote, type(exc).__name__, status)
+        elif status == 504:
+            reason = "the request took too long to handle; retry later"
+        else:  # a handler's exception escaped the application (json_errors catches the rest)
+            log.error("a request from %s failed", request.remote, exc_info=exc)
+            status, reason = 500, f"internal error ({type(exc).__name__}); see the daemon's log"
+        if request.writer.output_size > 0:  # as aiohttp: the answer has begun, the connection is broken
+            raise ConnectionError("response already started; cannot send the error")
+        response = json_error(status, reason)
+        response.force_close()
+        return response
+
+
+def refused_head_reason(error: HttpProcessingError, line_length: int | None) -> tuple[int, str]:
+    """The status and reason for a request head aiohttp's parser refused with ``error``.
+
+    ``line_length``: the request line's length in bytes, as far as it had arrived (None:
+    unknown). The reason names what was wrong, never the client's bytes.
+    """
+    if isinstance(error, LineTooLong):
+        advice = f"longer than {MAX_LINE_BYTES} bytes; send long data in the request body"
+        if line_length is None:
+            return 400, f"the request line or a header line is {advice}"
+        if line_length > MAX_LINE_BYTES:
+            return 414, f"the request line (method and URL) is {advice}, not in the URL"
+        return 431, f"a header line is {advice}, not in a header"
+    if isinstance(error, InvalidURLError):
+        return 400, "the request target is not a valid URL path; send a path such as /v1/predict"
+    if isinstance(error, BadStatusLine):  # BadHttpMethod included
+        return 400, "not an HTTP request: the request line must read METHOD /path HTTP/1.1"
+    return 400, (f"malformed request head ({type(error).__name__}): a header or the framing of the "
+                 "request does not parse; check the client")
 
 
 class GuardedServer(web.Server):
@@ -282,7 +369,9 @@ def make_runner(app: web.Application, settings: HttpSettings, shutdown_timeout: 
         app,
         header_timeout=settings.header_timeout_seconds,
         keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,
-        access_log=None,
+        max_line_size=MAX_LINE_BYTES,
+        max_field_size=MAX_LINE_BYTES,
+        access_log=None,  # no access log: a request's URL may hold a credential
         handle_signals=False,
         shutdown_timeout=shutdown_timeout,
     )
