@@ -31,7 +31,7 @@ from monitord.api import add_api_routes
 from monitord.detectors import DetectorStage
 from monitord.feedback import Feedback
 from monitord.gc_tuning import freeze_startup_objects
-from monitord.http_server import Readiness, build_app, listening_sockets, make_runner
+from monitord.http_server import BodyPace, Readiness, build_app, listening_sockets, make_runner
 from monitord.ingest_workers import IngestWorkers
 from monitord.metrics import Metrics
 from monitord.model import Model
@@ -80,7 +80,7 @@ class Daemon:
             lambda: self.feedback,
             lambda: self.detectors,
             settings.http.retry_after_seconds,
-            settings.http.body_timeout_seconds,
+            BodyPace.of(settings.http),
         )
         self.predictions_log = self._open_predictions_log()
         self.pipeline = Pipeline(settings.pipeline, self.metrics, self.predictions_log)

@@ -9,8 +9,10 @@ Time limits on a connection (aiohttp has only the keep-alive one):
   byte of each later request on a kept-alive connection, the client has this long to send
   the request line and every header. ``GuardedRequestHandler`` enforces it; a client
   that trickles its headers (slowloris) is answered 408 and disconnected.
-- ``http.body_timeout_seconds``: handlers that read a body do it under ``asyncio.timeout``
-  and answer 408 through ``answer_and_close`` (see ``read_body``).
+- ``http.body_timeout_seconds``, ``http.min_body_rate_bytes`` and
+  ``http.body_rate_grace_seconds``: handlers that read a body do it under a
+  ``BodyPace.watch`` and answer 408 through ``answer_and_close``: a body must arrive whole
+  within the timeout and, after the grace period, at the minimum rate on average.
 - ``KEEPALIVE_TIMEOUT_SECONDS``: an idle kept-alive connection is closed by aiohttp itself.
 - A second request pipelined behind one being handled is not under the header deadline
   (its bytes arrive while no request is awaited); the keep-alive timer bounds it.
@@ -26,7 +28,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from aiohttp import hdrs, web
+from aiohttp import StreamReader, hdrs, web
 from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, InvalidURLError, LineTooLong
 from prometheus_client.exposition import choose_encoder
@@ -281,6 +283,9 @@ class GuardedRequestHandler(web.RequestHandler):
             status, reason = refused_head_reason(exc, self._last_line_length)
             log.debug("refused a request from %s that cannot be parsed: %s (answered %d)",
                       request.remote, type(exc).__name__, status)
+        elif isinstance(exc, ConnectionError):  # the client went away mid-request (json_errors lets it through)
+            log.debug("the connection from %s was lost during a request", request.remote)
+            reason = "the connection was lost"
         elif status == 504:
             reason = "the request took too long to handle; retry later"
         else:  # a handler's exception escaped the application (json_errors catches the rest)
@@ -417,8 +422,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
     ``request.read()`` caps at the app-wide ``client_max_size``, and
     ``request.content.read(n)`` returns whatever has arrived so far (a body split over
-    several packets comes back truncated), hence this loop. Run it under
-    ``asyncio.timeout(http.body_timeout_seconds)``.
+    several packets comes back truncated), hence this loop. Run it under a
+    ``BodyPace.watch``.
     """
     chunks: list[bytes] = []
     total = 0
@@ -431,8 +436,105 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 def body_timeout_error(seconds: float) -> web.Response:
-    return json_error(408, f"the request body did not arrive within {seconds:g} s (http.body_timeout_seconds); "
-                      "send it faster or split it into smaller requests")
+    return json_error(408, body_timeout_reason(seconds))
+
+
+def body_timeout_reason(seconds: float) -> str:
+    return (f"the request body did not arrive within {seconds:g} s (http.body_timeout_seconds); "
+            "send it faster or split it into smaller requests")
+
+
+class BodyTooSlow(Exception):
+    """A request body fell behind its ``BodyPace``; the message says which limit it broke."""
+
+
+@dataclass(frozen=True)
+class BodyPace:
+    """How fast a request body must arrive: whole within ``timeout_seconds``, and, after
+    ``grace_seconds``, at ``min_rate_bytes`` per second on average (0: no minimum).
+
+    That is, by ``grace_seconds`` plus one second for every ``min_rate_bytes`` received
+    so far. The deadline alone let a client that sends a byte a second keep its place
+    among ``http.max_concurrent_requests`` for the whole ``http.body_timeout_seconds``;
+    with a minimum rate it keeps it for about the grace period.
+    """
+
+    timeout_seconds: float
+    min_rate_bytes: int = 0
+    grace_seconds: float = 0.0
+
+    @classmethod
+    def of(cls, settings: HttpSettings) -> BodyPace:
+        return cls(settings.body_timeout_seconds, settings.min_body_rate_bytes, settings.body_rate_grace_seconds)
+
+    def watch(self, request: web.BaseRequest) -> PaceWatch:
+        """Wrap the reading of ``request``'s body: ``async with pace.watch(request): ...``."""
+        return PaceWatch(self, request.content)
+
+
+class PaceWatch:
+    """Cancels the reading inside it once the body falls behind its pace, and raises
+    ``BodyTooSlow`` in its place.
+
+    The bytes received are read from the stream aiohttp feeds (``StreamReader.total_bytes``,
+    not in aiohttp's documentation; checked against 3.14.5 and pinned by
+    tests/test_http_aiohttp_pins.py), not from what the handler has consumed, so a reader
+    that takes its data in large pieces (a multipart part) is not cut off while the
+    client keeps sending.
+    """
+
+    def __init__(self, pace: BodyPace, content: StreamReader) -> None:
+        self._pace = pace
+        self._content = content
+        self._timeout = asyncio.timeout(None)
+        self._check: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._start = 0.0
+        self._broken = ""  # the reason, once the body fell behind
+
+    async def __aenter__(self) -> PaceWatch:
+        self._start = self._loop.time()
+        await self._timeout.__aenter__()
+        self._check = self._loop.call_at(self._due(), self._on_due)
+        return self
+
+    async def __aexit__(self, kind: Any, error: Any, traceback: Any) -> bool | None:
+        if self._check is not None:
+            self._check.cancel()
+        try:
+            return await self._timeout.__aexit__(kind, error, traceback)
+        except TimeoutError:
+            if not self._broken:  # not ours
+                raise
+            raise BodyTooSlow(self._broken) from None
+
+    def _received(self) -> int:
+        """Body bytes received so far, those that came with the head included."""
+        return self._content.total_bytes
+
+    def _due(self) -> float:
+        """When the body must be whole, or have grown, given the bytes received so far."""
+        pace = self._pace
+        due = self._start + pace.timeout_seconds
+        if pace.min_rate_bytes:
+            due = min(due, self._start + pace.grace_seconds + self._received() / pace.min_rate_bytes)
+        return due
+
+    def _on_due(self) -> None:
+        now, due = self._loop.time(), self._due()
+        if due > now:  # more arrived meanwhile: look again then
+            self._check = self._loop.call_at(due, self._on_due)
+            return
+        self._check = None
+        pace = self._pace
+        if due < self._start + pace.timeout_seconds:
+            rate = self._received() / max(now - self._start, 1e-9)
+            self._broken = (f"the request body arrived at {rate:.0f} bytes/s, under the minimum of "
+                            f"{pace.min_rate_bytes} bytes/s (http.min_body_rate_bytes) that applies after the first "
+                            f"{pace.grace_seconds:g} s (http.body_rate_grace_seconds); send it faster")
+        else:
+            self._broken = body_timeout_reason(pace.timeout_seconds)
+        self._timeout.reschedule(now)  # cancels the reading; __aexit__ turns that into BodyTooSlow
 
 
 async def answer_and_close(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
