@@ -181,15 +181,15 @@ class HttpSource(Source):
             if len(items) >= self.settings.max_parts:
                 return self._reject(413, f"more than {self.settings.max_parts} images in one request "
                                     "(http.max_parts); split the batch")
-            chunks = []
+            payload = bytearray()  # one growing buffer, as in read_body
             while chunk := await part.read_chunk():
                 total += len(chunk)
                 if total > self.settings.max_body_bytes:
                     return self._reject(413, f"multipart body over the limit of "
                                         f"{self.settings.max_body_bytes} bytes (http.max_body_bytes)")
-                chunks.append(chunk)
+                payload += chunk
             names.append(part_filename(part))
-            items.append(WorkItem(id=f"{base_id}-{len(items)}", source=self.name, payload=b"".join(chunks),
+            items.append(WorkItem(id=f"{base_id}-{len(items)}", source=self.name, payload=bytes(payload),
                                   label=label))
         return items, names
 
