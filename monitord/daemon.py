@@ -31,8 +31,9 @@ from monitord.api import add_api_routes
 from monitord.detectors import DetectorStage
 from monitord.feedback import Feedback
 from monitord.gc_tuning import freeze_startup_objects
-from monitord.http_server import Readiness, build_app, listening_sockets, make_runner
+from monitord.http_server import BodyPace, Readiness, build_app, listening_sockets, make_runner
 from monitord.ingest_workers import IngestWorkers
+from monitord.memory_bound import allocate_large_blocks_by_mmap
 from monitord.metrics import Metrics
 from monitord.model import Model
 from monitord.pipeline import Pipeline
@@ -80,7 +81,7 @@ class Daemon:
             lambda: self.feedback,
             lambda: self.detectors,
             settings.http.retry_after_seconds,
-            settings.http.body_timeout_seconds,
+            BodyPace.of(settings.http),
         )
         self.predictions_log = self._open_predictions_log()
         self.pipeline = Pipeline(settings.pipeline, self.metrics, self.predictions_log)
@@ -146,6 +147,7 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until a stop is requested; return the process exit code."""
+        allocate_large_blocks_by_mmap()  # keeps resident memory within memory_bound's figure
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop, signum)
