@@ -13,16 +13,23 @@ keeps answering. This script drives that scenario and reports it:
    end is its steady state, and the figures below count requests started after it.
 
 Throughout, ``/healthz`` is probed every 0.5 s and the daemon's VmRSS read from
-``/proc/<pid>/status`` every 0.25 s. Run from the repository root::
+``/proc/<pid>/status`` every 0.25 s. At the end the peak (the larger of the highest sample
+and the kernel's VmHWM) is compared with the bound of ``monitord.memory_bound`` for the
+daemon's settings, its baseline being the VmRSS measured once the model has run one full
+batch of digits, before the light phase. ``--image-side S`` posts one incompressible S x S RGB PNG (about 3 S² bytes)
+per image instead of digits: large bodies, large decodes. Run from the repository root::
 
     .venv/bin/python benchmarks/overload.py                       # starts its own daemon, 60 s
     .venv/bin/python benchmarks/overload.py --seconds 20 --json out.json
-    .venv/bin/python benchmarks/overload.py --url http://127.0.0.1:8000 --pid 1234
+    .venv/bin/python benchmarks/overload.py --url http://127.0.0.1:8000 --pid 1234 --config monitord.toml
+    .venv/bin/python benchmarks/overload.py --image-side 2500 --batch 1 --clients 100 \
+        --max-concurrent 64 --max-image-pixels 6300000             # 19 MB bodies
 
 Without ``--url`` it starts ``monitord run`` in a temporary folder with the small default
 digits model (trained there in a few seconds unless ``--artifact`` names one) and the
 pipeline settings given here (``--queue-size``, ``--max-concurrent``, ...). ``--json``
-writes every figure (and each RSS sample) for a test or a notebook to read.
+writes every figure (and each RSS sample) for a test or a notebook to read. With ``--url``
+the bound is computed only if ``--config`` names the daemon's settings file.
 """
 
 from __future__ import annotations
@@ -80,12 +87,32 @@ def digit_images(count: int) -> list[bytes]:
     return [digit_png_bytes(images[i % len(images)]) for i in range(count)]
 
 
-def rss_kb(pid: int) -> int:
+def noise_images(side: int, count: int = 2) -> list[bytes]:
+    """``count`` RGB PNGs of ``side`` x ``side`` random pixels: about 3 side² bytes each."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    images = []
+    for seed in range(count):
+        pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG", compress_level=1)
+        images.append(buffer.getvalue())
+    return images
+
+
+def status_kb(pid: int, field: str) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
+def rss_kb(pid: int) -> int:
+    return status_kb(pid, "VmRSS")
 
 
 def percentile(values: list[float], share: float) -> float | None:
@@ -189,9 +216,29 @@ def summarise(outcomes: list[Outcome], seconds: float, batch: int) -> dict[str, 
     }
 
 
-def measure(args: argparse.Namespace, url: str, pid: int) -> dict[str, Any]:
-    images = digit_images(256)
+def full_batch(url: str, images: list[bytes], size: int) -> None:
+    """One request of ``size`` images, so that the model has run a full batch before the
+    baseline is read."""
+
+    async def post() -> None:
+        form = aiohttp.FormData()
+        for k in range(size):
+            form.add_field("image", images[k % len(images)], filename=f"{k}.png", content_type="image/png")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+            async with session.post(url + "/v1/predict", data=form) as response:
+                await response.read()
+
+    asyncio.run(post())
+
+
+def measure(args: argparse.Namespace, url: str, pid: int, settings: Any | None) -> dict[str, Any]:
+    images = noise_images(args.image_side) if args.image_side else digit_images(256)
     result: dict[str, Any] = {"settings": {key: value for key, value in vars(args).items() if key != "json"}}
+    result["settings"]["request_bytes"] = len(images[0]) * args.batch
+    baseline_kb = None
+    if settings is not None:
+        full_batch(url, digit_images(256), min(settings.pipeline.max_batch_size, settings.http.max_parts))
+        baseline_kb = rss_kb(pid)
     if args.light_seconds > 0:
         light = asyncio.run(load(url, pid, args.light_clients, args.batch, args.light_seconds, images, False))
         result["light"] = summarise(light.outcomes, args.light_seconds, args.batch)
@@ -211,6 +258,10 @@ def measure(args: argparse.Namespace, url: str, pid: int) -> dict[str, Any]:
         "samples": heavy.rss,
     }
     result["rss_kb"]["max_over_steady"] = result["rss_kb"]["max_after_warmup"] / steady
+    result["rss_kb"]["hwm"] = status_kb(pid, "VmHWM")
+    if settings is not None and baseline_kb is not None:
+        result["rss_kb"]["baseline"] = baseline_kb
+        result["memory_bound"] = check_bound(settings, args, baseline_kb * 1024, result["rss_kb"])
     result["healthz"] = {
         "probes": len(heavy.probes),
         "failed": sum(1 for p in heavy.probes if not p.ok),
@@ -218,6 +269,27 @@ def measure(args: argparse.Namespace, url: str, pid: int) -> dict[str, Any]:
         "after": healthz(url),
     }
     return result
+
+
+def check_bound(settings: Any, args: argparse.Namespace, baseline_bytes: int, rss: dict[str, Any]) -> dict[str, Any]:
+    """The bound of ``monitord.memory_bound`` for ``settings`` against the measured peak."""
+    from monitord.memory_bound import memory_bound
+
+    bound = memory_bound(settings, baseline_bytes=baseline_bytes, input_bytes=input_bytes(settings),
+                         connections=args.clients + args.light_clients + 2)
+    peak = max(rss["hwm"], max((kb for _, kb in rss["samples"]), default=0)) * 1024
+    return {"terms": [{"name": t.name, "formula": t.formula, "bytes": t.bytes} for t in bound.terms],
+            "bound_bytes": bound.total, "peak_bytes": peak, "peak_share_of_bound": peak / bound.total,
+            "within": peak <= bound.total}
+
+
+def input_bytes(settings: Any) -> int:
+    """One preprocessed model input of the artifact the daemon runs, in bytes (float32)."""
+    from monitord_torchvision.artifact import read_metadata
+
+    metadata = read_metadata(Path(settings.model.artifact))
+    height, width = metadata.input_size
+    return metadata.channels * height * width * 4
 
 
 def healthz(url: str) -> int:
@@ -230,8 +302,9 @@ def healthz(url: str) -> int:
         return -1
 
 
-def start_daemon(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``monitord run`` in ``workdir`` with the digits model and this run's pipeline settings."""
+def start_daemon(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """``monitord run`` in ``workdir`` with the digits model and this run's pipeline settings;
+    the process, its URL and its settings file."""
     artifact = args.artifact
     if artifact is None:
         from monitord_torchvision.training import train_default_model
@@ -243,7 +316,9 @@ def start_daemon(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Po
     config.write_text(
         'sources = ["http"]\n'
         f"[http]\nport = {port}\nmax_concurrent_requests = {args.max_concurrent}\n"
+        f"max_body_bytes = {args.max_body_bytes}\n"
         f"[pipeline]\nqueue_size = {args.queue_size}\nmax_batch_size = {args.max_batch_size}\n"
+        f"max_image_pixels = {args.max_image_pixels}\n"
         f"[model]\nartifact = \"{artifact}\"\n"
     )
     env = {**os.environ, "MONITORD_STATE_DIR": str(workdir / "state")}
@@ -258,7 +333,7 @@ def start_daemon(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Po
         try:
             with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
                 if response.status == 200:
-                    return process, url
+                    return process, url, config
         except OSError:
             pass
         time.sleep(0.2)
@@ -305,7 +380,20 @@ def report(result: dict[str, Any]) -> str:
     health = result["healthz"]
     lines.append(f"  /healthz: {health['probes']} probes, {health['failed']} failed, slowest "
                  f"{health['max_ms']:.0f} ms; after the load: {health['after']}")
+    if "memory_bound" in result:
+        bound = result["memory_bound"]
+        lines.append(f"  peak memory {bound['peak_bytes'] / 2**20:.0f} MiB (VmHWM {rss['hwm'] / 1024:.0f} MiB) "
+                     f"against the bound of {bound['bound_bytes'] / 2**20:.0f} MiB "
+                     f"({bound['peak_share_of_bound']:.0%}; {'within' if bound['within'] else 'OVER THE BOUND'}):")
+        lines.extend(f"    {term['name']}: {term['formula']} = {term['bytes'] / 2**20:.0f} MiB"
+                     for term in bound["terms"])
     return "\n".join(lines)
+
+
+def settings_of(config: Path) -> Any:
+    from monitord.settings import load_settings
+
+    return load_settings(config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,6 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-concurrent", type=int, default=16,
                         help="http.max_concurrent_requests of the daemon started here")
     parser.add_argument("--max-batch-size", type=int, default=32, help="pipeline.max_batch_size of the daemon started here")
+    parser.add_argument("--max-body-bytes", type=int, default=20 * 2**20,
+                        help="http.max_body_bytes of the daemon started here")
+    parser.add_argument("--max-image-pixels", type=int, default=40_000_000,
+                        help="pipeline.max_image_pixels of the daemon started here")
+    parser.add_argument("--image-side", type=int, default=0,
+                        help="post S x S noise PNGs instead of digits (0: digits)")
+    parser.add_argument("--config", type=Path, help="the settings file of the daemon at --url (for the memory bound)")
     parser.add_argument("--json", type=Path, help="write every figure here as JSON")
     args = parser.parse_args(argv)
     if args.warmup >= args.seconds:
@@ -333,13 +428,14 @@ def main(argv: list[str] | None = None) -> int:
 
     process = None
     with tempfile.TemporaryDirectory(prefix="monitord-overload-") as tmp:
+        config = args.config
         if args.url is None:
-            process, url = start_daemon(args, Path(tmp))
+            process, url, config = start_daemon(args, Path(tmp))
             pid = process.pid
         else:
             url, pid = args.url.rstrip("/"), args.pid
         try:
-            result = measure(args, url, pid)
+            result = measure(args, url, pid, settings_of(config) if config else None)
         finally:
             if process is not None:
                 process.terminate()

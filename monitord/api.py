@@ -7,7 +7,6 @@ answer 503 until the model, and with it the detectors, are loaded.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from typing import Any, Callable
@@ -16,7 +15,7 @@ from aiohttp import web
 
 from monitord.detectors import DetectorStage
 from monitord.feedback import Feedback, FeedbackResult
-from monitord.http_server import BodyTooLarge, answer_and_close, body_timeout_error, json_error, read_body
+from monitord.http_server import BodyPace, BodyTooLarge, BodyTooSlow, answer_and_close, json_error, read_body
 from monitord.settings import FeedbackSettings
 
 #: HTTP status of a single feedback record, by outcome.
@@ -29,12 +28,12 @@ def add_api_routes(
     feedback: Callable[[], Feedback | None],
     detectors: Callable[[], DetectorStage | None],
     retry_after_seconds: int,
-    body_timeout_seconds: float = 60.0,
+    pace: BodyPace = BodyPace(60.0),
 ) -> None:
     """Add ``POST /v1/feedback`` and ``GET /v1/detectors``; the getters give None while loading.
 
-    A feedback body that does not arrive within ``body_timeout_seconds``
-    (``http.body_timeout_seconds``) is answered 408 and its connection closed.
+    A feedback body that falls behind ``pace`` (``http.body_timeout_seconds``,
+    ``http.min_body_rate_bytes``) is answered 408 and its connection closed.
     """
 
     def not_ready() -> web.Response:
@@ -52,12 +51,12 @@ def add_api_routes(
         if request.content_length is not None and request.content_length > settings.max_body_bytes:
             return json_error(413, f"feedback body of {request.content_length} bytes exceeds feedback.max_body_bytes ({settings.max_body_bytes})")
         try:
-            async with asyncio.timeout(body_timeout_seconds):
+            async with pace.watch(request):
                 body = await read_body(request, settings.max_body_bytes)
         except BodyTooLarge:
             return json_error(413, f"feedback body exceeds feedback.max_body_bytes ({settings.max_body_bytes})")
-        except TimeoutError:
-            return await answer_and_close(request, body_timeout_error(body_timeout_seconds))
+        except BodyTooSlow as slow:
+            return await answer_and_close(request, json_error(408, str(slow)))
         try:
             document = json.loads(body)
         except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, an integer over 4300 digits

@@ -33,8 +33,9 @@ from monitord.background import BackgroundJobs
 from monitord.detectors import DetectorStage
 from monitord.feedback import Feedback
 from monitord.gc_tuning import freeze_startup_objects
-from monitord.http_server import Readiness, build_app, listening_sockets, make_runner
+from monitord.http_server import BodyPace, Readiness, build_app, listening_sockets, make_runner
 from monitord.ingest_workers import IngestWorkers
+from monitord.memory_bound import allocate_large_blocks_by_mmap
 from monitord.metrics import Metrics
 from monitord.model import Model
 from monitord.pipeline import Pipeline
@@ -84,7 +85,7 @@ class Daemon:
             lambda: self.feedback,
             lambda: self.detectors,
             settings.http.retry_after_seconds,
-            settings.http.body_timeout_seconds,
+            BodyPace.of(settings.http),
         )
         self.predictions_log = self._open_predictions_log()
         self.pipeline = Pipeline(settings.pipeline, self.metrics, self.predictions_log)
@@ -155,6 +156,7 @@ class Daemon:
         wait for the start-up: it is abandoned where it stands (see ``background``), what
         was already started is stopped, and the daemon exits.
         """
+        allocate_large_blocks_by_mmap()  # keeps resident memory within memory_bound's figure
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop, signum)

@@ -9,8 +9,10 @@ Time limits on a connection (aiohttp has only the keep-alive one):
   byte of each later request on a kept-alive connection, the client has this long to send
   the request line and every header. ``GuardedRequestHandler`` enforces it; a client
   that trickles its headers (slowloris) is answered 408 and disconnected.
-- ``http.body_timeout_seconds``: handlers that read a body do it under ``asyncio.timeout``
-  and answer 408 through ``answer_and_close`` (see ``read_body``).
+- ``http.body_timeout_seconds``, ``http.min_body_rate_bytes`` and
+  ``http.body_rate_grace_seconds``: handlers that read a body do it under a
+  ``BodyPace.watch`` and answer 408 through ``answer_and_close``: a body must arrive whole
+  within the timeout and, after the grace period, at the minimum rate on average.
 - ``KEEPALIVE_TIMEOUT_SECONDS``: an idle kept-alive connection is closed by aiohttp itself.
 - A second request pipelined behind one being handled is not under the header deadline
   (its bytes arrive while no request is awaited); the keep-alive timer bounds it.
@@ -26,8 +28,9 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from aiohttp import hdrs, web
+from aiohttp import StreamReader, hdrs, web
 from aiohttp.http import HttpVersion11
+from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, InvalidURLError, LineTooLong
 from prometheus_client.exposition import choose_encoder
 
 from monitord.metrics import Metrics
@@ -88,20 +91,35 @@ def bearer_auth(token: str, protect_metrics: bool) -> Callable[..., Awaitable[we
     Health and readiness stay open: orchestrators probe them without credentials. The
     comparison takes constant time, so the token cannot be guessed byte by byte.
     """
-    expected = f"Bearer {token}".encode()
+    expected = token.encode()
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
         if path.startswith("/v1/") or (protect_metrics and path == "/metrics"):
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
+            if not bearer_matches(request.headers.get(hdrs.AUTHORIZATION, ""), expected):
                 response = json_error(401, "missing or wrong bearer token: send Authorization: Bearer <http.token>")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="monitord"'
                 return response
         return await handler(request)
 
     return check
+
+
+def bearer_matches(header: str, expected: bytes) -> bool:
+    """Whether an ``Authorization`` value carries the bearer token ``expected``.
+
+    The scheme is matched case-insensitively and may be followed by several spaces (RFC
+    7235 §2.1); the token is compared in constant time. aiohttp decodes header bytes that
+    are not UTF-8 as lone surrogates ("surrogateescape"), which gives them back unchanged.
+    """
+    scheme, _, credentials = header.partition(" ")
+    try:
+        given = credentials.lstrip(" ").encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate aiohttp's decoding cannot have produced
+        given = b""
+    matches = hmac.compare_digest(given, expected)
+    return matches and scheme.lower() == "bearer"
 
 
 def base_app(max_body_bytes: int, token: str | None = None, protect_metrics: bool = False) -> web.Application:
@@ -151,6 +169,10 @@ def build_app(
 #: close first and never reuse a connection this server is closing.
 KEEPALIVE_TIMEOUT_SECONDS = 75.0
 
+#: Longest request line, and longest header line, in bytes: aiohttp's defaults, set here
+#: so that the answer past them can name them.
+MAX_LINE_BYTES = 8190
+
 
 class GuardedRequestHandler(web.RequestHandler):
     """aiohttp's connection protocol, plus a deadline for each request's line and headers.
@@ -165,15 +187,24 @@ class GuardedRequestHandler(web.RequestHandler):
     has produced a complete request head. If it fires first, the client gets a 408 (when
     it sent anything) and the connection is closed.
 
-    It relies on these aiohttp internals (checked against 3.14): ``_request_count`` grows
-    by one for each request head the parser completes in ``data_received``; ``_waiter`` is
-    a pending future exactly while ``start()`` waits for the next request (so bytes that
-    arrive then begin a new head, never a body); ``_messages`` holds parsed requests not yet
-    handled; ``force_close()`` closes the transport and ends ``start()``, as aiohttp's own
-    keep-alive timeout does.
+    A request aiohttp's parser refuses (an over-long line, ``GET *``, a malformed header)
+    is answered by ``handle_error``: JSON like every other error, and nothing of the
+    request is logged or echoed, since the parser's message quotes the request line or a
+    header, and those may hold a credential (a token sent as a query parameter, say).
+
+    It relies on these aiohttp internals (checked against 3.14.5; tests/test_http_aiohttp_pins.py
+    pins them): ``_request_count`` grows by one for each request head the parser completes
+    (or refuses) in ``data_received``; ``_waiter`` is a pending future exactly while
+    ``start()`` waits for the next request (so bytes that arrive then begin a new head,
+    never a body); ``_messages`` holds parsed requests not yet handled; ``force_close()``
+    closes the transport and ends ``start()``, as aiohttp's own keep-alive timeout does;
+    ``handle_error(request, status, exc, message)`` makes the response for each request
+    the parser refused (``exc`` the ``HttpProcessingError``), and for a handler's exception
+    that escaped the application.
     """
 
-    __slots__ = ("_header_timeout", "_header_timer", "_head_bytes", "_timeout_response")
+    __slots__ = ("_header_timeout", "_header_timer", "_head_bytes", "_timeout_response", "_line_length",
+                 "_last_line_length")
 
     def __init__(
         self, manager: web.Server, *, header_timeout: float, timeout_response: bytes, **kwargs: Any
@@ -183,6 +214,11 @@ class GuardedRequestHandler(web.RequestHandler):
         self._timeout_response = timeout_response
         self._header_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
+        # The request line's length in the head being received, once its end has arrived,
+        # and in the head completed last (None: unknown, a pipelined head): it tells an
+        # over-long URL (414) from an over-long header (431).
+        self._line_length: int | None = None
+        self._last_line_length: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -191,9 +227,17 @@ class GuardedRequestHandler(web.RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._header_timer is None and data and self._waiting_for_request():
             self._arm_header_timer()
+        if self._header_timer is not None and self._line_length is None and (end := data.find(b"\n")) >= 0:
+            self._line_length = self._head_bytes + end
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed:
+            # Known only for the head the timer watched from its first byte, if this data ended it.
+            if self._request_count - parsed == 1 and self._header_timer is not None:
+                self._last_line_length = (self._line_length if self._line_length is not None
+                                             else self._head_bytes + len(data))
+            else:
+                self._last_line_length = None
             self._disarm_header_timer()
         elif self._header_timer is not None:
             self._head_bytes += len(data)
@@ -208,6 +252,7 @@ class GuardedRequestHandler(web.RequestHandler):
 
     def _arm_header_timer(self) -> None:
         self._head_bytes = 0
+        self._line_length = None
         self._header_timer = self._loop.call_later(self._header_timeout, self._header_timed_out)
 
     def _disarm_header_timer(self) -> None:
@@ -225,6 +270,53 @@ class GuardedRequestHandler(web.RequestHandler):
         if self._head_bytes:
             self.transport.write(self._timeout_response)
         self.force_close()
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's own answer to a request it refused or a failure it caught, as JSON.
+
+        ``message`` (the parser's, quoting the client's bytes) is neither logged nor sent.
+        """
+        if isinstance(exc, HttpProcessingError):
+            status, reason = refused_head_reason(exc, self._last_line_length)
+            log.debug("refused a request from %s that cannot be parsed: %s (answered %d)",
+                      request.remote, type(exc).__name__, status)
+        elif isinstance(exc, ConnectionError):  # the client went away mid-request (json_errors lets it through)
+            log.debug("the connection from %s was lost during a request", request.remote)
+            reason = "the connection was lost"
+        elif status == 504:
+            reason = "the request took too long to handle; retry later"
+        else:  # a handler's exception escaped the application (json_errors catches the rest)
+            log.error("a request from %s failed", request.remote, exc_info=exc)
+            status, reason = 500, f"internal error ({type(exc).__name__}); see the daemon's log"
+        if request.writer.output_size > 0:  # as aiohttp: the answer has begun, the connection is broken
+            raise ConnectionError("response already started; cannot send the error")
+        response = json_error(status, reason)
+        response.force_close()
+        return response
+
+
+def refused_head_reason(error: HttpProcessingError, line_length: int | None) -> tuple[int, str]:
+    """The status and reason for a request head aiohttp's parser refused with ``error``.
+
+    ``line_length``: the request line's length in bytes, as far as it had arrived (None:
+    unknown). The reason names what was wrong, never the client's bytes.
+    """
+    if isinstance(error, LineTooLong):
+        advice = f"longer than {MAX_LINE_BYTES} bytes; send long data in the request body"
+        if line_length is None:
+            return 400, f"the request line or a header line is {advice}"
+        if line_length > MAX_LINE_BYTES:
+            return 414, f"the request line (method and URL) is {advice}, not in the URL"
+        return 431, f"a header line is {advice}, not in a header"
+    if isinstance(error, InvalidURLError):
+        return 400, "the request target is not a valid URL path; send a path such as /v1/predict"
+    if isinstance(error, BadStatusLine):  # BadHttpMethod included
+        return 400, "not an HTTP request: the request line must read METHOD /path HTTP/1.1"
+    return 400, (f"malformed request head ({type(error).__name__}): a header or the framing of the "
+                 "request does not parse; check the client")
 
 
 class GuardedServer(web.Server):
@@ -282,7 +374,9 @@ def make_runner(app: web.Application, settings: HttpSettings, shutdown_timeout: 
         app,
         header_timeout=settings.header_timeout_seconds,
         keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,
-        access_log=None,
+        max_line_size=MAX_LINE_BYTES,
+        max_field_size=MAX_LINE_BYTES,
+        access_log=None,  # no access log: a request's URL may hold a credential
         handle_signals=False,
         shutdown_timeout=shutdown_timeout,
     )
@@ -328,22 +422,122 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
     ``request.read()`` caps at the app-wide ``client_max_size``, and
     ``request.content.read(n)`` returns whatever has arrived so far (a body split over
-    several packets comes back truncated), hence this loop. Run it under
-    ``asyncio.timeout(http.body_timeout_seconds)``.
+    several packets comes back truncated), hence this loop. Run it under a
+    ``BodyPace.watch``.
+
+    The pieces go into one growing buffer (a mapping of its own once past 1 MiB, see
+    ``memory_bound.allocate_large_blocks_by_mmap``), not a list joined at the end: a
+    list keeps thousands of small blocks on the heap, which stays resident after they
+    are freed, and costs a second copy of every body being read.
     """
-    chunks: list[bytes] = []
-    total = 0
+    body = bytearray()
     while chunk := await request.content.readany():
-        total += len(chunk)
-        if total > limit:
-            raise BodyTooLarge(total)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if len(body) + len(chunk) > limit:
+            raise BodyTooLarge(len(body) + len(chunk))
+        body += chunk
+    return bytes(body)
 
 
 def body_timeout_error(seconds: float) -> web.Response:
-    return json_error(408, f"the request body did not arrive within {seconds:g} s (http.body_timeout_seconds); "
-                      "send it faster or split it into smaller requests")
+    return json_error(408, body_timeout_reason(seconds))
+
+
+def body_timeout_reason(seconds: float) -> str:
+    return (f"the request body did not arrive within {seconds:g} s (http.body_timeout_seconds); "
+            "send it faster or split it into smaller requests")
+
+
+class BodyTooSlow(Exception):
+    """A request body fell behind its ``BodyPace``; the message says which limit it broke."""
+
+
+@dataclass(frozen=True)
+class BodyPace:
+    """How fast a request body must arrive: whole within ``timeout_seconds``, and, after
+    ``grace_seconds``, at ``min_rate_bytes`` per second on average (0: no minimum).
+
+    That is, by ``grace_seconds`` plus one second for every ``min_rate_bytes`` received
+    so far. The deadline alone let a client that sends a byte a second keep its place
+    among ``http.max_concurrent_requests`` for the whole ``http.body_timeout_seconds``;
+    with a minimum rate it keeps it for about the grace period.
+    """
+
+    timeout_seconds: float
+    min_rate_bytes: int = 0
+    grace_seconds: float = 0.0
+
+    @classmethod
+    def of(cls, settings: HttpSettings) -> BodyPace:
+        return cls(settings.body_timeout_seconds, settings.min_body_rate_bytes, settings.body_rate_grace_seconds)
+
+    def watch(self, request: web.BaseRequest) -> PaceWatch:
+        """Wrap the reading of ``request``'s body: ``async with pace.watch(request): ...``."""
+        return PaceWatch(self, request.content)
+
+
+class PaceWatch:
+    """Cancels the reading inside it once the body falls behind its pace, and raises
+    ``BodyTooSlow`` in its place.
+
+    The bytes received are read from the stream aiohttp feeds (``StreamReader.total_bytes``,
+    not in aiohttp's documentation; checked against 3.14.5 and pinned by
+    tests/test_http_aiohttp_pins.py), not from what the handler has consumed, so a reader
+    that takes its data in large pieces (a multipart part) is not cut off while the
+    client keeps sending.
+    """
+
+    def __init__(self, pace: BodyPace, content: StreamReader) -> None:
+        self._pace = pace
+        self._content = content
+        self._timeout = asyncio.timeout(None)
+        self._check: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._start = 0.0
+        self._broken = ""  # the reason, once the body fell behind
+
+    async def __aenter__(self) -> PaceWatch:
+        self._start = self._loop.time()
+        await self._timeout.__aenter__()
+        self._check = self._loop.call_at(self._due(), self._on_due)
+        return self
+
+    async def __aexit__(self, kind: Any, error: Any, traceback: Any) -> bool | None:
+        if self._check is not None:
+            self._check.cancel()
+        try:
+            return await self._timeout.__aexit__(kind, error, traceback)
+        except TimeoutError:
+            if not self._broken:  # not ours
+                raise
+            raise BodyTooSlow(self._broken) from None
+
+    def _received(self) -> int:
+        """Body bytes received so far, those that came with the head included."""
+        return self._content.total_bytes
+
+    def _due(self) -> float:
+        """When the body must be whole, or have grown, given the bytes received so far."""
+        pace = self._pace
+        due = self._start + pace.timeout_seconds
+        if pace.min_rate_bytes:
+            due = min(due, self._start + pace.grace_seconds + self._received() / pace.min_rate_bytes)
+        return due
+
+    def _on_due(self) -> None:
+        now, due = self._loop.time(), self._due()
+        if due > now:  # more arrived meanwhile: look again then
+            self._check = self._loop.call_at(due, self._on_due)
+            return
+        self._check = None
+        pace = self._pace
+        if due < self._start + pace.timeout_seconds:
+            rate = self._received() / max(now - self._start, 1e-9)
+            self._broken = (f"the request body arrived at {rate:.0f} bytes/s, under the minimum of "
+                            f"{pace.min_rate_bytes} bytes/s (http.min_body_rate_bytes) that applies after the first "
+                            f"{pace.grace_seconds:g} s (http.body_rate_grace_seconds); send it faster")
+        else:
+            self._broken = body_timeout_reason(pace.timeout_seconds)
+        self._timeout.reschedule(now)  # cancels the reading; __aexit__ turns that into BodyTooSlow
 
 
 async def answer_and_close(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:

@@ -38,6 +38,7 @@ from monitord.http_server import base_app, body_timeout_error, json_error, make_
 from monitord.ingest_channel import Channel, ChannelClosed
 from monitord.items import Prediction
 from monitord.logging_setup import configure_logging
+from monitord.memory_bound import allocate_large_blocks_by_mmap
 from monitord.metrics import Metrics
 from monitord.metrics_relay import FLUSH_SECONDS, MetricsRelay, relayed_metrics
 from monitord.pipeline import Pipeline
@@ -166,6 +167,7 @@ class IngestWorker:
             raise RuntimeError(f"expected the configuration first, got {kind!r}")
         settings = Settings.model_validate(settings_data)
         configure_logging(settings.log_level, process=f"ingest-{self.index}")
+        allocate_large_blocks_by_mmap()  # as the main process: keeps memory within memory_bound's figure
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop_requested.set)
         plugins = load_plugins()

@@ -49,6 +49,12 @@ class HttpSettings(_Section):
     header_timeout_seconds: float = Field(10.0, gt=0)
     #: Seconds a client has to send a whole request body (408 after that).
     body_timeout_seconds: float = Field(60.0, gt=0)
+    #: After ``body_rate_grace_seconds``, a body must keep arriving at this many bytes per
+    #: second on average (408 below it), so that a client trickling its body cannot hold
+    #: a place among ``max_concurrent_requests`` for the whole body timeout; 0: no minimum.
+    min_body_rate_bytes: int = Field(1024, ge=0)
+    #: Seconds a body may take before ``min_body_rate_bytes`` applies.
+    body_rate_grace_seconds: float = Field(5.0, ge=0)
     #: ``POST /v1/predict`` requests being read or waiting for their outcome, at most;
     #: more get 429 with Retry-After before their body is read.
     max_concurrent_requests: int = Field(64, gt=0)

@@ -442,3 +442,151 @@ def test_header_deadline_applies_to_requests_that_keep_sending(slow_guarded: Dae
         stop.set()
         writer.join()
         connection.close()
+
+
+# -- bodies that trickle: the minimum rate ---------------------------------------------------
+
+MIN_RATE = 100  # bytes per second
+RATE_GRACE = 1.0
+
+
+@pytest.fixture(scope="module")
+def paced(tmp_path_factory: pytest.TempPathFactory, digits_artifact: Path) -> Iterator[DaemonProcess]:
+    """The real daemon with a minimum body rate and a body deadline far longer than any
+    test here: a client cut off was cut off for its rate, not the deadline."""
+    process = DaemonProcess(
+        tmp_path_factory.mktemp("paced"), free_port(), artifact=digits_artifact,
+        extra_settings=(f'sources = ["http"]\n[http]\nbody_timeout_seconds = 600\n'
+                        f"min_body_rate_bytes = {MIN_RATE}\nbody_rate_grace_seconds = {RATE_GRACE}\n"),
+    )
+    process.start()
+    yield process
+    assert process.terminate() == 0
+    process.kill()
+
+
+def trickle_body(port: int, head: bytes, stop: threading.Event | None = None, interval: float = 0.3,
+                 give_up: float = 60.0) -> RawResponse | None:
+    """Send ``head``, then the body one byte every ``interval`` s until the server answers;
+    None if it never did (closed without an answer, ``stop`` set, or ``give_up`` passed)."""
+    connection = RawConnection(port, timeout=5)
+    deadline = time.monotonic() + give_up
+    try:
+        connection.send(head)
+        while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+            readable, _, _ = select.select([connection.sock], [], [], interval)
+            if readable:
+                try:
+                    return connection.response()
+                except ConnectionError:
+                    return None
+            try:
+                connection.send(b"\0")
+            except OSError:  # closed under us; an answer may still be waiting
+                try:
+                    return connection.response()
+                except (ConnectionError, OSError):
+                    return None
+        return None
+    finally:
+        connection.close()
+
+
+def body_request(kind: str, port: int) -> tuple[bytes, bytes]:
+    """A request head announcing a body of 10 kB, and the body's first bytes."""
+    (_, png), = held_out_pngs(1)
+    if kind == "raw":
+        path, content_type, start = "/v1/predict", "image/png", png[:20]
+    elif kind == "multipart":
+        body, content_type = multipart([png, png])
+        path, start = "/v1/predict", body[:20]
+    else:
+        path, content_type, start = "/v1/feedback", "application/json", b'{"id": "x", "label": '
+    return request_head(path, port, {"Content-Type": content_type, "Content-Length": "10000"}), start
+
+
+@pytest.mark.parametrize("kind", ["raw", "multipart", "feedback"])
+def test_a_body_slower_than_the_minimum_rate_gets_408_and_the_connection_closes(
+    paced: DaemonProcess, kind: str
+) -> None:
+    head, start = body_request(kind, paced.port)
+    answer = trickle_body(paced.port, head + start)  # about 3 bytes a second, the minimum is 100
+    assert answer is not None and answer.status == 408, answer
+    reason = answer.json()["error"]
+    assert answer.json()["status"] == 408 and answer.headers["connection"] == "close"
+    assert "http.min_body_rate_bytes" in reason and "http.body_rate_grace_seconds" in reason, reason
+
+
+def test_a_body_that_keeps_up_with_the_minimum_rate_is_read_whole(paced: DaemonProcess) -> None:
+    """Sent in pieces for longer than the grace period, but at many times the minimum rate."""
+    image = noise_png(3)
+    connection = RawConnection(paced.port)
+    try:
+        connection.send(request_head("/v1/predict", paced.port,
+                                     {"Content-Type": "image/png", "Content-Length": str(len(image))}))
+        piece = MIN_RATE * 2
+        for offset in range(0, len(image), piece):  # 2,000 bytes a second for about 2 s
+            connection.send(image[offset:offset + piece])
+            time.sleep(0.1)
+        answer = connection.response()
+        assert answer.status == 200 and answer.json()["class"] in {str(digit) for digit in range(10)}, answer
+    finally:
+        connection.close()
+
+
+def test_seventy_trickling_clients_do_not_lock_honest_clients_out(paced: DaemonProcess) -> None:
+    """70 connections (more than http.max_concurrent_requests, 64) send their bodies a byte
+    at a time and reconnect as soon as they are cut off or refused. Each holds a slot for
+    about the grace period, not for the body deadline (600 s here): honest clients get in,
+    again and again, while the tricklers get 408."""
+    head = request_head("/v1/predict", paced.port, {"Content-Type": "image/png", "Content-Length": "100000"})
+    stop = threading.Event()
+    answers: list[RawResponse] = []
+    cut_off_clients: set[int] = set()
+
+    def trickler(index: int) -> None:
+        while not stop.is_set():
+            try:
+                answer = trickle_body(paced.port, head, stop, interval=0.5)
+            except OSError:
+                answer = None
+            if answer is not None:
+                answers.append(answer)
+                if answer.status == 408:
+                    cut_off_clients.add(index)
+                else:
+                    stop.wait(0.2)  # refused from the headers (429): come back shortly
+
+    digits = held_out_pngs(10)
+    with ThreadPoolExecutor(70) as pool:
+        tricklers = [pool.submit(trickler, index) for index in range(70)]
+        try:
+            # The attack works: every slot is held, an honest request is refused.
+            refused: list[int] = []
+            wait_for(lambda: refused.append(post(paced.url + "/v1/predict", digits[0][1])[0]) or refused[-1] == 429,
+                     60, interval=0.05, message="the tricklers holding every slot (an honest request refused)")
+            served: list[tuple[int, str]] = []
+
+            def honest_request() -> bool:
+                label, png = digits[len(served) % len(digits)]
+                status, body, _ = post(paced.url + "/v1/predict", png)
+                if status == 200:
+                    served.append((label, body["class"]))
+                else:
+                    assert status == 429, (status, body)
+                return len(served) >= 5
+
+            wait_for(honest_request, 120, interval=0.02, message="5 honest requests served among the tricklers")
+            assert all(str(label) == predicted for label, predicted in served), served
+            wait_for(lambda: len(cut_off_clients) == 70, 120, message="every trickler cut off at least once")
+        finally:
+            stop.set()
+            for future in tricklers:
+                future.result()
+    for answer in answers:
+        assert answer.status in (408, 429), answer
+        if answer.status == 408:
+            assert "http.min_body_rate_bytes" in answer.json()["error"], answer
+    assert get_status(paced.url + "/healthz") == 200
+    log = paced.log()
+    assert "Traceback" not in log, log[-3000:]

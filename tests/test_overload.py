@@ -7,8 +7,9 @@ to a daemon that queues at most 16 images and serves at most 12 predict requests
 — far past what it can classify on any machine. What must hold whatever the machine's
 speed: some requests are refused, each with 429 or 503 and Retry-After; every accepted
 request gets a prediction per image; nothing else comes back (no 500, no dropped
-connection); ``/healthz`` answers every probe during the load and after; and the daemon's
-resident memory after the 6 s warm-up stays within 20 % of its level at the end of it.
+connection); ``/healthz`` answers every probe during the load and after; the daemon's
+resident memory after the 6 s warm-up stays within 20 % of its level at the end of it;
+and its peak stays under the bound ``monitord.memory_bound`` computes for its settings.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def test_sustained_overload_is_refused_with_retry_after_and_memory_stays_flat(
         run = subprocess.run(
             [sys.executable, str(BENCHMARK), "--url", daemon.url, "--pid", str(daemon.process.pid),
              "--seconds", "20", "--warmup", "6", "--light-seconds", "0", "--clients", "24", "--batch", "8",
-             "--json", str(out)],
-            capture_output=True, text=True, timeout=120,
+             "--config", str(daemon.config), "--json", str(out)],
+            capture_output=True, text=True, timeout=120, env=daemon.env,  # the daemon's settings, all of them
         )
         assert run.returncode == 0, run.stderr
         print(run.stdout)
@@ -53,6 +54,8 @@ def test_sustained_overload_is_refused_with_retry_after_and_memory_stays_flat(
 
         rss = result["rss_kb"]
         assert rss["max_after_warmup"] <= 1.2 * rss["steady"], rss
+        bound = result["memory_bound"]
+        assert bound["within"] and bound["peak_bytes"] >= rss["max_after_warmup"] * 1024, bound
 
         health = result["healthz"]
         assert health["probes"] >= 30 and health["failed"] == 0 and health["after"] == 200

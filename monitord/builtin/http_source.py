@@ -3,7 +3,8 @@
 Errors are JSON with a reason: 415 for a media type we do not take, 413 for a body over
 ``http.max_body_bytes`` (or more than ``http.max_parts`` parts, or more than the pipeline
 ever holds), 422 for an image that does not decode, 408 for a body that does not arrive
-within ``http.body_timeout_seconds`` (the connection is closed), 503 with ``Retry-After``
+within ``http.body_timeout_seconds`` or, after ``http.body_rate_grace_seconds``, slower
+than ``http.min_body_rate_bytes`` a second (the connection is closed), 503 with ``Retry-After``
 while the daemon is starting, stopping or saturated (the request is refused whole, never
 queued without bound), 429 with ``Retry-After`` past ``http.max_concurrent_requests``.
 
@@ -27,9 +28,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from monitord.hookspecs import hookimpl
 from monitord.http_server import (
+    BodyPace,
     BodyTooLarge,
+    BodyTooSlow,
     answer_and_close,
-    body_timeout_error,
     defer_continue,
     json_error,
     read_body,
@@ -46,6 +48,7 @@ class HttpSource(Source):
     def __init__(self, context: SourceContext) -> None:
         super().__init__(context)
         self.settings = context.settings.http
+        self._pace = BodyPace.of(self.settings)
         self._open = False
         self._in_flight = 0
         self._finished = asyncio.Event()
@@ -118,13 +121,13 @@ class HttpSource(Source):
         if request.content_type.startswith("multipart/"):
             return await self._predict_multipart(request, item_id, label)
         try:
-            async with asyncio.timeout(self.settings.body_timeout_seconds):
+            async with self._pace.watch(request):
                 body = await read_body(request, self.settings.max_body_bytes)
         except BodyTooLarge:
             return self._reject(413, f"request body over the limit of {self.settings.max_body_bytes} bytes "
                                 "(http.max_body_bytes)")
-        except TimeoutError:
-            return await self._too_slow(request)
+        except BodyTooSlow as slow:
+            return await self._too_slow(request, slow)
         item = WorkItem(id=item_id, source=self.name, payload=body, label=label)
         outcomes = await self._run([item])
         if isinstance(outcomes, web.Response):
@@ -137,14 +140,14 @@ class HttpSource(Source):
 
     async def _predict_multipart(self, request: web.Request, base_id: str, label: str | None) -> web.StreamResponse:
         try:
-            async with asyncio.timeout(self.settings.body_timeout_seconds):
+            async with self._pace.watch(request):
                 parts = await self._read_parts(request, base_id, label)
         except (ValueError, AssertionError) as error:
             return self._reject(400, f"malformed multipart body: {error}")
         except HttpProcessingError as error:  # a part's headers do not parse (InvalidHeader, LineTooLong)
             return self._reject(400, f"malformed multipart body: {error.message}")
-        except TimeoutError:
-            return await self._too_slow(request)
+        except BodyTooSlow as slow:
+            return await self._too_slow(request, slow)
         if isinstance(parts, web.Response):
             return parts
         items, names = parts
@@ -178,15 +181,15 @@ class HttpSource(Source):
             if len(items) >= self.settings.max_parts:
                 return self._reject(413, f"more than {self.settings.max_parts} images in one request "
                                     "(http.max_parts); split the batch")
-            chunks = []
+            payload = bytearray()  # one growing buffer, as in read_body
             while chunk := await part.read_chunk():
                 total += len(chunk)
                 if total > self.settings.max_body_bytes:
                     return self._reject(413, f"multipart body over the limit of "
                                         f"{self.settings.max_body_bytes} bytes (http.max_body_bytes)")
-                chunks.append(chunk)
+                payload += chunk
             names.append(part_filename(part))
-            items.append(WorkItem(id=f"{base_id}-{len(items)}", source=self.name, payload=b"".join(chunks),
+            items.append(WorkItem(id=f"{base_id}-{len(items)}", source=self.name, payload=bytes(payload),
                                   label=label))
         return items, names
 
@@ -208,9 +211,9 @@ class HttpSource(Source):
         self.context.metrics.images.labels(source=self.name, outcome="rejected").inc()
         return json_error(status, message)
 
-    async def _too_slow(self, request: web.Request) -> web.StreamResponse:
+    async def _too_slow(self, request: web.Request, slow: BodyTooSlow) -> web.StreamResponse:
         self.context.metrics.images.labels(source=self.name, outcome="rejected").inc()
-        return await answer_and_close(request, body_timeout_error(self.settings.body_timeout_seconds))
+        return await answer_and_close(request, json_error(408, str(slow)))
 
     def _throttled(self, status: int, images: int, message: str) -> web.Response:
         self.context.metrics.images.labels(source=self.name, outcome="throttled").inc(images)
