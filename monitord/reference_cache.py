@@ -4,9 +4,8 @@ it again.
 Some detectors calibrate on their reference at start-up (NM-DDM simulates 100,000 windows
 for its thresholds: about a second here), and do it again when a snapshot is restored. The
 result depends only on the reference and the detector's parameters, so it is stored under a
-digest of both: with the model artifact (``<artifact>/reference-cache/``) when that folder
-is writable, so that every daemon serving the artifact shares it, else in
-``<state_dir>/reference-cache/``. Entries are numpy ``.npy`` files read with
+digest of both in ``<state_dir>/reference-cache/``, and also looked for in
+``<artifact>/reference-cache/``, where whatever made the artifact may have put it. Entries are numpy ``.npy`` files read with
 ``allow_pickle=False``; one that cannot be read is computed again (and rewritten), never
 trusted.
 
@@ -43,13 +42,11 @@ class ReferenceCache:
 
     @classmethod
     def for_daemon(cls, artifact: Path, state_dir: Path) -> "ReferenceCache":
-        """Beside the model artifact when it is a folder this process may write, else in the
-        state folder; both are read."""
-        beside_artifact = Path(artifact) / FOLDER_NAME
+        """Read from the artifact's folder (what was computed when it was made travels with
+        it) and the state folder; written to the state folder only, since a daemon never
+        changes the artifact it serves (it may be shared, read-only or versioned)."""
         in_state = Path(state_dir) / FOLDER_NAME
-        if Path(artifact).is_dir() and os.access(artifact, os.W_OK):
-            return cls([beside_artifact, in_state], beside_artifact)
-        return cls([beside_artifact, in_state], in_state)
+        return cls([Path(artifact) / FOLDER_NAME, in_state], in_state)
 
     def array(self, name: str, inputs: Sequence[bytes | str], compute: Callable[[], np.ndarray]) -> np.ndarray:
         """The array stored for ``name`` and ``inputs``, or ``compute()``'s, stored now.

@@ -49,14 +49,18 @@ def test_an_unreadable_entry_is_computed_again_and_replaced(tmp_path: Path) -> N
     assert np.array_equal(np.load(entry), np.ones(3))
 
 
-def test_without_an_artifact_folder_entries_go_to_the_state_folder(tmp_path: Path) -> None:
-    """A model named by architecture and weights has no artifact folder to keep them in."""
-    cache = ReferenceCache.for_daemon(tmp_path / "no-artifact", tmp_path / "state")
-    assert cache.writable == tmp_path / "state" / "reference-cache"
-    (tmp_path / "artifact").mkdir()
-    beside = ReferenceCache.for_daemon(tmp_path / "artifact", tmp_path / "state")
-    assert beside.writable == tmp_path / "artifact" / "reference-cache"
-    assert beside.folders == [tmp_path / "artifact" / "reference-cache", tmp_path / "state" / "reference-cache"]
+def test_the_daemon_reads_beside_the_artifact_but_writes_only_in_its_state(tmp_path: Path) -> None:
+    """An artifact is an input: shared, versioned, maybe read-only; serving it changes nothing."""
+    artifact, state = tmp_path / "artifact", tmp_path / "state"
+    shipped = ReferenceCache([artifact / "reference-cache"], artifact / "reference-cache")
+    shipped.array("x", ["k"], lambda: np.arange(3.0))  # as whatever made the artifact would
+    calls: list[int] = []
+    cache = ReferenceCache.for_daemon(artifact, state)
+    assert np.array_equal(cache.array("x", ["k"], counting(np.zeros(3), calls)), np.arange(3.0))
+    cache.array("y", ["k"], counting(np.ones(2), calls))
+    assert calls == [1]
+    assert len(list((artifact / "reference-cache").iterdir())) == 1  # nothing new beside the artifact
+    assert len(list((state / "reference-cache").glob("y-*.npy"))) == 1
 
 
 def test_nm_ddm_calibrates_once_across_rebuilds_with_the_daemons_cache(tmp_path: Path, monkeypatch) -> None:
@@ -98,8 +102,9 @@ def test_the_digits_model_loads_without_importing_torchvision(digits_artifact: P
 
 def test_a_restarted_daemon_reads_the_calibration_it_kept(daemon, digits_artifact: Path) -> None:
     first = daemon()
-    entries = list((digits_artifact / "reference-cache").glob("nm_ddm-calibration-*.npy"))
-    assert entries, "the daemon kept no calibration beside the artifact"
+    entries = list((first.state / "reference-cache").glob("nm_ddm-calibration-*.npy"))
+    assert entries, "the daemon kept no calibration in its state folder"
+    assert not (digits_artifact / "reference-cache").exists()  # the artifact is left alone
     first.terminate()
     stamp = {entry: entry.stat().st_mtime_ns for entry in entries}
     again = daemon()

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 MODEL_TYPE = "torchvision"
 
 
-#: The signals every model of this plugin produces (``signals.SIGNAL_NAMES``, which
-#: imports torch; a test keeps the two equal).
+#: The signals every model of this plugin produces (``signals`` computes them; declared
+#: here, where nothing imports torch, for the daemon's start-up check).
 SIGNALS: tuple[str, ...] = (
     "confidence",
     "entropy",

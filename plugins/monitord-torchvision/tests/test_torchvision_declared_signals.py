@@ -9,9 +9,13 @@ from monitord_torchvision.plugin import SIGNALS, torchvision_model
 from monitord_torchvision.signals import SIGNAL_NAMES
 
 
-def test_declared_signals_match_the_produced_ones() -> None:
-    assert SIGNALS == SIGNAL_NAMES
-    assert tuple(torchvision_model.signals(ModelSettings())) == SIGNAL_NAMES
+def test_declared_signals_are_the_ones_a_model_produces(digits_model) -> None:
+    import numpy as np
+
+    declared = tuple(torchvision_model.signals(ModelSettings()))
+    assert declared == SIGNALS == SIGNAL_NAMES
+    result = digits_model.predict(np.zeros((2, 1, 8, 8), dtype=np.float32))
+    assert set(result.signals) == set(declared)
 
 
 def test_declaring_checks_the_plugin_keys() -> None:
