@@ -52,16 +52,19 @@ def time_to_ready(daemon: Daemon) -> float:
 
 
 def time_to_exit(daemon: Daemon, after: str, signum: int = signal.SIGINT, timeout: float = 300) -> float:
-    """Start, wait until ``after`` appears in the log, send ``signum``: seconds until exit."""
+    """Start, wait until ``after`` appears in this start's log, send ``signum``: seconds until exit."""
+    seen = len(daemon.log_text())
     daemon.start()
     deadline = time.monotonic() + timeout
-    while after not in daemon.log_text():
+    while after not in daemon.log_text()[seen:]:
         if time.monotonic() > deadline or not daemon.running():
             raise RuntimeError(f"never saw {after!r} in {daemon.log_path}")
         time.sleep(0.005)
     began = time.monotonic()
     daemon.process.send_signal(signum)
-    daemon.process.wait(timeout)
+    status = daemon.process.wait(timeout)
+    if status == -signum:
+        raise RuntimeError(f"the daemon died of the signal instead of stopping; see {daemon.log_path}")
     return time.monotonic() - began
 
 
