@@ -135,8 +135,9 @@ class Daemon:
             cwd=self.workdir, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
-    def wait_ready(self, timeout: float = 180) -> float:
-        """Block until /readyz answers 200; the seconds it took. Fails if the process exits."""
+    def wait_ready(self, timeout: float = 180, poll: float = 0.1) -> float:
+        """Block until /readyz answers 200 (asked every ``poll`` seconds); the seconds it
+        took. Fails if the process exits."""
         began = time.monotonic()
         deadline = began + timeout
         while time.monotonic() < deadline:
@@ -149,7 +150,7 @@ class Daemon:
                         return time.monotonic() - began
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
-            time.sleep(0.1)
+            time.sleep(poll)
         raise RuntimeError(f"the daemon was not ready after {timeout:.0f} s; log: {self.log_path}")
 
     def kill9(self) -> None:

@@ -73,8 +73,11 @@ SUFFIXED = re.compile(r"^(?P<stem>.*)-[0-9a-f]{8}(?P<suffix>\.png)$")
 def settings(receiver_url: str, cooldown: float) -> str:
     return f"""\
 # benchmarks/soak.py: the default detectors, a short alert cool-down, a webhook sink.
+# Episodes resolve on the cool-down alone (resolve_after_samples = 1), as before episodes
+# followed the data: the soak ends with a traffic pause, which would keep them open.
 [alerts]
 cooldown_seconds = {cooldown}
+resolve_after_samples = 1
 renotify_seconds = 0
 
 [[sinks]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -24,9 +25,17 @@ def make_cli() -> tuple[click.Group, PluginHost]:
 
 
 def main() -> None:
+    # SIGTERM stops like Ctrl-C until a command (the daemon's event loop) takes it over.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         cli, host = make_cli()
     except PluginError as error:
         click.echo(f"monitord: {error}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)  # stopped while loading plugins: nothing had started
     cli(prog_name="monitord", obj=host)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -49,6 +49,12 @@ def register_models(register: Register) -> None:
     ``factory(settings: monitord.settings.ModelSettings, state_dir: Path) ->
     monitord.model.Model``. The factory may be slow (it loads weights, or trains a
     default model on first use); the daemon calls it off the event loop.
+
+    Optionally the factory also has ``signals(settings) -> Collection[str]``: the names
+    of the signals its model will produce, after checking the plugin's own keys of
+    ``[model]`` (raise ``monitord.settings.SettingsError`` naming a bad one). It must be
+    fast and load nothing: the daemon calls it before anything else at start-up, to
+    refuse a detector watching a signal the model never produces.
     """
 
 
@@ -61,7 +67,9 @@ def register_detectors(register: Register) -> None:
     parameters; ``reference`` holds the model's saved reference values of the watched
     signal(s), shape (n,) or (n, d) for ``spec.signals`` of length d, or None when the
     detector must take its reference from the stream. Raise ``ValueError`` naming the
-    bad parameter; the daemon refuses to start with that message.
+    bad parameter; the daemon refuses to start with that message. At start-up, before
+    the model loads, the daemon calls the factory once with ``reference=None`` only to
+    check the parameters, so building without a reference must be cheap.
     """
 
 

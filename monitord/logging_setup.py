@@ -10,7 +10,7 @@ def configure_logging(level: str, process: str | None = None) -> None:
     where = f"[{process}] " if process else ""
     logging.basicConfig(
         level=level,
-        format=f"%(asctime)s %(levelname)-7s {where}%(name)s: %(message)s",
+        format=f"%(asctime)s.%(msecs)03d %(levelname)-7s {where}%(name)s: %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
         force=True,
     )

@@ -92,3 +92,17 @@ class EncodedInputModel(Protocol):
     def predict_inputs(self, inputs: list[Any]) -> BatchResult:
         """Classify a batch of ``preprocess`` arrays and ``prepare_encoded`` inputs, in order."""
         ...
+
+
+def declared_signals(factory: Any, settings: Any) -> frozenset[str] | None:
+    """The signals a model factory says its model will produce, before it is loaded.
+
+    A model plugin may give its factory a ``signals(settings: ModelSettings)`` method
+    (see ``register_models``): it checks the plugin's own keys of ``[model]`` (raising
+    ``monitord.settings.SettingsError`` naming the bad one) and returns the signal names,
+    without loading anything. None when the factory does not say.
+    """
+    describe = getattr(factory, "signals", None)
+    if not callable(describe):
+        return None
+    return frozenset(describe(settings))

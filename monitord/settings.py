@@ -7,6 +7,7 @@ two in step (a test checks that they agree).
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -14,6 +15,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    SettingsError as PydanticSettingsError,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -370,6 +372,34 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return settings_cls(**overrides)
     except ValidationError as error:
         raise SettingsError(describe_validation_error(error, config_file)) from None
+    except PydanticSettingsError as error:
+        raise SettingsError(describe_source_error(error)) from None
+
+
+#: pydantic-settings' sources, by the name its errors give them.
+_SOURCE_NAMES = {"EnvSettingsSource": "the environment", "DotEnvSettingsSource": ".env"}
+
+
+def describe_source_error(error: PydanticSettingsError) -> str:
+    """A value pydantic-settings could not even parse (malformed JSON in
+    ``MONITORD_DETECTORS``, say), as one line naming the variable and what is wrong."""
+    found = re.search(r'field "([^"]+)" from source "([^"]+)"', str(error))
+    if found is None:
+        return f"invalid settings: {error}"
+    field, source = found.groups()
+    variable = f"MONITORD_{field.upper()}"
+    where = _SOURCE_NAMES.get(source, source)
+    cause = error.__cause__
+    reason = f"not valid JSON ({cause})" if isinstance(cause, ValueError) else f"cannot be parsed ({cause or error})"
+    return (f"invalid settings: {variable} in {where} is {reason}; it takes a JSON value such as "
+            f"{_JSON_EXAMPLES.get(field, '[...]')}")
+
+
+_JSON_EXAMPLES = {
+    "detectors": '\'[{"type": "pht", "signal": "confidence"}]\'',
+    "sinks": '\'[{"type": "log"}]\'',
+    "sources": '\'["folder", "http"]\'',
+}
 
 
 #: Settings whose values never appear in error messages or logs.
@@ -384,7 +414,7 @@ def describe_validation_error(
     ``prefix`` places a plugin's own section (``("model",)``) under its settings key.
     """
     where = f"{config_file}, " if config_file else ""
-    lines = [f"invalid settings ({len(error.errors())} problem(s)):"]
+    lines = [f"invalid settings ({len(error.errors())} problems):"]
     for problem in error.errors():
         loc = (*prefix, *problem["loc"])
         key = ".".join(str(part) for part in loc)
@@ -395,4 +425,6 @@ def describe_validation_error(
         secret = any(isinstance(part, str) and part in SECRET_KEYS for part in loc)
         shown = "<hidden>" if secret else repr(problem["input"])
         lines.append(f"  {key} = {shown}: {problem['msg']} (set it in {where}.env or {env})")
+    if len(lines) == 2:
+        return f"invalid settings: {lines[1].strip()}"
     return "\n".join(lines)

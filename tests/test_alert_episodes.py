@@ -25,19 +25,9 @@ from monitord_drift.pht import PageHinkley
 
 from daemon_process import wait_for
 from servers import WebhookReceiver
+from fake_clock import Clock
 
 SOURCE = AlertSource(model="m", instance="127.0.0.1:8000", generator_url="http://127.0.0.1:8000/v1/detectors")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def wall(self) -> float:
-        return 1_700_000_000.0 + self.t
 
 
 class Run:

@@ -27,20 +27,10 @@ from installed_plugin import install_testplugin
 from monitord_testplugin import png
 from servers import WebhookReceiver, get_json, start_alertmanager
 from test_alert_sinks import Receiver, wait_until
+from fake_clock import Clock
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 SOURCE = AlertSource(model="digits", instance="127.0.0.1:8000", generator_url="http://127.0.0.1:8000/v1/detectors")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def wall(self) -> float:
-        return 1_700_000_000.0 + self.t
 
 
 def state(level: str, samples: int) -> DetectorState:

@@ -8,19 +8,9 @@ from monitord.alerting.alert import ZERO_TIME, Alert, fingerprint
 from monitord.alerting.episodes import AlertSource, DetectorAlerts
 from monitord.detectors import DetectorState, DriftEvent
 from monitord.settings import AlertSettings
+from fake_clock import Clock
 
 SOURCE = AlertSource(model="digits", instance="host:8000", generator_url="http://host:8000/v1/detectors")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def wall(self) -> float:
-        return 1_700_000_000.0 + self.t
 
 
 def state(level: str, statistic: float = 1.0, samples: int = 10) -> DetectorState:

@@ -79,14 +79,14 @@ def test_every_notification_survives_a_receiver_outage_and_restarts(tmp_path: Pa
 
         # Episode 1 fires while the receiver is up.
         post_image(daemon, 250)
-        wait_for(lambda: len(receiver.bodies()) == 1, 10, message="the first firing alert")
+        wait_for(lambda: len(receiver.bodies()) == 1, 60, message="the first firing alert")
 
         receiver.stop()
         down_at = time.monotonic()
         post_image(daemon, 5)  # episode 1 resolves after the 2 s cool-down: spooled
-        wait_for(lambda: spooled(daemon) == 1, 10, message="the resolved alert in the spool")
+        wait_for(lambda: spooled(daemon) == 1, 60, message="the resolved alert in the spool")
         post_image(daemon, 250)  # episode 2 fires: spooled
-        wait_for(lambda: spooled(daemon) == 2, 10, message="episode 2 in the spool")
+        wait_for(lambda: spooled(daemon) == 2, 60, message="episode 2 in the spool")
         assert daemon.metric("monitord_alerts_total", sink="hook", outcome="failed") >= 1
 
         assert daemon.terminate() == 0  # graceful restart: nothing resolves on shutdown
@@ -97,22 +97,22 @@ def test_every_notification_survives_a_receiver_outage_and_restarts(tmp_path: Pa
         time.sleep(3.0)  # longer than the cool-down
         assert spooled(daemon) == 2
         post_image(daemon, 5)
-        wait_for(lambda: spooled(daemon) == 3, 10, message="episode 2 resolved after the restart")
+        wait_for(lambda: spooled(daemon) == 3, 60, message="episode 2 resolved after the restart")
         post_image(daemon, 250)  # episode 3 fires
-        wait_for(lambda: spooled(daemon) == 4, 10, message="episode 3 in the spool")
+        wait_for(lambda: spooled(daemon) == 4, 60, message="episode 3 in the spool")
 
         assert daemon.process is not None
         daemon.process.send_signal(signal.SIGKILL)
         daemon.process.wait(10)
         daemon.start()
         post_image(daemon, 5)
-        wait_for(lambda: spooled(daemon) == 5, 10, message="episode 3 resolved after kill -9")
+        wait_for(lambda: spooled(daemon) == 5, 60, message="episode 3 resolved after kill -9")
         assert receiver.bodies() == [receiver.bodies()[0]]  # nothing got through the outage
 
         time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_at)))
         receiver.start()
         up_at = time.monotonic()
-        wait_for(lambda: spooled(daemon) == 0 and len(receiver.bodies()) >= 6, 15,
+        wait_for(lambda: spooled(daemon) == 0 and len(receiver.bodies()) >= 6, 60,
                  message="every notification after the outage")
         recovery = time.monotonic() - up_at
         print(f"outage {up_at - down_at:.1f} s; all 5 spooled notifications delivered {recovery:.2f} s after recovery")

@@ -238,6 +238,32 @@ def test_symlink_loop_is_refused_with_a_reason(folder_daemon: DaemonProcess) -> 
     assert "symlink" in reason or "symbolic link" in reason, reason
 
 
+def test_a_fifo_and_a_socket_in_the_inbox_go_to_failed_with_a_reason(folder_daemon: DaemonProcess) -> None:
+    """Neither is ever opened (a FIFO's open waits for a writer, which would stall the
+    folder); both leave the inbox with a reason, as any file that cannot be used."""
+    import socket
+
+    process = folder_daemon
+    rejected_before = process.metric("monitord_images_total", source="folder", outcome="rejected")
+    os.mkfifo(process.inbox / "pipe.png")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(process.inbox / "sock.png"))
+    try:
+        wait_for(lambda: os.path.lexists(process.failed / "pipe.png") and os.path.lexists(process.failed / "sock.png"),
+                 timeout=120, message="the FIFO and the socket moved to failed/")
+    finally:
+        listener.close()
+    assert not os.path.lexists(process.inbox / "pipe.png") and not os.path.lexists(process.inbox / "sock.png")
+    assert "FIFO" in (process.failed / "pipe.png.reason.txt").read_text()
+    assert "socket" in (process.failed / "sock.png.reason.txt").read_text()
+    wait_for(lambda: process.metric("monitord_images_total", source="folder", outcome="rejected")
+             == rejected_before + 2, message="both counted as rejected")
+    # The folder still works after them.
+    label, data = held_out_pngs(1)[0]
+    drop_atomically(process.inbox, f"{label}/after-fifo.png", data)
+    wait_for(lambda: (process.processed / str(label) / "after-fifo.png").exists(), message="a digit after them")
+
+
 @pytest.fixture(scope="module")
 def raw_names_daemon(tmp_path_factory: pytest.TempPathFactory, digits_artifact: Path):
     """A daemon that finds the names that are not UTF-8 in its inbox at start (by its scan)."""

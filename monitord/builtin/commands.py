@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +24,12 @@ config_option = click.option(
 )
 
 
+class ConfigurationError(click.ClickException):
+    """Settings that cannot work: printed without a traceback, exit status 2."""
+
+    exit_code = 2
+
+
 @hookimpl
 def register_commands(cli: click.Group) -> None:
     @cli.command()
@@ -32,18 +40,46 @@ def register_commands(cli: click.Group) -> None:
 
         With no settings at all it trains the default digits model on first use,
         watches ./inbox and serves http://127.0.0.1:8000.
+
+        The whole configuration is checked first (exit status 2 naming each bad key),
+        then the state folder is locked (one daemon per state_dir, exit status 1 if
+        another holds it), and only then is anything loaded or bound.
         """
         from monitord.logging_setup import configure_logging
+        from monitord.preflight import check_configuration
+        from monitord.state_lock import StateDirInUse, lock_state_dir
 
+        # Until the daemon's event loop takes the signals over, SIGTERM stops as Ctrl-C
+        # does (``monitord.cli.main`` makes it raise KeyboardInterrupt).
         try:
-            settings = load_settings(config)
-        except SettingsError as error:
-            raise click.ClickException(str(error)) from None
-        configure_logging(settings.log_level)
+            try:
+                settings = load_settings(config)
+                check_configuration(settings, host)
+            except (SettingsError, PluginError) as error:
+                raise ConfigurationError(str(error)) from None
+            configure_logging(settings.log_level)
+            try:
+                lock = lock_state_dir(settings.state_dir)
+            except StateDirInUse as error:
+                raise click.ClickException(str(error)) from None
+        except KeyboardInterrupt:
+            sys.exit(0)  # stopped before anything started: nothing to undo
         try:
-            daemon_exit = asyncio.run(_run_daemon(settings, host))
+            daemon_exit, unfinished = asyncio.run(_run_daemon(settings, host))
+        except KeyboardInterrupt:
+            daemon_exit, unfinished = 0, []  # before the daemon took the signals over
         except PluginError as error:
             raise click.ClickException(str(error)) from None
+        finally:
+            lock.release()
+        if unfinished:
+            # Start-up jobs abandoned by a stop (a model still loading or training) cannot
+            # be interrupted, and interpreter shutdown would wait for or trip over them.
+            logging.getLogger("monitord").info("leaving %s unfinished", ", ".join(unfinished))
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(daemon_exit)
         sys.exit(daemon_exit)
 
     @cli.command()
@@ -63,10 +99,13 @@ def register_commands(cli: click.Group) -> None:
     cli.add_command(replay_command())
 
 
-async def _run_daemon(settings: Settings, host: PluginHost) -> int:
+async def _run_daemon(settings: Settings, host: PluginHost) -> tuple[int, list[str]]:
+    """The daemon's exit code, and the start-up jobs it left running (see ``background``)."""
     from monitord.daemon import Daemon
 
-    return await Daemon(settings, host).run()
+    daemon = Daemon(settings, host)
+    code = await daemon.run()
+    return code, daemon.background.unfinished()
 
 
 def _table(rows: list[Registration]) -> str:

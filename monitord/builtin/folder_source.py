@@ -126,6 +126,9 @@ class _Ready:
     is_link: bool
     #: Its content, read with the writer check (small files only); None: the decode reads it.
     content: bytes | None = None
+    #: What it is when it is neither a file nor a link ("FIFO", "socket", ...): never
+    #: opened (opening a FIFO waits for a writer), only failed with a reason.
+    special: str | None = None
 
 
 @dataclass
@@ -166,6 +169,8 @@ class FolderSource(Source):
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._drained: asyncio.Future[None] | None = None
+        #: Files whose move out of the inbox failed, already logged (retried quietly).
+        self._unfinished_reported: set[str] = set()
         context.metrics.watch_queue("folder_backlog", lambda: len(self._candidates))
 
     def setup(self) -> None:
@@ -480,10 +485,13 @@ class FolderSource(Source):
                     continue
                 # Processing checks where it points and refuses it with a reason.
                 ready.append(_Ready(path, path[skip:], FileIdentity.of_stat(info), None, True))
-            elif not stat.S_ISREG(mode):
-                turn.taken.append(path)  # a folder, a socket: nothing to read
-                turn.folder_seen |= stat.S_ISDIR(mode)
+            elif stat.S_ISDIR(mode):
+                turn.taken.append(path)  # its files are candidates of their own
+                turn.folder_seen = True
                 continue
+            elif not stat.S_ISREG(mode):
+                ready.append(_Ready(path, path[skip:], FileIdentity.of_stat(info), None, False,
+                                    special=_special_kind(mode)))
             else:
                 # The identity and size are the lstat's: a file replaced between it and the
                 # check is a new file with the same name, which a restart tells apart anyway.
@@ -551,6 +559,9 @@ class FolderSource(Source):
             return (f"the daemon stopped {entry.attempts - 1} times while this file was being processed "
                     f"(folder.max_attempts = {self.settings.max_attempts}); set aside so it cannot stop "
                     "it again; check the daemon's log from those runs")
+        if file.special is not None:
+            return (f"not a regular file but a {file.special}; only image files are read from the inbox "
+                    "(write images as files, then rename them in)")
         size = file.size
         if file.is_link:
             # realpath, unlike Path.resolve, does not raise on a loop: reading it then fails with ELOOP.
@@ -643,7 +654,10 @@ class FolderSource(Source):
                     write_atomically(decision.sidecar, decision.sidecar_text)
                 move(path, decision.target)
             except Exception:
-                log.exception("could not finish %s; it stays in the inbox and will be retried", decision.relative)
+                if decision.relative not in self._unfinished_reported:  # not again at every rescan
+                    self._unfinished_reported.add(decision.relative)
+                    log.exception("could not finish %s; it stays in the inbox and will be retried",
+                                  decision.relative)
                 continue
             if decision.outcome != "ok":
                 log.warning("rejected %s: %s", decision.relative, (decision.sidecar_text or "").rstrip("\n"))
@@ -653,6 +667,15 @@ class FolderSource(Source):
         except Exception:  # moved already: the next start finishes them from the ledger
             log.exception("could not finish %d file(s) in the ledger; the next start does", len(done))
         return done
+
+
+def _special_kind(mode: int) -> str:
+    """What an inbox entry that is neither a file, a folder nor a link is, for a person."""
+    for test, kind in ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return kind
+    return f"special file (mode {stat.filemode(mode)})"
 
 
 def _any_folder(paths: list[str]) -> bool:

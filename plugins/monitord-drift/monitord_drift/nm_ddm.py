@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import zlib
@@ -9,6 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 from monitord.detectors import DriftEvent
+from monitord.reference_cache import active_cache
 from numpy.typing import ArrayLike
 
 from .base import LEVEL_CODES, DriftDetector, Reading
@@ -22,6 +24,8 @@ SPREAD_FLOOR = 1e-8
 #: Eigenvalues of the reference correlation matrix are raised to this, so that
 #: (near-)collinear features whiten to a finite scale.
 EIGENVALUE_FLOOR = 1e-6
+#: Bumped whenever the calibration's simulation changes, so cached draws are not reused.
+CALIBRATION_VERSION = 1
 #: Weight ε of the defensive (Cauchy) component mixed into both densities.
 DEFENSIVE_WEIGHT = 0.01
 #: The statistic must exceed a threshold by this much (nats) to cross it, so that rounding
@@ -341,19 +345,29 @@ class NMDDM(DriftDetector):
         )
 
     def _calibrate(self, reference: np.ndarray, held_log_scale: float) -> None:
-        from . import nm_ddm_kernels as kernels
-
         windows = self.calibration_windows or max(1000, math.ceil(10 / self.alpha_drift))
-        checksum = zlib.crc32(np.ascontiguousarray(reference).tobytes())
-        rng = np.random.default_rng([self.seed, checksum])
-        uniforms = rng.random((windows, self.window))
-        gram = kernels.kernel_matrix(self._reference_points, self._inv_two_h2)
-        defence = kernels.log_defensive(self._reference_points, *self._defence)
-        statistics = kernels.calibration_statistics(
-            gram, self._reference_points, defence, uniforms, self._window_log_scale, held_log_scale,
-            self._defence_base, self._h2,
-        )  # fmt: skip
-        self._calibration = np.sort(statistics)
+        reference_bytes = np.ascontiguousarray(reference, dtype=np.float64).tobytes()
+
+        def simulate() -> np.ndarray:
+            from . import nm_ddm_kernels as kernels
+
+            rng = np.random.default_rng([self.seed, zlib.crc32(reference_bytes)])
+            uniforms = rng.random((windows, self.window))
+            gram = kernels.kernel_matrix(self._reference_points, self._inv_two_h2)
+            defence = kernels.log_defensive(self._reference_points, *self._defence)
+            statistics = kernels.calibration_statistics(
+                gram, self._reference_points, defence, uniforms, self._window_log_scale, held_log_scale,
+                self._defence_base, self._h2,
+            )  # fmt: skip
+            return np.sort(statistics)
+
+        # The draws depend on these alone; the daemon keeps them across restarts.
+        inputs = (f"v{CALIBRATION_VERSION}", json.dumps([self.window, self.bandwidth, self.seed, windows,
+                                                         list(reference.shape)]), reference_bytes)
+        calibration = active_cache().array("nm_ddm-calibration", inputs, simulate)
+        if calibration.shape != (windows,) or calibration.dtype != np.float64:
+            calibration = simulate()  # an entry of another shape is not ours to trust
+        self._calibration = calibration
         self._thresholds = (self._quantile(self.alpha_warning), self._quantile(self.alpha_drift))
 
     def _quantile(self, alpha: float) -> float:

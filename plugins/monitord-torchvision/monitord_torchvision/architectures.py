@@ -10,7 +10,6 @@ import difflib
 from collections import OrderedDict
 
 import torch
-import torchvision
 from torch import nn
 
 from .errors import ModelLoadError
@@ -57,6 +56,8 @@ class DigitsCNN(nn.Module):
 
 def torchvision_classifiers() -> list[str]:
     """Classification architectures this torchvision knows (no detection/segmentation)."""
+    import torchvision  # here, not above: it costs a second, and the digits CNN never needs it
+
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
@@ -82,6 +83,8 @@ def build_network(
 def _build(architecture: str, num_classes: int, channels: int, key: str) -> nn.Module:
     if architecture == DIGITS_CNN:
         return DigitsCNN(num_classes=num_classes, channels=channels)
+    import torchvision
+
     known = torchvision_classifiers()
     if architecture not in known:
         close = difflib.get_close_matches(architecture, [DIGITS_CNN, *known], n=3, cutoff=0.6)

@@ -127,6 +127,7 @@ def staged_folder(output: Path) -> Iterator[Path]:
     """
     check_replaceable(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_staging(output)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
         yield staging
@@ -135,6 +136,14 @@ def staged_folder(output: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _remove_abandoned_staging(output: Path) -> None:
+    """Staging folders a stopped or killed training left beside ``output`` (the daemon
+    does not wait for a training it was told to stop during start-up)."""
+    for leftover in output.parent.glob(f".{output.name}.*.tmp"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _swap_in(staging: Path, output: Path) -> None:

@@ -33,12 +33,20 @@ import torch
 import torch.nn.functional as F
 from monitord.decode import FORMATS, DecodeError, decode_image
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from .jpeg_scan import NotPlainJpeg, scan_jpeg
 from .preprocess import PreprocessSpec, block_factors, preprocess_image
 
 log = logging.getLogger("monitord.torchvision")
+
+
+def decode_jpeg(encoded: list[torch.Tensor], **options: object) -> list[torch.Tensor]:
+    """``torchvision.io.decode_jpeg`` to RGB, imported on first use: importing torchvision
+    costs the daemon's start about a second, and only JPEGs decoded on the device need it."""
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_jpeg as decode
+
+    return decode(encoded, **{"mode": ImageReadMode.RGB, **options})
 
 # torchvision 0.29 marks its image codecs deprecated (in favour of TorchCodec) and warns
 # on every call; once per batch would flood a log that shows warnings.
@@ -214,7 +222,7 @@ class DevicePreprocessor:
         halves, so a few bad images among many cost a few extra calls, not one per image.
         """
         try:
-            return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device))
+            return list(decode_jpeg(encoded, device=self.device))
         except Exception as error:  # noqa: BLE001 - the decoder's verdict on the data
             if len(encoded) == 1:
                 return [error]

@@ -20,11 +20,36 @@ if TYPE_CHECKING:
 MODEL_TYPE = "torchvision"
 
 
-def torchvision_model(settings: ModelSettings, state_dir: Path) -> TorchvisionModel:
-    """The model factory; imports torch only when the daemon asks for a model."""
-    from .loading import load_model
+#: The signals every model of this plugin produces (``signals`` computes them; declared
+#: here, where nothing imports torch, for the daemon's start-up check).
+SIGNALS: tuple[str, ...] = (
+    "confidence",
+    "entropy",
+    "margin",
+    "predicted_class",
+    "activation_mean",
+    "activation_std",
+)
 
-    return load_model(settings, state_dir)
+
+class TorchvisionModelFactory:
+    """The model factory; imports torch only when the daemon asks for a model."""
+
+    def __call__(self, settings: ModelSettings, state_dir: Path) -> TorchvisionModel:
+        from .loading import load_model
+
+        return load_model(settings, state_dir)
+
+    def signals(self, settings: ModelSettings) -> tuple[str, ...]:
+        """Check the plugin's ``[model]`` keys (``SettingsError`` naming a bad one) and
+        name the signals, before anything loads."""
+        from .options import parse_options
+
+        parse_options(settings)
+        return SIGNALS
+
+
+torchvision_model = TorchvisionModelFactory()
 
 
 @hookimpl

@@ -10,14 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-SIGNAL_NAMES: tuple[str, ...] = (
-    "confidence",
-    "entropy",
-    "margin",
-    "predicted_class",
-    "activation_mean",
-    "activation_std",
-)
+from .plugin import SIGNALS as SIGNAL_NAMES  # declared there, where torch is not imported
 
 
 def activation_statistics(activations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
