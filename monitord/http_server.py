@@ -24,7 +24,6 @@ import asyncio
 import hmac
 import json
 import logging
-import socket
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -123,11 +122,8 @@ def bearer_matches(header: str, expected: bytes) -> bool:
 
 
 def base_app(max_body_bytes: int, token: str | None = None, protect_metrics: bool = False) -> web.Application:
-    """An application with the daemon's middlewares (JSON errors, bearer token) and no routes.
-
-    The main process adds health, readiness and ``/metrics`` (``build_app``); an ingest
-    worker adds only ``POST /v1/predict`` and passes every other path to the main process.
-    """
+    """An application with the daemon's middlewares (JSON errors, bearer token) and no
+    routes; ``build_app`` adds health, readiness and ``/metrics``."""
     middlewares: list = [json_errors]
     if token:
         middlewares.append(bearer_auth(token, protect_metrics))
@@ -380,34 +376,6 @@ def make_runner(app: web.Application, settings: HttpSettings, shutdown_timeout: 
         handle_signals=False,
         shutdown_timeout=shutdown_timeout,
     )
-
-
-def listening_sockets(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
-    """Bound, listening sockets for ``host:port``, one per address it resolves to, as
-    asyncio's ``create_server`` makes them; made here so that ingest workers can accept
-    connections on the very same sockets (an idle process takes the next connection)."""
-    sockets: list[socket.socket] = []
-    seen: set[tuple[int, Any]] = set()
-    try:
-        for family, kind, proto, _, address in socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        ):
-            if (family, address) in seen:
-                continue
-            seen.add((family, address))
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(backlog)
-            sock.setblocking(False)
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
 
 
 # -- request bodies ----------------------------------------------------------------------

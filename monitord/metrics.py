@@ -126,7 +126,6 @@ class Metrics:
             ["sink"],
             registry=r,
         )
-        self._elsewhere: Callable[[str], float] = lambda stage: 0.0
         self.build = Info("monitord_build", "Version of monitord, its runtime and model.", registry=r)
         self.describe_build()
 
@@ -152,12 +151,5 @@ class Metrics:
             self.predictions.labels(name)
 
     def watch_queue(self, stage: str, depth: Callable[[], float]) -> None:
-        """Report ``depth()`` as the queue depth of ``stage`` at every scrape (or the
-        depth of the same queue in another process, if that one is fuller)."""
-        self.queue_depth.labels(stage=stage).set_function(lambda: max(depth(), self._elsewhere(stage)))
-
-    def report_other_queues(self, depth: Callable[[str], float]) -> None:
-        """Take ``depth(stage)`` into ``monitord_queue_depth``: the fullest queue of a stage
-        in the other processes (ingest workers). Each process has queues of its own size,
-        so the fullest one, not the sum, says whether any is about to refuse work."""
-        self._elsewhere = depth
+        """Report ``depth()`` as the queue depth of ``stage`` at every scrape."""
+        self.queue_depth.labels(stage=stage).set_function(depth)

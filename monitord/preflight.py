@@ -24,9 +24,10 @@ from monitord.settings import DetectorSpec, Settings, SettingsError
 log = logging.getLogger("monitord.preflight")
 
 
-def check_configuration(settings: Settings, plugins: PluginHost) -> None:
-    """Raise ``SettingsError`` listing every problem the settings have; return if none."""
+def check_configuration(settings: Settings, plugins: PluginHost, role: str = "all") -> None:
+    """Raise ``SettingsError`` listing every problem the settings have for ``role``; return if none."""
     problems: list[str] = []
+    problems += _check_transport(settings, plugins, role)
     problems += _check_sources(settings, plugins)
     signals, model_problems = _check_model(settings, plugins)
     problems += model_problems
@@ -37,6 +38,20 @@ def check_configuration(settings: Settings, plugins: PluginHost) -> None:
         raise SettingsError(f"invalid settings: {problems[0]}")
     if problems:
         raise SettingsError("\n".join([f"invalid settings ({len(problems)} problems):", *(f"  {p}" for p in problems)]))
+
+
+def _check_transport(settings: Settings, plugins: PluginHost, role: str) -> list[str]:
+    transport = settings.bus.transport
+    if transport == "local":
+        if role != "all":
+            return [f"--role {role} needs a stream other processes can reach: set bus.url (MONITORD_BUS__URL), "
+                    "e.g. redis://127.0.0.1:6379/0; without it one process plays both roles (--role all)"]
+        return []
+    try:
+        plugins.factory("transport", transport)
+    except PluginError as error:
+        return [f"bus.url = {settings.bus.url!r}: {error} (install monitord-redis for redis:// URLs)"]
+    return []
 
 
 def _check_sources(settings: Settings, plugins: PluginHost) -> list[str]:

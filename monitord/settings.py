@@ -136,6 +136,10 @@ class FeedbackSettings(_Section):
     #: ... and NaN once no label came for this many seconds (evaluated at each scrape); the
     #: next label starts a new window.
     accuracy_max_age_seconds: float = Field(3600.0, gt=0)
+    #: Seconds a label whose prediction is not known yet waits for it (it may still be in
+    #: the inbox, or on its way through the stream) before it counts as ``unknown``; 0
+    #: refuses such labels at once.
+    grace_seconds: float = Field(60.0, ge=0)
     #: Largest ``POST /v1/feedback`` body in bytes, and most records in one request.
     max_body_bytes: int = Field(MiB, gt=0)
     max_records: int = Field(10_000, gt=0)
@@ -149,6 +153,37 @@ class FeedbackSettings(_Section):
                 "lower min_labels or raise accuracy_window"
             )
         return self
+
+
+class BusSettings(_Section):
+    """The stream between inference and monitoring (see ``monitord run --role``)."""
+
+    #: Unset: in-process, one process does both (the default: nothing else to run).
+    #: ``redis://host:port/db`` (or ``rediss://``, ``unix:///path?db=0``): Redis Streams,
+    #: any number of inference processes and one active monitor, on any hosts.
+    url: str | None = None
+    #: The stream's name, the prefix of every key it uses: one per model (or tenant).
+    stream: str = Field("monitord", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    #: Entries (one a batch) published and not yet applied by the monitor, at most;
+    #: beyond it inference refuses work (HTTP 503 with Retry-After, files wait in the inbox).
+    max_lag: int = Field(1000, gt=0)
+    #: Seconds between the monitor's checkpoints: after a crash or a takeover, at most
+    #: this much is applied again (exactly once all the same).
+    checkpoint_seconds: float = Field(1.0, gt=0)
+    #: Seconds the active monitor's lease lasts unless renewed: a standby takes over
+    #: about this long after the active one stopped.
+    lease_seconds: float = Field(5.0, gt=0)
+    #: Seconds ``POST /v1/feedback`` waits for the monitor's verdicts before answering
+    #: 202 (accepted, verdicts counted in ``monitord_feedback_total`` on the monitor).
+    reply_timeout_seconds: float = Field(5.0, gt=0)
+
+    @property
+    def transport(self) -> str:
+        """The registered transport the URL's scheme names (``local`` without one)."""
+        if not self.url:
+            return "local"
+        scheme, separator, _ = self.url.partition("://")
+        return scheme.lower() if separator else self.url
 
 
 class SnapshotSettings(_Section):
@@ -317,6 +352,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     detectors: list[DetectorSpec] = Field(default_factory=default_detectors)
     alerts: AlertSettings = AlertSettings()
+    bus: BusSettings = BusSettings()
     #: Alert sinks, a list of instances (``[[sinks]]``).
     sinks: list[SinkSpec] = Field(default_factory=default_sinks)
     #: Settings of third-party sources, keyed by source name.
