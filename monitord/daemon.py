@@ -67,7 +67,7 @@ class Daemon:
         self.settings = settings
         self.plugins = plugins
         self.role = role
-        self.metrics = Metrics()
+        self.metrics = Metrics(roles=("inference", "monitor") if role == "all" else (role,))
         self.readiness = Readiness()
         self.stop_requested = asyncio.Event()
         #: Start-up jobs in threads of their own, which a stop does not wait for.

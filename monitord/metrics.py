@@ -14,6 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from monitord import __version__
 
+#: The roles a process may play (``monitord run --role``), each with the metrics it owns.
+ROLES = ("inference", "monitor")
+
 #: Outcomes of ``monitord_images_total``: ``ok`` (classified), ``rejected`` (bad input),
 #: ``error`` (our failure, e.g. the model raised), ``throttled`` (refused while saturated).
 OUTCOMES = ("ok", "rejected", "error", "throttled")
@@ -37,77 +40,91 @@ prometheus_client.disable_created_metrics()
 
 
 class Metrics:
-    """The daemon's metrics. Pass ``registry`` in tests to keep daemons apart."""
+    """The daemon's metrics. Pass ``registry`` in tests to keep daemons apart.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    A process exports the metrics of the roles it plays (``roles``): an inference process
+    its images, latencies, batch sizes and queues; the monitor its predictions by class,
+    drift, accuracy, labels and alerts. Prometheus scrapes every process and the rules and
+    dashboard sum across them; a metric a role does not own would only add zeros (or an
+    accuracy of NaN) to those sums. The others still exist here, unexported, so the code
+    that counts need not know which role it is in.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, roles: Iterable[str] = ROLES) -> None:
         self.registry = registry or CollectorRegistry()
+        roles = frozenset(roles)
+        unknown = roles - set(ROLES)
+        if unknown:
+            raise ValueError(f"unknown role(s) {sorted(unknown)}; expected some of {ROLES}")
         r = self.registry
+        inference = r if "inference" in roles else None
+        monitor = r if "monitor" in roles else None
         self.images = Counter(
-            "monitord_images", "Images taken in, by source and outcome.", ["source", "outcome"], registry=r
+            "monitord_images", "Images taken in, by source and outcome.", ["source", "outcome"], registry=inference
         )
         self.predictions = Counter(
-            "monitord_predictions", "Predictions made, by predicted class.", ["class"], registry=r
+            "monitord_predictions", "Predictions made, by predicted class.", ["class"], registry=monitor
         )
         self.confidence = Histogram(
             "monitord_prediction_confidence",
             "Top-1 probability of each prediction.",
             buckets=_CONFIDENCE_BUCKETS,
-            registry=r,
+            registry=monitor,
         )
         self.inference_duration = Histogram(
             "monitord_inference_duration_seconds",
             "Time the model took for one micro-batch.",
             buckets=_LATENCY_BUCKETS,
-            registry=r,
+            registry=inference,
         )
         self.batch_size = Histogram(
-            "monitord_batch_size", "Images per micro-batch.", buckets=_BATCH_BUCKETS, registry=r
+            "monitord_batch_size", "Images per micro-batch.", buckets=_BATCH_BUCKETS, registry=inference
         )
         self.end_to_end = Histogram(
             "monitord_end_to_end_duration_seconds",
             "Time from an image's arrival to its outcome.",
             buckets=_LATENCY_BUCKETS,
-            registry=r,
+            registry=inference,
         )
         self.queue_depth = Gauge(
-            "monitord_queue_depth", "Items waiting at each pipeline stage.", ["stage"], registry=r
+            "monitord_queue_depth", "Items waiting at each pipeline stage.", ["stage"], registry=inference
         )
         detector_labels = ["detector", "type", "signal"]
         self.drift_statistic = Gauge(
-            "monitord_drift_statistic", "Each detector's current test statistic.", detector_labels, registry=r
+            "monitord_drift_statistic", "Each detector's current test statistic.", detector_labels, registry=monitor
         )
         self.drift_threshold = Gauge(
-            "monitord_drift_threshold", "The statistic's drift threshold.", detector_labels, registry=r
+            "monitord_drift_threshold", "The statistic's drift threshold.", detector_labels, registry=monitor
         )
         self.drift_p_value = Gauge(
-            "monitord_drift_p_value", "The test's p-value, where it has one.", detector_labels, registry=r
+            "monitord_drift_p_value", "The test's p-value, where it has one.", detector_labels, registry=monitor
         )
         self.drift_level = Gauge(
-            "monitord_drift_level", "0 ok, 1 warning, 2 drift.", detector_labels, registry=r
+            "monitord_drift_level", "0 ok, 1 warning, 2 drift.", detector_labels, registry=monitor
         )
         self.drift_events = Counter(
             "monitord_drift_events",
             "Warning and drift events raised by detectors.",
             [*detector_labels, "level"],
-            registry=r,
+            registry=monitor,
         )
         self.detector_errors = Counter(
             "monitord_detector_errors",
             "Batches a detector failed on and skipped (see the log for the first failure).",
             detector_labels,
-            registry=r,
+            registry=monitor,
         )
         self.accuracy = Gauge(
             "monitord_accuracy",
             "Share of correct predictions among the most recent labelled ones (feedback.accuracy_window); "
             "NaN below feedback.min_labels labels and after feedback.accuracy_max_age_seconds without one.",
-            registry=r,
+            registry=monitor,
         )
         self.accuracy.set(float("nan"))
         self.accuracy_labels = Gauge(
             "monitord_accuracy_labels",
             "Labelled predictions monitord_accuracy is computed from (0 once it is NaN for want of new labels).",
-            registry=r,
+            registry=monitor,
         )
         self.feedback = Counter(
             "monitord_feedback", "Labels received, by how they joined a prediction.", ["outcome"], registry=r
@@ -118,13 +135,13 @@ class Metrics:
             "monitord_alerts",
             "Alert notifications by sink and outcome (delivered, failed attempt, dropped).",
             ["sink", "outcome"],
-            registry=r,
+            registry=monitor,
         )
         self.alert_spool_depth = Gauge(
             "monitord_alert_spool_depth",
             "Notifications waiting in a sink's on-disk spool for delivery.",
             ["sink"],
-            registry=r,
+            registry=monitor,
         )
         self.build = Info("monitord_build", "Version of monitord, its runtime and model.", registry=r)
         self.describe_build()
