@@ -203,7 +203,8 @@ class Daemon:
         self._runner = make_runner(self.app, self.settings.http, shutdown_timeout=5.0)
         await self._runner.setup()
         try:
-            await web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port).start()
+            await web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port,
+                              reuse_port=self.settings.http.reuse_port or None).start()
         except OSError as error:
             raise StartupError(
                 f"cannot listen on {self.settings.http.host}:{self.settings.http.port}: {error.strerror}; "

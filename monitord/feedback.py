@@ -143,8 +143,8 @@ class Feedback:
         self._detectors: DetectorStage | None = None
         self._warned_labels: set[str] = set()
         # Read at every scrape, so the accuracy goes NaN when labels stop without a new one.
-        metrics.accuracy.set_function(lambda: nan_for_none(self.accuracy))
-        metrics.accuracy_labels.set_function(lambda: self.accuracy_labels)
+        metrics.watch(metrics.accuracy, lambda: nan_for_none(self.accuracy))
+        metrics.watch(metrics.accuracy_labels, lambda: self.accuracy_labels)
 
     def attach(self, class_names: Iterable[str], detectors: DetectorStage) -> None:
         self._classes = frozenset(class_names)
