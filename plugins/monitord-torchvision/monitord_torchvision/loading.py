@@ -107,7 +107,7 @@ def _training_lock(artifact: Path) -> Iterator[None]:
     """One training at a time per artifact: several processes started at once on a fresh
     host (``pipeline.workers``) train it once, the others wait and load it."""
     artifact.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(artifact.parent / f".{artifact.name}.training-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    descriptor = os.open(artifact.parent / f".{artifact.name}-training.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
