@@ -166,7 +166,8 @@ class Metrics:
 
     def describe_build(self, model: str = "", device: str = "") -> None:
         """Set ``monitord_build_info``; the daemon adds the model and device once loaded."""
-        self.build.clear()
+        if not self.multiprocess:  # (there it is set once, with the model)
+            self.build.clear()
         self.build.labels(__version__, platform.python_version(), model, device).set(1)
 
     def watch(self, gauge: Any, read: Callable[[], float]) -> None:

@@ -103,8 +103,9 @@ class Supervisor:
                  self.settings.http.port, "a private redis-server" if self._redis else "bus.url")
         await self.stopping.wait()
         await asyncio.gather(*(child.task for child in self.children if child.task), return_exceptions=True)
-        if self._redis is not None:
-            self._redis.terminate()
+        if self._redis is not None:  # last: the children's final publishes and checkpoint need it
+            if self._redis.returncode is None:
+                self._redis.terminate()
             await self._redis.wait()
         log.info("stopped")
         return 0
@@ -119,7 +120,8 @@ class Supervisor:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         socket = folder / "redis.sock"
         socket.unlink(missing_ok=True)
-        self._redis = await asyncio.create_subprocess_exec(*private_redis_command(folder))
+        # A session of its own: a Ctrl-C at the terminal must not stop it before the children.
+        self._redis = await asyncio.create_subprocess_exec(*private_redis_command(folder), start_new_session=True)
         for _ in range(200):
             if socket.exists():
                 return f"unix://{socket}?db=0"
