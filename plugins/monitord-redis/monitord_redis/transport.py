@@ -67,6 +67,7 @@ class RedisTransport:
             with reaching(self.where):
                 server = await self._client.info("server")
                 persistence = await self._client.info("persistence")
+                memory = await self._client.info("memory")
             version = tuple(int(part) for part in str(server.get("redis_version", "0")).split(".")[:2])
             if version < MINIMUM_VERSION:
                 raise TransportUnavailable(
@@ -76,6 +77,11 @@ class RedisTransport:
                 log.warning("Redis at %s keeps no append-only file: if it restarts, the batches not yet applied, "
                             "the checkpoint and the alert episodes in it are lost; set appendonly yes "
                             "(appendfsync everysec loses about the last second at most)", self.where)
+            policy = str(memory.get("maxmemory_policy", "noeviction"))
+            if int(memory.get("maxmemory", 0)) and policy != "noeviction":
+                log.warning("Redis at %s evicts keys when full (maxmemory-policy %s): it may drop the stream, the "
+                            "checkpoint or the lease; set maxmemory-policy noeviction (a full Redis then refuses "
+                            "new batches, and inference answers 503)", self.where, policy)
             self._replies = Replies(self._client, self.keys.replies(self.node), self.where)
             await self._replies.start()
         except BaseException:
@@ -160,7 +166,13 @@ class RedisTransport:
         except TransportUnavailable as error:
             log.debug("cannot read the monitor's status: %s", error)
             return None
-        return None if data is None else json.loads(data)
+        if data is None:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError as error:
+            log.warning("the monitor's status in %s cannot be read: %s", self.keys.status, error)
+            return None
 
     def monitor_link(self) -> RedisMonitorLink:
         if self._link is None:
