@@ -101,6 +101,9 @@ class Lease:
             except TransportUnavailable as error:
                 log.debug("could not renew the monitor's lease: %s", error)
                 continue
+            except Exception:  # a bug: keep trying; the lease lapses here if it persists
+                log.exception("renewing the monitor's lease failed")
+                continue
             if renewed:
                 self._valid_until = sent + self.seconds
             else:

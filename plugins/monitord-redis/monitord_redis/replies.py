@@ -134,5 +134,10 @@ class Replies:
                 await self._drop_pubsub()
                 await asyncio.sleep(RESUBSCRIBE_SECONDS)
                 continue
+            except Exception:  # a bug must not end the subscription for good
+                log.exception("the reply subscription failed; subscribing again in %g s", RESUBSCRIBE_SECONDS)
+                await self._drop_pubsub()
+                await asyncio.sleep(RESUBSCRIBE_SECONDS)
+                continue
             if message is not None and message.get("type") == "message":
                 self._deliver(message["data"])

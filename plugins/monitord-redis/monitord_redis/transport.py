@@ -132,6 +132,8 @@ class RedisTransport:
                         log.info("stored the model card in %s", self.keys.model)
             except TransportUnavailable as error:
                 log.debug("could not check the model card: %s", error)
+            except Exception:  # a bug must not end the task for good
+                log.exception("checking the model card failed")
             await asyncio.sleep(CARD_CHECK_SECONDS)
 
     def lag(self) -> int | None:
@@ -148,6 +150,9 @@ class RedisTransport:
                 with reaching(self.where):
                     self._lag = (await counts.read()).lag
             except TransportUnavailable:
+                self._lag = None
+            except Exception:  # a bug must not leave the lag frozen at its last value
+                log.exception("reading the monitor's lag failed")
                 self._lag = None
             await asyncio.sleep(LAG_POLL_SECONDS)
 

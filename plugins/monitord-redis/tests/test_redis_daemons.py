@@ -162,6 +162,43 @@ def test_kill_9_of_an_inference_process_loses_no_answered_image(
         cluster.close()
 
 
+def test_inference_refuses_work_while_no_monitor_keeps_up_and_resumes_once_one_does(
+        tmp_path: Path, redis_server: RedisServer, digits_artifact: Path) -> None:
+    """Bounded everywhere: with nobody applying the stream, inference takes ``bus.max_lag``
+    batches, then answers 503 and leaves the inbox alone, until a monitor catches up."""
+    cluster = Cluster(tmp_path, redis_server, DIGITS + "max_lag = 3\n", digits_artifact)
+    try:
+        inference = cluster.inference("a")
+        images = digits()
+        answers: list[tuple[int, dict, dict]] = []
+
+        def refused() -> bool:
+            answers.append(post_image(inference.url, images[len(answers)], f"one-{len(answers)}"))
+            return answers[-1][0] != 200
+
+        wait_for(refused, 60, message="a refusal once the stream holds more than bus.max_lag batches")
+        status, body, headers = answers[-1]
+        assert status == 503 and "bus.max_lag = 3" in body["error"] and headers["Retry-After"], body
+        accepted = len(answers) - 1
+        assert 3 <= accepted <= 10  # the lag is polled four times a second: a little over the bound at most
+        for i in range(20):
+            drop_atomically(inference.inbox, f"waiting-{i}.png", images[i])
+        wait_for(lambda: "leaving files in the inbox for now" in inference.log(), 30, message="the folder to hold")
+        assert len(files_under(inference.inbox)) == 20 and files_under(inference.processed) == []
+
+        monitor = cluster.monitor("m")
+        wait_for(lambda: len(files_under(inference.processed)) == 20, 60, message="the inbox to be taken again")
+        status, _, _ = post_image(inference.url, images[0], "after")
+        assert status == 200
+        total = images_ok(inference)
+        assert total == accepted + 20 + 1
+        wait_for(lambda: samples(monitor) == {"pht_confidence": total, "pht_entropy": total}, 60,
+                 message="everything applied once")
+        assert inference.terminate() == 0 and monitor.terminate() == 0
+    finally:
+        cluster.close()
+
+
 def brightness_settings(receiver_url: str) -> str:
     return f"""
 sources = ["http"]
@@ -209,7 +246,6 @@ def test_a_standby_takes_over_a_killed_monitor_exactly_and_the_episode_goes_on(
         assert get_json(standby.url + "/readyz")["reason"].startswith("standing by")
 
         load = Load([png(250)], per_request=4, concurrency=2)
-        killed_at: list[float] = []
 
         async def kill_the_active_monitor_mid_stream() -> None:
             posting = asyncio.create_task(load.run(inference.url, "bright", 12000))
@@ -219,13 +255,14 @@ def test_a_standby_takes_over_a_killed_monitor_exactly_and_the_episode_goes_on(
                 assert not posting.done(), "the load ended before the kill"
                 await asyncio.sleep(0.05)
             os.kill(active.process.pid, signal.SIGKILL)
-            killed_at.append(time.monotonic())
+            killed_at = time.monotonic()
+            while cluster.active_monitor_port() != standby.port:  # measured, not asserted (benchmarks/)
+                assert time.monotonic() - killed_at < 60, "the standby did not take over"
+                await asyncio.sleep(0.01)
+            print(f"takeover: the standby held the lease {time.monotonic() - killed_at:.2f} s after the kill")
             await posting
 
         asyncio.run(kill_the_active_monitor_mid_stream())
-        wait_for(lambda: cluster.active_monitor_port() == standby.port, 60, message="the standby to take over")
-        takeover_seconds = time.monotonic() - killed_at[0]
-        print(f"takeover: the standby held the lease {takeover_seconds:.2f} s after the kill")
         bright_ok = images_ok(inference)
         assert bright_ok == 12000
         wait_for(lambda: samples(standby) == {"bright": bright_ok, "never": bright_ok}, 60,
