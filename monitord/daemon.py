@@ -89,6 +89,7 @@ class Daemon:
         add_api_routes(self.app, settings, self.metrics, self.readiness, self.transport, self._detector_status,
                        self.instance)
         self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def external_url(self) -> str:
@@ -204,7 +205,8 @@ class Daemon:
         self._runner = make_runner(self.app, self.settings.http, shutdown_timeout=5.0)
         await self._runner.setup()
         try:
-            await web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port).start()
+            await web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port,
+                              reuse_port=self.settings.http.reuse_port or None).start()
         except OSError as error:
             raise StartupError(
                 f"cannot listen on {self.settings.http.host}:{self.settings.http.port}: {error.strerror}; "
@@ -243,7 +245,14 @@ class Daemon:
         await asyncio.gather(*starting)
         # The collection before the freeze takes ~0.1 s with torch loaded: after readiness.
         asyncio.get_running_loop().call_later(1.0, freeze_startup_objects)
+        if self.metrics.multiprocess:  # another process may answer the scrape: keep values current
+            self._tasks.append(asyncio.create_task(self._refresh_metrics(), name="metrics-refresh"))
         log.info("state: %s", Path(self.settings.state_dir).resolve())
+
+    async def _refresh_metrics(self) -> None:
+        while True:
+            self.metrics.refresh()
+            await asyncio.sleep(1.0)
 
     async def _start_inference(self) -> None:
         assert self.inference is not None
@@ -262,6 +271,8 @@ class Daemon:
             await self.inference.drain()
 
     async def _stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         if self.inference is not None:
             await self.inference.close()
         if self.monitor is not None:

@@ -30,7 +30,6 @@ from typing import Any, Awaitable, Callable
 from aiohttp import StreamReader, hdrs, web
 from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, InvalidURLError, LineTooLong
-from prometheus_client.exposition import choose_encoder
 
 from monitord.metrics import Metrics
 from monitord.settings import HttpSettings
@@ -147,8 +146,7 @@ def build_app(
         return web.json_response({"ready": readiness.ready, "reason": readiness.reason}, status=status)
 
     async def metrics_endpoint(request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(metrics.registry)
+        body, content_type = metrics.exposition(request.headers.get("Accept", ""))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     app.router.add_get("/healthz", healthz)

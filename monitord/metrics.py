@@ -2,15 +2,24 @@
 
 Names follow DESIGN.md: prefix ``monitord_``, base units, ``_total`` on counters, and
 only bounded label values (sources, outcomes, class names, detector names).
+
+Several processes on one host behind one port (``pipeline.workers``) use
+prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the
+supervisor): every process writes its values to files there and whichever process a
+scrape reaches answers for all of them, counters summed and each gauge merged as its
+``multiprocess_mode`` says. Gauges read from a function are then set every second
+instead (``watch``), since another process cannot call the function.
 """
 
 from __future__ import annotations
 
+import os
 import platform
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.exposition import choose_encoder
 
 from monitord import __version__
 
@@ -56,6 +65,9 @@ class Metrics:
         unknown = roles - set(ROLES)
         if unknown:
             raise ValueError(f"unknown role(s) {sorted(unknown)}; expected some of {ROLES}")
+        #: Values shared with the other processes of this host (see the module docstring).
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self._watched: list[tuple[Any, Callable[[], float]]] = []
         r = self.registry
         inference = r if "inference" in roles else None
         monitor = r if "monitor" in roles else None
@@ -87,20 +99,21 @@ class Metrics:
             registry=inference,
         )
         self.queue_depth = Gauge(
-            "monitord_queue_depth", "Items waiting at each pipeline stage.", ["stage"], registry=inference
+            "monitord_queue_depth", "Items waiting at each pipeline stage (the fullest process's).", ["stage"],
+            registry=inference, multiprocess_mode="livemax",
         )
         detector_labels = ["detector", "type", "signal"]
         self.drift_statistic = Gauge(
-            "monitord_drift_statistic", "Each detector's current test statistic.", detector_labels, registry=monitor
+            "monitord_drift_statistic", "Each detector's current test statistic.", detector_labels, registry=monitor, multiprocess_mode="livemostrecent"
         )
         self.drift_threshold = Gauge(
-            "monitord_drift_threshold", "The statistic's drift threshold.", detector_labels, registry=monitor
+            "monitord_drift_threshold", "The statistic's drift threshold.", detector_labels, registry=monitor, multiprocess_mode="livemostrecent"
         )
         self.drift_p_value = Gauge(
-            "monitord_drift_p_value", "The test's p-value, where it has one.", detector_labels, registry=monitor
+            "monitord_drift_p_value", "The test's p-value, where it has one.", detector_labels, registry=monitor, multiprocess_mode="livemostrecent"
         )
         self.drift_level = Gauge(
-            "monitord_drift_level", "0 ok, 1 warning, 2 drift.", detector_labels, registry=monitor
+            "monitord_drift_level", "0 ok, 1 warning, 2 drift.", detector_labels, registry=monitor, multiprocess_mode="livemostrecent"
         )
         self.drift_events = Counter(
             "monitord_drift_events",
@@ -119,12 +132,14 @@ class Metrics:
             "Share of correct predictions among the most recent labelled ones (feedback.accuracy_window); "
             "NaN below feedback.min_labels labels and after feedback.accuracy_max_age_seconds without one.",
             registry=monitor,
+            multiprocess_mode="livemostrecent",
         )
         self.accuracy.set(float("nan"))
         self.accuracy_labels = Gauge(
             "monitord_accuracy_labels",
             "Labelled predictions monitord_accuracy is computed from (0 once it is NaN for want of new labels).",
             registry=monitor,
+            multiprocess_mode="livemostrecent",
         )
         self.feedback = Counter(
             "monitord_feedback", "Labels received, by how they joined a prediction.", ["outcome"], registry=r
@@ -142,13 +157,37 @@ class Metrics:
             "Notifications waiting in a sink's on-disk spool for delivery.",
             ["sink"],
             registry=monitor,
+            multiprocess_mode="livemostrecent",
         )
-        self.build = Info("monitord_build", "Version of monitord, its runtime and model.", registry=r)
-        self.describe_build()
+        self.build = Gauge("monitord_build_info", "Version of monitord, its runtime and model (value 1).",
+                           ["version", "python", "model", "device"], registry=r, multiprocess_mode="liveall")
+        if not self.multiprocess:  # (there, a series once written stays: only the final one is)
+            self.describe_build()
 
-    def describe_build(self, **extra: str) -> None:
+    def describe_build(self, model: str = "", device: str = "") -> None:
         """Set ``monitord_build_info``; the daemon adds the model and device once loaded."""
-        self.build.info({"version": __version__, "python": platform.python_version(), **extra})
+        self.build.clear()
+        self.build.labels(__version__, platform.python_version(), model, device).set(1)
+
+    def watch(self, gauge: Any, read: Callable[[], float]) -> None:
+        """Report ``read()`` as ``gauge``'s value: at every scrape of this process, and every
+        second (``refresh``) for a scrape that another process of the host answers."""
+        self._watched.append((gauge, read))
+
+    def refresh(self) -> None:
+        """Set every watched gauge to its current value."""
+        for gauge, read in self._watched:
+            gauge.set(read())
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """``/metrics``: this process's registry, or every process's of the host."""
+        self.refresh()
+        encoder, content_type = choose_encoder(accept)
+        if not self.multiprocess:
+            return encoder(self.registry), content_type
+        host = CollectorRegistry()
+        multiprocess.MultiProcessCollector(host)
+        return encoder(host), content_type
 
     def declare_sources(self, sources: Iterable[str]) -> None:
         """Create every source/outcome series at 0 so ``rate()`` works from the start."""
@@ -168,5 +207,5 @@ class Metrics:
             self.predictions.labels(name)
 
     def watch_queue(self, stage: str, depth: Callable[[], float]) -> None:
-        """Report ``depth()`` as the queue depth of ``stage`` at every scrape."""
-        self.queue_depth.labels(stage=stage).set_function(depth)
+        """Report ``depth()`` as the queue depth of ``stage``."""
+        self.watch(self.queue_depth.labels(stage=stage), depth)

@@ -42,6 +42,19 @@ def check_configuration(settings: Settings, plugins: PluginHost, role: str = "al
 
 def _check_transport(settings: Settings, plugins: PluginHost, role: str) -> list[str]:
     transport = settings.bus.transport
+    if settings.pipeline.workers:
+        if role != "all":
+            return [f"pipeline.workers = {settings.pipeline.workers} starts the roles itself: run it with "
+                    f"--role all (not {role}), or set pipeline.workers = 0 to run one role here"]
+        # Without bus.url: a private redis-server on a Unix socket (monitord.supervisor).
+        transport = "unix" if transport == "local" else transport
+        try:
+            plugins.factory("transport", transport)
+        except PluginError:
+            return [f"pipeline.workers = {settings.pipeline.workers} joins its processes by Redis Streams: "
+                    "install the monitord-redis plugin (pip install -e plugins/monitord-redis) or set "
+                    "pipeline.workers = 0"]
+        return []
     if transport == "local":
         if role != "all":
             return [f"--role {role} needs a stream other processes can reach: set bus.url (MONITORD_BUS__URL), "

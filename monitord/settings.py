@@ -33,6 +33,9 @@ class HttpSettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    #: Bind with SO_REUSEPORT, so several processes on this host accept on one port (the
+    #: kernel spreads connections among them); ``pipeline.workers`` sets it for its own.
+    reuse_port: bool = False
     #: Largest request body accepted by ``POST /v1/predict`` (413 above it).
     max_body_bytes: int = Field(20 * MiB, gt=0)
     #: Most images in one multipart request (413 above it).
@@ -87,6 +90,29 @@ class FolderSettings(_Section):
     #: A file the daemon stopped on this many times without reaching its outcome (it
     #: crashed or was killed mid-batch) goes to ``failed/`` instead of being tried again.
     max_attempts: int = Field(3, gt=0)
+    #: This process's share of the inbox when several processes on this host take files
+    #: from it, ``"I/N"`` (share I of N, from 1; by a hash of each file's path), all of
+    #: them with one ``ledger``; unset: every file. ``pipeline.workers`` sets it for its own.
+    share: str | None = Field(None, pattern=r"^[1-9][0-9]*/[1-9][0-9]*$")
+    #: The folder's ledger; default ``<state_dir>/ledger.sqlite3``. Processes sharing an
+    #: inbox share it.
+    ledger: Path | None = None
+
+    def partition(self) -> tuple[int, int] | None:
+        """``share`` as (index from 0, count), or None."""
+        if self.share is None:
+            return None
+        index, count = (int(part) for part in self.share.split("/"))
+        return index - 1, count
+
+    @field_validator("share")
+    @classmethod
+    def _share_within_count(cls, value: str | None) -> str | None:
+        if value is not None:
+            index, count = (int(part) for part in value.split("/"))
+            if index > count:
+                raise ValueError(f"share {index} of {count} does not exist; shares are 1/{count} to {count}/{count}")
+        return value
 
 
 class PipelineSettings(_Section):
@@ -106,11 +132,11 @@ class PipelineSettings(_Section):
     adaptive_batching: bool = True
     #: Threads that decode and preprocess images.
     decode_workers: int = Field(2, gt=0)
-    #: Worker processes besides the main one, each with its own pipeline and copy of the
-    #: model: they serve ``POST /v1/predict`` on the shared listening socket and each takes
-    #: its share of the folder source's files. Their predictions reach the main process's
-    #: detectors, metrics and log. 0: the main process does everything. One Python process
-    #: uses about one core; see the README's "Performance".
+    #: Inference processes to run on this host (0: this one process does everything).
+    #: ``monitord run`` then supervises N inference processes, sharing ``http.port`` and
+    #: the inbox, and a monitor, all on one stream (``bus.url``, or a private redis-server
+    #: it starts in ``state_dir``). One Python process uses about one core; see the
+    #: README's "Performance" and "Scaling out".
     workers: int = Field(0, ge=0, le=64)
     #: Images with more pixels than this are refused before decoding.
     max_image_pixels: int = Field(40_000_000, gt=0)

@@ -15,6 +15,16 @@ from monitord.settings import DetectorSpec, FeedbackSettings
 from monitord_testplugin import OverDetector
 
 
+def accuracy_now(metrics: Metrics) -> float:
+    metrics.refresh()  # as a scrape does
+    return metrics.registry.get_sample_value("monitord_accuracy")
+
+
+def labels_now(metrics: Metrics) -> float:
+    metrics.refresh()
+    return metrics.registry.get_sample_value("monitord_accuracy_labels")
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -66,7 +76,7 @@ def test_labels_feed_accuracy_and_the_error_signal() -> None:
     stage, detector = stage_with_error_detector(metrics)
     feedback = Feedback(FeedbackSettings(accuracy_window=4, min_labels=1, grace_seconds=0), metrics)
     feedback.attach(["a", "b"], stage)
-    assert math.isnan(metrics.registry.get_sample_value("monitord_accuracy"))
+    assert math.isnan(accuracy_now(metrics))
 
     feedback.observe([prediction("1", "a", label="a"), prediction("2", "a"), prediction("3", "b")])
     assert detector.recent == [0.0] and feedback.accuracy == 1.0
@@ -75,7 +85,7 @@ def test_labels_feed_accuracy_and_the_error_signal() -> None:
     assert [r.correct for r in results[:2]] == [False, True]
     assert "not one of the model's classes" in results[4].reason
     assert detector.recent == [0.0, 1.0, 0.0]
-    assert metrics.registry.get_sample_value("monitord_accuracy") == pytest.approx(2 / 3)
+    assert accuracy_now(metrics) == pytest.approx(2 / 3)
     assert metrics.registry.get_sample_value("monitord_feedback_total", {"outcome": "joined"}) == 2
     assert metrics.registry.get_sample_value("monitord_feedback_total", {"outcome": "duplicate"}) == 2
 
@@ -100,8 +110,8 @@ def test_folder_labels_outside_the_classes_are_not_scored(caplog: pytest.LogCapt
 
 def accuracy_metrics(metrics: Metrics) -> tuple[float, float]:
     """``monitord_accuracy`` and ``monitord_accuracy_labels`` as a scrape reads them."""
-    return (metrics.registry.get_sample_value("monitord_accuracy"),
-            metrics.registry.get_sample_value("monitord_accuracy_labels"))
+    return (accuracy_now(metrics),
+            labels_now(metrics))
 
 
 def test_accuracy_is_a_number_only_once_enough_labels_are_in_the_window() -> None:

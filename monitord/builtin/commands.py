@@ -63,13 +63,20 @@ def register_commands(cli: click.Group) -> None:
                 check_configuration(settings, host, role)
             except (SettingsError, PluginError) as error:
                 raise ConfigurationError(str(error)) from None
-            configure_logging(settings.log_level)
+            configure_logging(settings.log_level, os.environ.get("MONITORD_LOG_TAG"))
             try:
                 lock = lock_state_dir(settings.state_dir)
             except StateDirInUse as error:
                 raise click.ClickException(str(error)) from None
         except KeyboardInterrupt:
             sys.exit(0)  # stopped before anything started: nothing to undo
+        if settings.pipeline.workers:
+            from monitord.supervisor import Supervisor
+
+            try:
+                sys.exit(asyncio.run(Supervisor(settings, config).run()))
+            finally:
+                lock.release()
         try:
             daemon_exit, unfinished = asyncio.run(_run_daemon(settings, host, role))
         except KeyboardInterrupt:

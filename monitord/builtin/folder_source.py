@@ -160,7 +160,8 @@ class FolderSource(Source):
         self._prefix = self._inbox if self._inbox.endswith(os.sep) else self._inbox + os.sep
         self._processed = str(self.processed)
         self._failed = str(self.failed)
-        self.ledger_path = Path(context.settings.state_dir).resolve() / "ledger.sqlite3"
+        ledger = self.settings.ledger
+        self.ledger_path = (ledger or Path(context.settings.state_dir) / "ledger.sqlite3").resolve()
         self.ledger: Ledger | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._candidates: dict[str, _Candidate] = {}

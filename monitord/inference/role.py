@@ -21,7 +21,7 @@ from monitord.model import Model, declared_signals
 from monitord.pipeline import Pipeline
 from monitord.plugins import PluginHost
 from monitord.settings import Settings
-from monitord.sources import Source, SourceContext
+from monitord.sources import Partition, Source, SourceContext
 from monitord.transport.contract import Transport
 from monitord.transport.entries import ModelCard
 
@@ -49,8 +49,10 @@ class InferenceRole:
 
     def _build_source(self, name: str, app: web.Application) -> Source:
         factory = self.plugins.factory("source", name)
+        share = self.settings.folder.partition()
         context = SourceContext(name=name, settings=self.settings, pipeline=self.pipeline, metrics=self.metrics,
-                                app=app, options=self.settings.source_options.get(name, {}))
+                                app=app, options=self.settings.source_options.get(name, {}),
+                                partition=Partition(*share) if share is not None else None)
         return factory(context)
 
     def setup(self) -> None:
