@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE))
 from _harness import machine_line, replace_section, trained_artifact, utc_now  # noqa: E402
 from cluster import Cluster, Load, images_ok, predictions_log, samples  # noqa: E402
 from daemon_process import wait_for  # noqa: E402
-from digit_files import drop_atomically, files_under, held_out_pngs  # noqa: E402
+from digit_files import drop_atomically, held_out_pngs  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -198,7 +198,7 @@ def steps(folder: Path, state_bytes: int, repeats: int = 300) -> dict[str, float
     from monitord.items import Prediction
     from monitord.metrics import Metrics
     from monitord.settings import Settings
-    from monitord.transport.contract import Checkpoint, TransportContext
+    from monitord.transport.contract import TransportContext
     from monitord.transport.entries import PredictionBatch
     from monitord_redis.transport import RedisTransport
 

@@ -5,7 +5,6 @@ the monitor's status, the model card, and what happens while Redis is away."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
