@@ -147,8 +147,10 @@ class RedisMonitorLink:
         if count is None or count == self._reported:
             return
         with reaching(self._where):
-            await self._set_if_holder(keys=[self._keys.lease, self._keys.applied],
-                                      args=[self.lease.token, count, 0])
+            stored = await self._set_if_holder(keys=[self._keys.lease, self._keys.applied],
+                                               args=[self.lease.token, count, 0])
+        if not stored:
+            raise self._lost()
         self._reported = count
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -165,9 +167,7 @@ class RedisMonitorLink:
                       self._instance, saved_at],
             )
         if not stored:
-            reason = f"the lease {self._keys.lease} is another monitor's; this checkpoint was not written"
-            self.lease.lost(reason)
-            raise LeaseLost(reason)
+            raise self._lost("this checkpoint was not written")
         if checkpoint.position:
             await self._trim_below(checkpoint.position)
 
@@ -201,11 +201,19 @@ class RedisMonitorLink:
     async def publish_status(self, status: dict[str, Any]) -> None:
         data = json.dumps(status, separators=(",", ":"))
         with reaching(self._where):
-            await self._set_if_holder(keys=[self._keys.lease, self._keys.status],
-                                      args=[self.lease.token, data, self._status_ttl_ms])
+            stored = await self._set_if_holder(keys=[self._keys.lease, self._keys.status],
+                                               args=[self.lease.token, data, self._status_ttl_ms])
+        if not stored:
+            self._lost()  # the next read stops applying
 
     async def release(self) -> None:
         await self.lease.release()
+
+    def _lost(self, what: str = "") -> LeaseLost:
+        """Redis refused a fenced write: the lease is not this monitor's any more."""
+        reason = f"the lease {self._keys.lease} is another monitor's" + (f"; {what}" if what else "")
+        self.lease.lost(reason)
+        return LeaseLost(reason)
 
     async def close(self) -> None:
         await self.lease.release()
