@@ -114,8 +114,9 @@ class Daemon:
         )
 
     async def _detector_status(self) -> dict[str, Any] | None:
-        """``GET /v1/detectors``: the monitor's own state here, else what it last published."""
-        if self.monitor is not None:
+        """``GET /v1/detectors``: the active monitor's own state here, else what it last
+        published (a standby's detectors are not restored until it takes over)."""
+        if self.monitor is not None and self.monitor.active:
             return self.monitor.status()
         return await self.transport.monitor_status()
 

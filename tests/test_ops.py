@@ -201,7 +201,7 @@ def test_every_copy_source_exists_and_is_not_dockerignored() -> None:
                 assert not fnmatch.fnmatch("/".join(parts[:depth]), pattern), f".dockerignore {pattern} hides {source}"
 
 
-@pytest.mark.parametrize("plugin", ["monitord-torchvision", "monitord-drift"])
+@pytest.mark.parametrize("plugin", ["monitord-torchvision", "monitord-drift", "monitord-redis"])
 def test_the_image_installs_every_first_party_plugin(plugin: str) -> None:
     assert f"plugins/{plugin}" in copy_sources()
     run = " ".join(args for name, args in dockerfile_instructions() if name == "RUN")

@@ -103,6 +103,11 @@ class MonitorRole:
         if self.predictions_log is not None:
             self.predictions_log.close()
 
+    @property
+    def active(self) -> bool:
+        """Whether this process is the active monitor now (not standing by)."""
+        return self.runner is not None and self.runner.active
+
     def status(self) -> dict[str, Any] | None:
         return self.monitor.status() if self.monitor is not None else None
 

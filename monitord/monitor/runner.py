@@ -95,6 +95,7 @@ class MonitorRunner:
             if not stop.is_set():
                 self.active = False
         await self.checkpoint()  # stopping: whoever comes next continues from here
+        await self.link.release()  # ... at once, not once the lease expires
 
     def _apply(self, entries) -> list[tuple[str, list[Verdict]]]:
         replies = []
