@@ -181,6 +181,7 @@ class Daemon:
             return 1
         await stopping
         self.readiness.set(False, "shutting down")
+        self.readiness.draining = True
         try:
             async with asyncio.timeout(self.settings.pipeline.shutdown_timeout):
                 await self._drain()
@@ -190,6 +191,8 @@ class Daemon:
                 "unfinished files stay in the inbox for the next start",
                 self.settings.pipeline.shutdown_timeout,
             )
+        # Lame duck: requests still arriving get 503 and a closed connection, not a reset.
+        await asyncio.sleep(self.settings.http.lame_duck_seconds)
         await self._stop()
         log.info("stopped")
         return 0

@@ -45,6 +45,9 @@ class Readiness:
 
     ready: bool = False
     reason: str = "starting"
+    #: Shutting down: every answer closes its connection, so no client sends another
+    #: request on it while the server goes away (which would reset it).
+    draining: bool = False
 
     def set(self, ready: bool, reason: str) -> None:
         self.ready, self.reason = ready, reason
@@ -149,10 +152,43 @@ def build_app(
         body, content_type = metrics.exposition(request.headers.get("Accept", ""))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
+    @web.middleware
+    async def close_while_draining(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if readiness.draining:
+            # A refusal sent before the body was read would cut the client off mid-upload
+            # (it sees a broken connection, not the 503): take in a small body first.
+            await discard_body(request, DRAIN_BODY_BYTES, DRAIN_BODY_SECONDS)
+            response.force_close()
+        return response
+
+    app.middlewares.append(close_while_draining)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     return app
+
+
+#: While shutting down, a refused request's unread body is taken in up to this size and
+#: time, so its client reads the 503 instead of a broken connection.
+DRAIN_BODY_BYTES = 1 << 20
+DRAIN_BODY_SECONDS = 1.0
+
+
+async def discard_body(request: web.Request, limit: int, seconds: float) -> None:
+    """Read and drop what is left of ``request``'s body, at most ``limit`` bytes for at most
+    ``seconds`` (a larger or slower one is left: its connection is closed on it)."""
+    content = request.content
+    taken = 0
+    try:
+        async with asyncio.timeout(seconds):
+            while not content.at_eof() and taken <= limit:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                taken += len(chunk)
+    except (TimeoutError, ConnectionError):
+        pass
 
 
 # -- connection limits -------------------------------------------------------------------

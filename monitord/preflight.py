@@ -20,6 +20,8 @@ from monitord.metrics import Metrics
 from monitord.model import declared_signals
 from monitord.plugins import PluginError, PluginHost
 from monitord.settings import DetectorSpec, Settings, SettingsError
+from monitord.transport.contract import TransportContext
+from monitord.alerting.delivery import redact
 
 log = logging.getLogger("monitord.preflight")
 
@@ -61,9 +63,13 @@ def _check_transport(settings: Settings, plugins: PluginHost, role: str) -> list
                     "e.g. redis://127.0.0.1:6379/0; without it one process plays both roles (--role all)"]
         return []
     try:
-        plugins.factory("transport", transport)
+        factory = plugins.factory("transport", transport)
     except PluginError as error:
-        return [f"bus.url = {settings.bus.url!r}: {error} (install monitord-redis for redis:// URLs)"]
+        return [f"bus.url = {redact(settings.bus.url or '')!r}: {error} (install monitord-redis for redis:// URLs)"]
+    try:  # the factory checks the URL and options; it connects only in start()
+        factory(TransportContext(settings, Path(settings.state_dir), "preflight", Metrics()))
+    except ValueError as error:  # it names the URL, without its credentials
+        return [str(error)]
     return []
 
 

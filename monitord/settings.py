@@ -36,6 +36,10 @@ class HttpSettings(_Section):
     #: Bind with SO_REUSEPORT, so several processes on this host accept on one port (the
     #: kernel spreads connections among them); ``pipeline.workers`` sets it for its own.
     reuse_port: bool = False
+    #: Seconds the server keeps answering after a stop was asked for and the work in flight
+    #: is done: 503 with Retry-After and ``Connection: close``, so a client or load balancer
+    #: moves on instead of having a request on a kept-alive connection reset.
+    lame_duck_seconds: float = Field(1.0, ge=0)
     #: Largest request body accepted by ``POST /v1/predict`` (413 above it).
     max_body_bytes: int = Field(20 * MiB, gt=0)
     #: Most images in one multipart request (413 above it).

@@ -49,6 +49,7 @@ class MonitorRunner:
         self._clock = clock
         self.position = ""
         self.active = False
+        self._unreachable = False
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -59,7 +60,9 @@ class MonitorRunner:
                 log.warning("another monitor is active now (%s); this one stands by", lost)
             except TransportUnavailable as error:
                 self._set_active(False, f"the stream cannot be reached: {error}")
-                log.warning("the stream cannot be reached (%s); trying again in %g s", error, RETRY_SECONDS)
+                if not self._unreachable:  # once, not every second of an outage
+                    log.warning("the stream cannot be reached (%s); trying again every %g s", error, RETRY_SECONDS)
+                self._unreachable = True
                 await _wait(stop, RETRY_SECONDS)
 
     async def _serve(self, stop: asyncio.Event) -> None:
@@ -72,6 +75,9 @@ class MonitorRunner:
         if self._on_restored is not None:
             await self._on_restored()
         self.position = checkpoint.position if checkpoint is not None else ""
+        if self._unreachable:
+            self._unreachable = False
+            log.info("the stream can be reached again")
         log.info("active monitor from %s", f"position {self.position}" if self.position else "the stream's start")
         self._set_active(True, "ready")
         last_checkpoint = last_status = self._clock()

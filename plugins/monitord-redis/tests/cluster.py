@@ -155,9 +155,11 @@ class Load:
                     numbers = queue.get_nowait()
                     while time.monotonic() < give_up:
                         status = await self._post(session, url, prefix, numbers)
+                        if status in (429, 503):
+                            # As a client that honours Retry-After: no next request before it.
+                            await asyncio.sleep(float(self.retry_after[-1] or 0.2) if status == 503 else 0.2)
                         if status is None or status == 200 or not retry or status not in (429, 503):
                             break
-                        await asyncio.sleep(0.2)
             await asyncio.gather(*(client() for _ in range(self.concurrency)))
 
     async def _post(self, session: aiohttp.ClientSession, url: str, prefix: str, numbers: list[int]) -> int | None:

@@ -375,9 +375,6 @@ def test_sigterm_of_an_inference_process_loses_nothing_answered(
         cluster.close()
 
 
-@pytest.mark.xfail(reason="the core's HTTP server closes, some 20 ms after SIGTERM, connections on which a "
-                          "client's next request is already on its way (aiohttp's shutdown closes connections "
-                          "with no request in progress); not the transport's to fix", strict=False)
 def test_sigterm_of_an_inference_process_resets_no_request(
         tmp_path: Path, redis_server: RedisServer, digits_artifact: Path) -> None:
     cluster = Cluster(tmp_path, redis_server, DIGITS, digits_artifact)
