@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +53,16 @@ class Prediction:
         """
         line = self.__dict__.get("_json_line")
         if line is None:
-            # orjson: a twentieth of the standard library's time, which the monitor paid per
-            # prediction for the log (a non-finite signal becomes null, valid JSON).
-            line = self.__dict__["_json_line"] = orjson.dumps(self.to_json()).decode()
+            record = self.to_json()
+            try:
+                # orjson: a twentieth of the standard library's time, which the monitor paid
+                # per prediction for the log (a non-finite signal becomes null, valid JSON).
+                line = orjson.dumps(record).decode()
+            except TypeError:
+                # A file name that is not UTF-8 arrives with surrogates, which orjson refuses
+                # and the standard library escapes (\udce9): readable, and read back the same.
+                line = json.dumps(record, separators=(",", ":"))
+            self.__dict__["_json_line"] = line
         return line
 
     def to_json(self) -> dict[str, Any]:
