@@ -207,16 +207,12 @@ class Daemon:
             self.inference.setup()
         self._runner = make_runner(self.app, self.settings.http, shutdown_timeout=5.0)
         await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, self.settings.http.host, self.settings.http.port,
-                              reuse_port=self.settings.http.reuse_port or None).start()
-        except OSError as error:
-            raise StartupError(
-                f"cannot listen on {self.settings.http.host}:{self.settings.http.port}: {error.strerror}; "
-                "pick another port with http.port or MONITORD_HTTP__PORT"
-            ) from None
-        log.info("HTTP on http://%s:%d (/metrics, /healthz, /readyz); role %s, %s transport",
-                 self.settings.http.host, self.settings.http.port, self.role, self.transport.name)
+        # Alone on its port, the server answers health checks while the model loads. Sharing
+        # it (http.reuse_port) with processes already serving, it joins only once ready: the
+        # kernel would otherwise hand it clients to refuse while it loads.
+        sharing = self.settings.http.reuse_port
+        if not sharing:
+            await self._listen()
         if self.settings.http.token is None and not is_loopback(self.settings.http.host):
             log.warning(
                 "http.host = %s accepts connections from other machines and http.token is not set: "
@@ -246,11 +242,26 @@ class Daemon:
         if self.monitor is not None:
             starting.append(self._start_monitor())
         await asyncio.gather(*starting)
+        if sharing:
+            await self._listen()
         # The collection before the freeze takes ~0.1 s with torch loaded: after readiness.
         asyncio.get_running_loop().call_later(1.0, freeze_startup_objects)
         if self.metrics.multiprocess:  # another process may answer the scrape: keep values current
             self._tasks.append(asyncio.create_task(self._refresh_metrics(), name="metrics-refresh"))
         log.info("state: %s", Path(self.settings.state_dir).resolve())
+
+    async def _listen(self) -> None:
+        assert self._runner is not None
+        http = self.settings.http
+        try:
+            await web.TCPSite(self._runner, http.host, http.port, reuse_port=http.reuse_port or None).start()
+        except OSError as error:
+            raise StartupError(
+                f"cannot listen on {http.host}:{http.port}: {error.strerror}; "
+                "pick another port with http.port or MONITORD_HTTP__PORT"
+            ) from None
+        log.info("HTTP on http://%s:%d (/metrics, /healthz, /readyz); role %s, %s transport",
+                 http.host, http.port, self.role, self.transport.name)
 
     async def _refresh_metrics(self) -> None:
         while True:

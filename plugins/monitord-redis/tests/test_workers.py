@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -69,8 +70,11 @@ def test_workers_share_a_port_an_inbox_and_one_set_of_metrics_and_come_back_afte
 
         # One scrape answers for every process of the host; the monitor applied all 60 once.
         def applied() -> bool:
-            with urllib.request.urlopen(daemon.url + "/v1/detectors", timeout=10) as response:
-                detectors = json.load(response)["detectors"]
+            try:
+                with urllib.request.urlopen(daemon.url + "/v1/detectors", timeout=10) as response:
+                    detectors = json.load(response)["detectors"]
+            except urllib.error.HTTPError:  # 503 until the monitor has published its state
+                return False
             return all(d["samples"] == 60 for d in detectors if d["signal"] != "error")
 
         wait_for(applied, 60, message="every image applied to every detector")
