@@ -34,6 +34,7 @@ from monitord.alerting.episodes import AlertSource, default_instance
 from monitord.alerting.sinks import Sink, SinkContext, build_sinks
 from monitord.api import add_api_routes
 from monitord.background import BackgroundJobs
+from monitord.cancelling import cancel_and_wait
 from monitord.gc_tuning import freeze_startup_objects
 from monitord.http_server import Readiness, build_app, make_runner
 from monitord.inference.role import InferenceRole, StartupError
@@ -166,8 +167,7 @@ class Daemon:
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not starting.done():
             log.info("stopping during start-up (%s); not waiting for it", self.readiness.reason)
-            starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
+            await cancel_and_wait([starting])
             self.readiness.set(False, "shutting down")
             await self._stop()
             log.info("stopped")

@@ -39,6 +39,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import numpy as np
 
 from monitord.batcher import collect_batch
+from monitord.cancelling import cancel_and_wait
 from monitord.decode import DecodeError, decode_image, read_payload
 from monitord.items import Outcome, Prediction, Rejection, WorkItem
 from monitord.metrics import Metrics
@@ -330,11 +331,7 @@ class Pipeline:
         """
         self._accepting = False
         self._wake_byte_waiters()  # a waiting ``submit`` sees the pipeline closed
-        for publishing in list(self._publishing):
-            publishing.cancel()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait([*self._publishing, *self._tasks])
         for pending in list(self._pending):
             pending.future.cancel()
             self._untrack(pending)

@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Awaitable, Callable
 
+from monitord.cancelling import cancel_and_wait
 from monitord.monitor.monitor import Monitor
 from monitord.transport.contract import Checkpoint, LeaseLost, MonitorLink, TransportUnavailable
 from monitord.transport.entries import LabelBatch, Verdict
@@ -148,8 +149,7 @@ async def _until(stop: asyncio.Event, awaitable):
         stopping.cancel()
     if task in done:
         return task.result()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait([task])
     return None
 
 

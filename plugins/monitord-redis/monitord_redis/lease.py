@@ -17,6 +17,7 @@ import time
 
 import redis.asyncio
 
+from monitord.cancelling import cancel_and_wait
 from monitord.transport.contract import LeaseLost, TransportUnavailable
 
 from . import scripts
@@ -87,8 +88,7 @@ class Lease:
 
     async def _stop_renewing(self) -> None:
         if self._renewing is not None:
-            self._renewing.cancel()
-            await asyncio.gather(self._renewing, return_exceptions=True)
+            await cancel_and_wait([self._renewing])
             self._renewing = None
 
     async def _keep_renewed(self) -> None:

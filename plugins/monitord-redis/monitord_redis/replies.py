@@ -19,6 +19,7 @@ from typing import Sequence
 
 import redis.asyncio
 
+from monitord.cancelling import cancel_and_wait
 from monitord.transport.contract import TransportUnavailable
 from monitord.transport.entries import Verdict
 
@@ -60,8 +61,7 @@ class Replies:
 
     async def close(self) -> None:
         if self._listening is not None:
-            self._listening.cancel()
-            await asyncio.gather(self._listening, return_exceptions=True)
+            await cancel_and_wait([self._listening])
         await self._drop_pubsub()
         for future, _ in self._waiting.values():
             future.cancel()

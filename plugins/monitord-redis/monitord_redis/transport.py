@@ -17,6 +17,7 @@ from typing import Any
 
 import redis.asyncio
 
+from monitord.cancelling import cancel_and_wait
 from monitord.transport.contract import TransportContext, TransportUnavailable
 from monitord.transport.entries import Entry, ModelCard, Verdict
 
@@ -91,9 +92,7 @@ class RedisTransport:
         log.info("stream %s on Redis at %s", self.keys.stream, self.where)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         if self._link is not None:
             await self._link.close()
         if self._replies is not None:

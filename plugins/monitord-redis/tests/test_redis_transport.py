@@ -445,3 +445,24 @@ async def test_the_runner_over_redis_continues_exactly_where_a_stopped_monitor_l
     finally:
         for transport in (producer, first, second):
             await transport.close()
+
+
+async def test_a_loop_of_redis_commands_stops_every_time_it_is_cancelled(redis_server: RedisServer) -> None:
+    """redis-py on Python 3.11 now and then completes a command although its task was
+    cancelled meanwhile (the cancel is lost); the transport's loops end all the same."""
+    from monitord.cancelling import cancel_and_wait
+    from monitord_redis.connection import open_client
+
+    client = open_client(redis_server.url)
+
+    async def commands() -> None:
+        while True:
+            await client.get("test:nothing")
+
+    try:
+        for _ in range(200):
+            task = asyncio.create_task(commands())
+            await asyncio.sleep(0.001 * (_ % 7))
+            assert await cancel_and_wait([task], timeout=30) == set()
+    finally:
+        await client.aclose()
