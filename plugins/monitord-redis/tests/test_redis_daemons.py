@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from cluster import Cluster, Load, get_json, images_ok, predictions_log, samples, samples_or_none
-from daemon_process import wait_for
+from daemon_process import DaemonProcess, wait_for
 from digit_files import drop_atomically, files_under, held_out_pngs
 from installed_plugin import install_testplugin
 from monitord_testplugin import png
@@ -78,6 +78,12 @@ def feedback_outcomes(process) -> dict[str, float]:
             if name == "monitord_feedback_total"}
 
 
+def loads_torch(process: DaemonProcess) -> bool:
+    """Whether torch's library is mapped into the process (imported, that is)."""
+    assert process.process is not None
+    return "libtorch" in Path(f"/proc/{process.process.pid}/maps").read_text()
+
+
 def test_two_inference_processes_and_a_monitor_apply_every_image_exactly_once(
         tmp_path: Path, redis_server: RedisServer, digits_artifact: Path) -> None:
     cluster = Cluster(tmp_path, redis_server, DIGITS, digits_artifact)
@@ -109,6 +115,8 @@ def test_two_inference_processes_and_a_monitor_apply_every_image_exactly_once(
         applied = [record["id"] for record in predictions_log(monitor)]
         assert len(applied) == total and len(set(applied)) == total  # each once, none twice
         assert load.ok() <= set(applied)
+        # The monitor holds no model: torch is never loaded into it (it is into inference).
+        assert not loads_torch(monitor) and not loads_torch(standby) and loads_torch(a)
         # The other processes show the active monitor's detectors too (as it published them).
         for process in (a, standby):
             wait_for(lambda: samples_or_none(process) == samples(monitor), 30, message="the published detector state")
