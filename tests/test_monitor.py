@@ -225,3 +225,34 @@ async def test_the_in_process_transport_answers_once_the_monitor_applied_and_kee
         stop.set()
         await runner
         await transport.close()
+
+
+async def test_a_state_that_takes_long_to_write_is_checkpointed_less_often() -> None:
+    """With checkpoints taking 0.5 s of a (simulated) clock, one follows the last 10 s later
+    (a twentieth of the time), not every second as bus.checkpoint_seconds says."""
+    now = [0.0]
+
+    class SlowLink(ScriptedLink):
+        checkpoint_seconds = 1.0
+
+        async def read(self, after: str, limit: int):
+            now[0] += 0.25  # a quarter of a second passes with each read
+            if now[0] >= 30:
+                self.done.set()
+            await asyncio.sleep(0)
+            return []
+
+        async def commit(self, checkpoint: Checkpoint) -> None:
+            now[0] += 0.5
+            await super().commit(checkpoint)
+
+    link = SlowLink([])
+    runner = MonitorRunner(monitor(), link, clock=lambda: now[0])
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    await asyncio.wait_for(link.done.wait(), 10)
+    assert runner.checkpoint_interval() == 10.0
+    # Over 30 simulated seconds: 30 with checkpoints every second; 3 or 4 at a twentieth.
+    assert 2 <= len(link.commits) <= 4, len(link.commits)
+    stop.set()
+    await asyncio.wait_for(task, 10)
