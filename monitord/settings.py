@@ -198,7 +198,8 @@ class BusSettings(_Section):
     #: beyond it inference refuses work (HTTP 503 with Retry-After, files wait in the inbox).
     max_lag: int = Field(1000, gt=0)
     #: Seconds between the monitor's checkpoints: after a crash or a takeover, at most
-    #: this much is applied again (exactly once all the same).
+    #: this much is applied again (exactly once all the same). A state that takes long to
+    #: write is written less often (at most a twentieth of the monitor's time).
     checkpoint_seconds: float = Field(1.0, gt=0)
     #: Seconds the active monitor's lease lasts unless renewed: a standby takes over
     #: about this long after the active one stopped.
