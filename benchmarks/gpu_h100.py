@@ -674,12 +674,21 @@ def summarise(records: list[list[float]], measure_from: float, stop_at: float) -
     }
 
 
-def check_counts(url: str, predicted: int) -> dict[str, Any]:
-    """Did each detector see every inference once, and did the metrics count them once?"""
-    with urllib.request.urlopen(url + "/metrics", timeout=15) as response:
-        samples = h.parse_metrics(response.read().decode())
-    with urllib.request.urlopen(url + "/v1/detectors", timeout=15) as response:
-        detectors = json.loads(response.read())["detectors"]
+def check_counts(url: str, predicted: int, wait_seconds: float = 30.0) -> dict[str, Any]:
+    """Did each detector see every inference once, and did the metrics count them once?
+
+    The monitor applies what inference published a little later (and publishes its state
+    every second), so its counts are read until they reach ``predicted`` or stop growing."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        with urllib.request.urlopen(url + "/metrics", timeout=15) as response:
+            samples = h.parse_metrics(response.read().decode())
+        with urllib.request.urlopen(url + "/v1/detectors", timeout=15) as response:
+            detectors = json.loads(response.read())["detectors"]
+        counts = [d["samples"] for d in detectors if d["signal"] != "error"]
+        if (counts and all(count >= predicted for count in counts)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     ok = h.metric_sum(samples, "monitord_images_total", outcome="ok")
     batches = h.metric_sum(samples, "monitord_batch_size_count")
     batch_sum = h.metric_sum(samples, "monitord_batch_size_sum")

@@ -1,60 +1,77 @@
 """The daemon's own API routes: label feedback and detector state.
 
 They belong to the daemon, not to a source: labels and detectors exist whichever sources
-are enabled. Routes are added before the server starts (aiohttp freezes its router), and
-answer 503 until the model, and with it the detectors, are loaded.
+are enabled, on every node. A label batch goes into the stream like a prediction batch;
+the monitor joins each label to its prediction and sends back the verdicts, which the
+client gets (or, if they take longer than ``bus.reply_timeout_seconds``, a 202: the labels
+are in the stream and will be joined). ``GET /v1/detectors`` answers from the monitor in
+this process, or from the state the active monitor last published. Routes are added
+before the server starts (aiohttp freezes its router) and answer 503 until the daemon is
+ready.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from monitord.detectors import DetectorStage
-from monitord.feedback import Feedback, FeedbackResult
-from monitord.http_server import BodyPace, BodyTooLarge, BodyTooSlow, answer_and_close, json_error, read_body
-from monitord.settings import FeedbackSettings
+from monitord.http_server import (
+    BodyPace,
+    BodyTooLarge,
+    BodyTooSlow,
+    Readiness,
+    answer_and_close,
+    json_error,
+    read_body,
+)
+from monitord.metrics import Metrics
+from monitord.settings import Settings
+from monitord.transport.contract import Transport, TransportUnavailable
+from monitord.transport.entries import LabelBatch, Verdict
 
 #: HTTP status of a single feedback record, by outcome.
-_STATUS = {"joined": 200, "unknown": 404, "late": 410, "duplicate": 409, "invalid": 422}
+_STATUS = {"joined": 200, "held": 202, "accepted": 202, "unknown": 404, "late": 410, "duplicate": 409,
+           "invalid": 422}
 
 
 def add_api_routes(
     app: web.Application,
-    settings: FeedbackSettings,
-    feedback: Callable[[], Feedback | None],
-    detectors: Callable[[], DetectorStage | None],
-    retry_after_seconds: int,
-    pace: BodyPace = BodyPace(60.0),
+    settings: Settings,
+    metrics: Metrics,
+    readiness: Readiness,
+    transport: Transport,
+    detector_status: Callable[[], Awaitable[dict[str, Any] | None]],
+    origin: str = "",
 ) -> None:
-    """Add ``POST /v1/feedback`` and ``GET /v1/detectors``; the getters give None while loading.
+    """Add ``POST /v1/feedback`` and ``GET /v1/detectors``.
 
-    A feedback body that falls behind ``pace`` (``http.body_timeout_seconds``,
-    ``http.min_body_rate_bytes``) is answered 408 and its connection closed.
+    A feedback body that falls behind ``http.body_timeout_seconds`` or
+    ``http.min_body_rate_bytes`` is answered 408 and its connection closed.
     """
+    feedback = settings.feedback
+    pace = BodyPace.of(settings.http)
 
-    def not_ready() -> web.Response:
-        response = json_error(503, "the model and detectors are still loading; retry shortly")
-        response.headers["Retry-After"] = str(retry_after_seconds)
+    def unavailable(message: str) -> web.Response:
+        response = json_error(503, message)
+        response.headers["Retry-After"] = str(settings.http.retry_after_seconds)
         return response
 
     async def post_feedback(request: web.Request) -> web.StreamResponse:
-        joiner = feedback()
-        if joiner is None:
-            return not_ready()
+        if not readiness.ready:
+            return unavailable(f"the daemon is not ready ({readiness.reason}); retry shortly")
         declared = request.headers.get("Content-Type")
         if declared and request.content_type != "application/json" and not request.content_type.endswith("+json"):
             return json_error(415, f"send JSON with Content-Type: application/json, not {request.content_type}")
-        if request.content_length is not None and request.content_length > settings.max_body_bytes:
-            return json_error(413, f"feedback body of {request.content_length} bytes exceeds feedback.max_body_bytes ({settings.max_body_bytes})")
+        if request.content_length is not None and request.content_length > feedback.max_body_bytes:
+            return json_error(413, f"feedback body of {request.content_length} bytes exceeds feedback.max_body_bytes ({feedback.max_body_bytes})")
         try:
             async with pace.watch(request):
-                body = await read_body(request, settings.max_body_bytes)
+                body = await read_body(request, feedback.max_body_bytes)
         except BodyTooLarge:
-            return json_error(413, f"feedback body exceeds feedback.max_body_bytes ({settings.max_body_bytes})")
+            return json_error(413, f"feedback body exceeds feedback.max_body_bytes ({feedback.max_body_bytes})")
         except BodyTooSlow as slow:
             return await answer_and_close(request, json_error(408, str(slow)))
         try:
@@ -67,24 +84,34 @@ def add_api_routes(
         if not single and not isinstance(document, list):
             return json_error(422, 'send {"id": ..., "label": ...} or a list of such objects')
         records = [document] if single else document
-        if len(records) > settings.max_records:
-            return json_error(413, f"{len(records)} records exceed feedback.max_records ({settings.max_records})")
-        results: list[FeedbackResult | None] = []
+        if len(records) > feedback.max_records:
+            return json_error(413, f"{len(records)} records exceed feedback.max_records ({feedback.max_records})")
+        results: list[Verdict | None] = []
         valid: list[tuple[str, str]] = []
         for record in records:
             parsed = _parse_record(record)
             if isinstance(parsed, str):
-                results.append(FeedbackResult(_record_id(record), "invalid", reason=parsed))
+                results.append(Verdict(_record_id(record), "invalid", reason=parsed))
             else:
                 results.append(None)
                 valid.append(parsed)
         invalid = sum(1 for result in results if result is not None)
         if invalid:
-            joiner.count_invalid(invalid)
-        joined = iter(joiner.receive(valid))
+            metrics.feedback.labels("invalid").inc(invalid)
+        verdicts: list[Verdict] | None = []
+        if valid:
+            reply_to = transport.reply_address()
+            try:
+                await transport.publish(LabelBatch(valid, reply_to, origin))
+            except TransportUnavailable as error:
+                return unavailable(f"the labels could not be put in the stream ({error}); retry shortly")
+            verdicts = await transport.verdicts(reply_to, settings.bus.reply_timeout_seconds)
+            if verdicts is None or len(verdicts) != len(valid):
+                verdicts = [Verdict(prediction_id, "accepted", reason=_ACCEPTED) for prediction_id, _ in valid]
+        joined = iter(verdicts)
         final = [result if result is not None else next(joined) for result in results]
         if single:
-            status, answer = _STATUS[final[0].outcome], final[0].to_json()
+            status, answer = _STATUS.get(final[0].outcome, 200), final[0].to_json()
             if status >= 400:
                 answer.update(error=answer.get("reason", final[0].outcome), status=status)
             return web.json_response(answer, status=status)
@@ -94,13 +121,18 @@ def add_api_routes(
         return web.json_response({"results": [result.to_json() for result in final], "counts": counts})
 
     async def get_detectors(request: web.Request) -> web.Response:
-        stage = detectors()
-        if stage is None:
-            return not_ready()
-        return web.json_response({"detectors": [_finite(state) for state in stage.states()]})
+        status = await detector_status()
+        if status is None:
+            return unavailable("no monitor has published the detectors' state yet (starting, or none is "
+                               "running on this stream); retry shortly")
+        return web.json_response({"detectors": [_finite(state) for state in status.get("detectors", [])]})
 
     app.router.add_post("/v1/feedback", post_feedback)
     app.router.add_get("/v1/detectors", get_detectors)
+
+
+_ACCEPTED = ("in the stream; the monitor did not answer within bus.reply_timeout_seconds, so its verdict "
+             "is counted in monitord_feedback_total on the monitor instead")
 
 
 def _parse_record(record: Any) -> tuple[str, str] | str:

@@ -92,6 +92,19 @@ def register_sinks(register: Register) -> None:
 
 
 @hookspec
+def register_transports(register: Register) -> None:
+    """Register transports by name: the stream between inference and monitoring.
+
+    ``factory(context: monitord.transport.contract.TransportContext) ->
+    monitord.transport.contract.Transport``. ``bus.url``'s scheme picks one (``redis://``
+    → ``redis``); without ``bus.url`` the built-in ``local`` one, in-process, serves. The
+    contract, and why each method is there, is ``monitord/transport/contract.py``; the
+    core imports no broker. Check the settings in the factory and raise ``ValueError``
+    naming the bad key; connect in ``start()``.
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add subcommands to the ``monitord`` command-line interface.
 

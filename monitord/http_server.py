@@ -24,14 +24,12 @@ import asyncio
 import hmac
 import json
 import logging
-import socket
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from aiohttp import StreamReader, hdrs, web
 from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, InvalidURLError, LineTooLong
-from prometheus_client.exposition import choose_encoder
 
 from monitord.metrics import Metrics
 from monitord.settings import HttpSettings
@@ -47,6 +45,9 @@ class Readiness:
 
     ready: bool = False
     reason: str = "starting"
+    #: Shutting down: every answer closes its connection, so no client sends another
+    #: request on it while the server goes away (which would reset it).
+    draining: bool = False
 
     def set(self, ready: bool, reason: str) -> None:
         self.ready, self.reason = ready, reason
@@ -123,11 +124,8 @@ def bearer_matches(header: str, expected: bytes) -> bool:
 
 
 def base_app(max_body_bytes: int, token: str | None = None, protect_metrics: bool = False) -> web.Application:
-    """An application with the daemon's middlewares (JSON errors, bearer token) and no routes.
-
-    The main process adds health, readiness and ``/metrics`` (``build_app``); an ingest
-    worker adds only ``POST /v1/predict`` and passes every other path to the main process.
-    """
+    """An application with the daemon's middlewares (JSON errors, bearer token) and no
+    routes; ``build_app`` adds health, readiness and ``/metrics``."""
     middlewares: list = [json_errors]
     if token:
         middlewares.append(bearer_auth(token, protect_metrics))
@@ -151,14 +149,46 @@ def build_app(
         return web.json_response({"ready": readiness.ready, "reason": readiness.reason}, status=status)
 
     async def metrics_endpoint(request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(metrics.registry)
+        body, content_type = metrics.exposition(request.headers.get("Accept", ""))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
+    @web.middleware
+    async def close_while_draining(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if readiness.draining:
+            # A refusal sent before the body was read would cut the client off mid-upload
+            # (it sees a broken connection, not the 503): take in a small body first.
+            await discard_body(request, DRAIN_BODY_BYTES, DRAIN_BODY_SECONDS)
+            response.force_close()
+        return response
+
+    app.middlewares.append(close_while_draining)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     return app
+
+
+#: While shutting down, a refused request's unread body is taken in up to this size and
+#: time, so its client reads the 503 instead of a broken connection.
+DRAIN_BODY_BYTES = 1 << 20
+DRAIN_BODY_SECONDS = 1.0
+
+
+async def discard_body(request: web.Request, limit: int, seconds: float) -> None:
+    """Read and drop what is left of ``request``'s body, at most ``limit`` bytes for at most
+    ``seconds`` (a larger or slower one is left: its connection is closed on it)."""
+    content = request.content
+    taken = 0
+    try:
+        async with asyncio.timeout(seconds):
+            while not content.at_eof() and taken <= limit:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                taken += len(chunk)
+    except (TimeoutError, ConnectionError):
+        pass
 
 
 # -- connection limits -------------------------------------------------------------------
@@ -380,34 +410,6 @@ def make_runner(app: web.Application, settings: HttpSettings, shutdown_timeout: 
         handle_signals=False,
         shutdown_timeout=shutdown_timeout,
     )
-
-
-def listening_sockets(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
-    """Bound, listening sockets for ``host:port``, one per address it resolves to, as
-    asyncio's ``create_server`` makes them; made here so that ingest workers can accept
-    connections on the very same sockets (an idle process takes the next connection)."""
-    sockets: list[socket.socket] = []
-    seen: set[tuple[int, Any]] = set()
-    try:
-        for family, kind, proto, _, address in socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        ):
-            if (family, address) in seen:
-                continue
-            seen.add((family, address))
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(backlog)
-            sock.setblocking(False)
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
 
 
 # -- request bodies ----------------------------------------------------------------------

@@ -1,54 +1,55 @@
-"""The pipeline: bounded queues from sources to outcomes.
+"""The pipeline: bounded queues from sources to the stream.
 
 ```
 submit ─► ingest queue ─► decode workers (threads) ─► ready queue ─► micro-batcher
-       ─► batch queue ─► model (its own thread) ─► signals ─► detectors, metrics, log
+       ─► batch queue ─► model (its own thread) ─► signals ─► publish to the stream
        ─► each item's future resolves with a Prediction or a Rejection
 ```
 
 Every queue is bounded, so a source feels back-pressure: ``submit`` waits for room,
 ``submit_nowait`` refuses with ``PipelineFull`` (HTTP turns that into 503). The model
-runs one batch while the batcher fills the next.
+runs one batch while the batcher fills the next. A batch's items get their outcomes once
+the batch is safe in the stream (``transport.contract``): a client is answered, or a file
+moved, only then; when the stream cannot take it, the items fail with ``NotRecorded`` and
+their source keeps them (the client is told to retry, the file stays in the inbox). When
+the monitor falls more than ``bus.max_lag`` entries behind, new work is refused the same
+way (``overloaded``), so nothing grows without bound anywhere.
 
-A source that already holds its items in a bounded group of its own, in a thread of
-its own (the folder source: files claimed from the inbox), can instead run them a batch
-at a time with ``run_batch``: decoded in that thread, predicted by the model thread,
-recorded by the observers on the event loop, with no queue and no future per item. An
-item handed from thread to thread costs the folder more than decoding it: every system
-call lets go of the interpreter lock, and threads taking it back from one another made
-up most of a file's cost.
+A source that holds its items in groups of its own (the folder source claims a batch of
+files at a time) submits a group with ``run`` and gets the group's outcomes: one trip to
+the event loop per group, not per item.
 
 Room is counted twice: in items (``pipeline.queue_size``) and in the encoded bytes of
 items accepted but not yet decoded (``pipeline.max_queued_bytes``), so a queue of large
 images cannot take more memory than the operator allowed. Only ``bytes`` payloads count;
-a folder item carries a path, which the decode threads read. An item's bytes are released
-once it is decoded (or resolved, or cancelled).
+a folder item carries a path (or the bytes its claim already read), which the decode
+threads read. An item's bytes are released once it is decoded (or resolved, or cancelled).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import numpy as np
 
 from monitord.batcher import collect_batch
+from monitord.cancelling import cancel_and_wait
 from monitord.decode import DecodeError, decode_image, read_payload
-from monitord.detectors import DetectorStage
-from monitord.feedback import Feedback
 from monitord.items import Outcome, Prediction, Rejection, WorkItem
 from monitord.metrics import Metrics
 from monitord.model import BatchResult, EncodedInputModel, Model
-from monitord.observers import BatchObserver, LocalObservers
-from monitord.predictions_log import PredictionsLog
 from monitord.settings import PipelineSettings
+from monitord.transport.contract import TransportUnavailable
+from monitord.transport.entries import PredictionBatch
+
+#: Publishes a batch to the stream; returns once it is safe there.
+Publish = Callable[[PredictionBatch], Awaitable[None]]
 
 log = logging.getLogger("monitord.pipeline")
 
@@ -70,14 +71,10 @@ class PipelineClosed(Exception):
 
 
 class NotRecorded(PipelineClosed):
-    """An item's batch could not be handed to the process that holds the detectors (a
-    worker whose main process is gone). The item has no outcome, through no fault of its
-    own: its future fails with this, and the source keeps it for later, as at a shutdown
-    (a folder file stays in the inbox; an HTTP client is told to retry)."""
-
-
-class _ObserverFailed(Exception):
-    """An observer raised while recording a batch (a bug, not a lost main process)."""
+    """An item's batch could not be put in the stream (it cannot be reached). The item has
+    no outcome, through no fault of its own: its future fails with this, and the source
+    keeps it for later, as at a shutdown (a folder file stays in the inbox; an HTTP client
+    is told to retry)."""
 
 
 @dataclass(eq=False)
@@ -107,15 +104,20 @@ class Pipeline:
         self,
         settings: PipelineSettings,
         metrics: Metrics,
-        predictions_log: PredictionsLog | None = None,
+        origin: str = "",
+        lag: Callable[[], int | None] = lambda: None,
+        max_lag: int | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.predictions_log = predictions_log
+        #: This process, as its batches name it in the stream.
+        self.origin = origin
+        self._lag = lag
+        self._max_lag = max_lag
         self.model: Model | None = None
         self._takes_encoded = False
         self._image_counters: dict[tuple[str, str], Any] = {}
-        self.observer: BatchObserver | None = None
+        self._publish: Publish | None = None
         self._ingest: asyncio.Queue[_Pending] = asyncio.Queue(settings.queue_size)
         # Room for two batches: the batcher never starves while the decoders run ahead.
         self._ready: asyncio.Queue[_Prepared | None] = asyncio.Queue(2 * settings.max_batch_size)
@@ -140,10 +142,8 @@ class Pipeline:
         self._flushing = False
         self._accepting = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        #: ``run_batch`` calls waiting for their batch to be recorded; ``close`` cancels them.
-        self._recording: set[concurrent.futures.Future[None]] = set()
-        self._recording_lock = threading.Lock()
+        #: Batches being published, in order; ``close`` cancels them.
+        self._publishing: set[asyncio.Future[None]] = set()
         # Most items one decode worker takes from the ingest queue per trip to its thread.
         self._decode_group = max(1, settings.max_batch_size // settings.decode_workers)
         self._decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="monitord-decode")
@@ -160,6 +160,15 @@ class Pipeline:
 
     def free_slots(self) -> int:
         return self._ingest.maxsize - self._ingest.qsize()
+
+    def overloaded(self) -> str | None:
+        """Why no new work should be taken now although there is room (the monitor is too
+        far behind), or None."""
+        lag = self._lag()
+        if self._max_lag is not None and lag is not None and lag > self._max_lag:
+            return (f"the monitor is {lag} batches behind, more than bus.max_lag = {self._max_lag}; "
+                    "retry once it has caught up")
+        return None
 
     @property
     def queued_bytes(self) -> int:
@@ -188,13 +197,7 @@ class Pipeline:
         size = payload_bytes(item)
         self._check_size(1, size)
         while size > self.free_bytes():
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._byte_waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._byte_waiters:
-                    self._byte_waiters.remove(waiter)
+            await self._bytes_released()
             if not self._accepting:
                 raise PipelineClosed("the pipeline is not accepting work")
         pending = self._track(item, size)
@@ -216,6 +219,9 @@ class Pipeline:
         sizes = [payload_bytes(item) for item in items]
         size = sum(sizes)
         self._check_size(len(items), size)
+        overloaded = self.overloaded()
+        if overloaded is not None:
+            raise PipelineFull(overloaded)
         if len(items) > self.free_slots():
             raise PipelineFull(f"{len(items)} item(s) offered, room for {self.free_slots()} "
                                f"(pipeline.queue_size = {self.settings.queue_size})")
@@ -256,126 +262,48 @@ class Pipeline:
         if not self._pending:
             self._idle.set()
 
-    def run_batch(self, items: Sequence[WorkItem]) -> list[Outcome]:
-        """Run ``items`` as one batch now and return their outcomes, in order.
+    async def run(self, items: Sequence[WorkItem]) -> list[Outcome]:
+        """Submit a group of items, waiting for room, and return their outcomes in order.
 
-        For a source with a thread of its own and its items already bounded (the folder
-        source); call it from that thread, never from the event loop, which it needs. The
-        items are decoded in the calling thread, predicted in the model thread (one batch
-        at a time, shared with the queued items) and recorded by the observers on the
-        event loop; each has its outcome once this returns, all of them or none:
-
-        - ``PipelineClosed`` when the pipeline is not running or closes meanwhile, and
-          ``NotRecorded`` (one) when the batch could not be recorded where the detectors
-          live: no item has an outcome, none is counted, and the source keeps them;
-        - ``ValueError`` for more than ``pipeline.max_batch_size`` items.
+        For a source that holds its items in groups (the folder source): one trip to the
+        event loop for the whole group. ``PipelineClosed`` when the pipeline closes before
+        every item has its outcome (``NotRecorded`` when the stream could not take their
+        batch): the source keeps the items for later.
         """
-        if len(items) > self.settings.max_batch_size:
-            raise ValueError(f"{len(items)} items for one batch, more than pipeline.max_batch_size "
-                             f"({self.settings.max_batch_size})")
-        if not self._accepting or self._loop is None:
-            raise PipelineClosed("the pipeline is not accepting work")
-        outcomes: list[Outcome | None] = [None] * len(items)
-        rows: list[int] = []
-        arrays: list[Any] = []
-        for row, result in enumerate(self._prepare_group(list(items))):
-            if isinstance(result, Exception):
-                outcomes[row] = _unprepared(items[row], result)
-            else:
-                rows.append(row)
-                arrays.append(result)
-        if arrays:
-            self._predict_now(items, rows, arrays, outcomes)
-        done = [outcome for outcome in outcomes if outcome is not None]
-        assert len(done) == len(items)
-        for item, outcome in zip(items, done):
-            self._count(item, outcome)
-        return done
-
-    def _predict_now(self, items: Sequence[WorkItem], rows: list[int], arrays: list[Any],
-                     outcomes: list[Outcome | None]) -> None:
-        """Predict ``arrays`` (the items at ``rows``) and record them; fill in ``outcomes``."""
-        started = time.perf_counter()
+        futures = []
         try:
-            result = self._model_pool.submit(self._infer, arrays).result()
-        except Exception as error:  # concurrent.futures.CancelledError included
-            if not self._accepting:  # the pool shut down, or our turn was cancelled
-                raise PipelineClosed("the pipeline closed") from error
-            log.error("the model failed on a batch of %d", len(arrays), exc_info=error)
-            for row in rows:
-                outcomes[row] = _failed(items[row], "model failed", error)
-            return
-        self.metrics.inference_duration.observe(time.perf_counter() - started)
-        self.metrics.batch_size.observe(len(arrays))
-        for index, reason in result.rejected.items():
-            row = rows[index]
-            outcomes[row] = Rejection(items[row].id, items[row].source, reason)
-        kept = [row for index, row in enumerate(rows) if index not in result.rejected]
-        if not kept:
-            return
-        predictions = self._predictions([items[row] for row in kept], result)
-        try:
-            self._record_from_thread(predictions, result.signals)
-        except _ObserverFailed as failed:
-            # A bug in an observer (a detector, say), not a missing main process: retrying
-            # the files would fail the same way for ever, so they fail now, as "error".
-            log.error("recording a batch of %d failed", len(kept), exc_info=failed.__cause__)
-            for row in kept:
-                outcomes[row] = _failed(items[row], "recording the predictions failed", failed.__cause__)
-            return
-        for row, prediction in zip(kept, predictions):
-            outcomes[row] = prediction
-
-    def _record_from_thread(self, predictions: list[Prediction], signals: Any) -> None:
-        """Hand a batch to the observers on the event loop and wait until it is recorded."""
-        assert self._loop is not None
-        try:
-            future = asyncio.run_coroutine_threadsafe(self._record(predictions, signals), self._loop)
-        except RuntimeError as error:  # the loop is closed
-            raise PipelineClosed("the pipeline closed") from error
-        with self._recording_lock:
-            self._recording.add(future)
-        try:
-            if not self._accepting:
+            for item in items:
+                size = payload_bytes(item)
+                self._check_size(1, size)
+                while size > self.free_bytes() and self._accepting:
+                    await self._bytes_released()
+                if not self._accepting:
+                    raise PipelineClosed("the pipeline is not accepting work")
+                pending = self._track(item, size)
+                await self._ingest.put(pending)
+                futures.append(pending.future)
+            return list(await asyncio.gather(*futures))
+        except BaseException:
+            for future in futures:
                 future.cancel()
-            future.result()
-        except concurrent.futures.CancelledError:
-            raise PipelineClosed("the pipeline closed before the batch was recorded") from None
-        except (PipelineClosed, _ObserverFailed):
             raise
-        except Exception as error:
-            reason = f"the batch could not be recorded for drift detection: {error}"
-            log.error("%s", reason)
-            raise NotRecorded(reason) from error
-        finally:
-            with self._recording_lock:
-                self._recording.discard(future)
 
-    async def _record(self, predictions: list[Prediction], signals: Any) -> None:
-        assert self.observer is not None
+    async def _bytes_released(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._byte_waiters.append(waiter)
         try:
-            recorded = self.observer.observe(predictions, signals)
-        except Exception as error:
-            raise _ObserverFailed() from error
-        if recorded is not None:
-            await recorded  # another process records it; failing here means it is gone
+            await waiter
+        finally:
+            if waiter in self._byte_waiters:
+                self._byte_waiters.remove(waiter)
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(
-        self,
-        model: Model,
-        detectors: DetectorStage | None = None,
-        feedback: Feedback | None = None,
-        observer: BatchObserver | None = None,
-    ) -> None:
-        """Start the stages. Each batch's predictions go to ``observer``, by default the
-        detectors, the feedback join, the metrics and the predictions log of this process."""
+    async def start(self, model: Model, publish: Publish) -> None:
+        """Start the stages; each batch of predictions goes to the stream through ``publish``."""
         self.model = model
-        self._loop = asyncio.get_running_loop()
         self._takes_encoded = isinstance(model, EncodedInputModel)
-        self.observer = observer or LocalObservers(self.metrics, detectors, feedback, self.predictions_log)
-        self.metrics.declare_classes(model.class_names)
+        self._publish = publish
         self._tasks = [
             asyncio.create_task(self._decode_worker(), name=f"decode-{i}")
             for i in range(self.settings.decode_workers)
@@ -403,13 +331,7 @@ class Pipeline:
         """
         self._accepting = False
         self._wake_byte_waiters()  # a waiting ``submit`` sees the pipeline closed
-        with self._recording_lock:
-            recording = list(self._recording)
-        for future in recording:  # a ``run_batch`` waiting for its batch to be recorded
-            future.cancel()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait([*self._publishing, *self._tasks])
         for pending in list(self._pending):
             pending.future.cancel()
             self._untrack(pending)
@@ -507,12 +429,12 @@ class Pipeline:
             else:
                 try:
                     self._finish_batch(batch, result)
-                except Exception as error:  # an observer's bug: fail this batch, keep the stage
-                    log.exception("recording a batch of %d failed", len(batch))
+                except Exception as error:  # a bug: fail this batch, keep the stage
+                    log.exception("handing a batch of %d on failed", len(batch))
                     for prepared in batch:
                         if not prepared.pending.future.done():
                             self._resolve(prepared.pending,
-                                          _failed(prepared.pending.item, "recording the predictions failed", error))
+                                          _failed(prepared.pending.item, "handing the predictions on failed", error))
             finally:
                 self._at_model -= len(batch)
                 self._note_if_nothing_coming()
@@ -530,7 +452,7 @@ class Pipeline:
         return result
 
     def _finish_batch(self, batch: list[_Prepared], result: BatchResult) -> None:
-        assert self.observer is not None
+        assert self._publish is not None
         if result.rejected:
             for row, reason in result.rejected.items():
                 item = batch[row].pending.item
@@ -539,23 +461,31 @@ class Pipeline:
             if not batch:
                 return
         predictions = self._predictions([prepared.pending.item for prepared in batch], result)
-        recorded = self.observer.observe(predictions, result.signals)
-        if recorded is None:
-            self._resolve_batch(batch, predictions)
-            return
-        # Answered once the batch is recorded where the detectors live (another process).
-        task = asyncio.ensure_future(recorded)
-        task.add_done_callback(lambda done: self._recorded(done, batch, predictions))
+        signals = {name: values for name, values in result.signals.items()}
+        # Answered once the batch is safe in the stream; the model goes on meanwhile.
+        task = asyncio.ensure_future(self._publish(PredictionBatch(predictions, signals, self.origin)))
+        self._publishing.add(task)
+        task.add_done_callback(lambda done: self._published(done, batch, predictions))
 
-    def _recorded(self, done: asyncio.Future[None], batch: list[_Prepared], predictions: list[Prediction]) -> None:
+    def _published(self, done: asyncio.Future[None], batch: list[_Prepared], predictions: list[Prediction]) -> None:
+        self._publishing.discard(done)
         error = None if done.cancelled() else done.exception()
         if not done.cancelled() and error is None:
             self._resolve_batch(batch, predictions)
             return
-        reason = "the batch could not be recorded for drift detection"
+        if error is not None and not isinstance(error, TransportUnavailable):
+            # A bug, not an unreachable stream: kept for a retry, the items would fail the
+            # same way for ever, so they get an outcome, "error", instead.
+            log.error("publishing a batch of %d failed", len(batch), exc_info=error)
+            for prepared in batch:
+                if not prepared.pending.future.done():
+                    self._resolve(prepared.pending, _failed(prepared.pending.item, "publishing the predictions failed",
+                                                            error))
+            return
+        reason = "the batch could not be put in the stream for drift detection"
         if error is not None:
             reason = f"{reason}: {error}"
-            log.error("%s", reason)
+            log.warning("%s", reason)
         for prepared in batch:
             pending = prepared.pending
             if not pending.future.done():

@@ -24,7 +24,7 @@ log = logging.getLogger("monitord.plugins")
 
 ENTRY_POINT_GROUP = "monitord"
 LOAD_PLUGINS_ENV = "MONITORD_LOAD_PLUGINS"
-KINDS = ("source", "model", "detector", "sink")
+KINDS = ("source", "model", "detector", "sink", "transport")
 
 
 class PluginError(Exception):

@@ -20,13 +20,16 @@ from monitord.metrics import Metrics
 from monitord.model import declared_signals
 from monitord.plugins import PluginError, PluginHost
 from monitord.settings import DetectorSpec, Settings, SettingsError
+from monitord.transport.contract import TransportContext
+from monitord.alerting.delivery import redact
 
 log = logging.getLogger("monitord.preflight")
 
 
-def check_configuration(settings: Settings, plugins: PluginHost) -> None:
-    """Raise ``SettingsError`` listing every problem the settings have; return if none."""
+def check_configuration(settings: Settings, plugins: PluginHost, role: str = "all") -> None:
+    """Raise ``SettingsError`` listing every problem the settings have for ``role``; return if none."""
     problems: list[str] = []
+    problems += _check_transport(settings, plugins, role)
     problems += _check_sources(settings, plugins)
     signals, model_problems = _check_model(settings, plugins)
     problems += model_problems
@@ -37,6 +40,37 @@ def check_configuration(settings: Settings, plugins: PluginHost) -> None:
         raise SettingsError(f"invalid settings: {problems[0]}")
     if problems:
         raise SettingsError("\n".join([f"invalid settings ({len(problems)} problems):", *(f"  {p}" for p in problems)]))
+
+
+def _check_transport(settings: Settings, plugins: PluginHost, role: str) -> list[str]:
+    transport = settings.bus.transport
+    if settings.pipeline.workers:
+        if role != "all":
+            return [f"pipeline.workers = {settings.pipeline.workers} starts the roles itself: run it with "
+                    f"--role all (not {role}), or set pipeline.workers = 0 to run one role here"]
+        # Without bus.url: a private redis-server on a Unix socket (monitord.supervisor).
+        transport = "unix" if transport == "local" else transport
+        try:
+            plugins.factory("transport", transport)
+        except PluginError:
+            return [f"pipeline.workers = {settings.pipeline.workers} joins its processes by Redis Streams: "
+                    "install the monitord-redis plugin (pip install -e plugins/monitord-redis) or set "
+                    "pipeline.workers = 0"]
+        return []
+    if transport == "local":
+        if role != "all":
+            return [f"--role {role} needs a stream other processes can reach: set bus.url (MONITORD_BUS__URL), "
+                    "e.g. redis://127.0.0.1:6379/0; without it one process plays both roles (--role all)"]
+        return []
+    try:
+        factory = plugins.factory("transport", transport)
+    except PluginError as error:
+        return [f"bus.url = {redact(settings.bus.url or '')!r}: {error} (install monitord-redis for redis:// URLs)"]
+    try:  # the factory checks the URL and options; it connects only in start()
+        factory(TransportContext(settings, Path(settings.state_dir), "preflight", Metrics()))
+    except ValueError as error:  # it names the URL, without its credentials
+        return [str(error)]
+    return []
 
 
 def _check_sources(settings: Settings, plugins: PluginHost) -> list[str]:

@@ -33,6 +33,13 @@ class HttpSettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    #: Bind with SO_REUSEPORT, so several processes on this host accept on one port (the
+    #: kernel spreads connections among them); ``pipeline.workers`` sets it for its own.
+    reuse_port: bool = False
+    #: Seconds the server keeps answering after a stop was asked for and the work in flight
+    #: is done: 503 with Retry-After and ``Connection: close``, so a client or load balancer
+    #: moves on instead of having a request on a kept-alive connection reset.
+    lame_duck_seconds: float = Field(1.0, ge=0)
     #: Largest request body accepted by ``POST /v1/predict`` (413 above it).
     max_body_bytes: int = Field(20 * MiB, gt=0)
     #: Most images in one multipart request (413 above it).
@@ -87,6 +94,29 @@ class FolderSettings(_Section):
     #: A file the daemon stopped on this many times without reaching its outcome (it
     #: crashed or was killed mid-batch) goes to ``failed/`` instead of being tried again.
     max_attempts: int = Field(3, gt=0)
+    #: This process's share of the inbox when several processes on this host take files
+    #: from it, ``"I/N"`` (share I of N, from 1; by a hash of each file's path), all of
+    #: them with one ``ledger``; unset: every file. ``pipeline.workers`` sets it for its own.
+    share: str | None = Field(None, pattern=r"^[1-9][0-9]*/[1-9][0-9]*$")
+    #: The folder's ledger; default ``<state_dir>/ledger.sqlite3``. Processes sharing an
+    #: inbox share it.
+    ledger: Path | None = None
+
+    def partition(self) -> tuple[int, int] | None:
+        """``share`` as (index from 0, count), or None."""
+        if self.share is None:
+            return None
+        index, count = (int(part) for part in self.share.split("/"))
+        return index - 1, count
+
+    @field_validator("share")
+    @classmethod
+    def _share_within_count(cls, value: str | None) -> str | None:
+        if value is not None:
+            index, count = (int(part) for part in value.split("/"))
+            if index > count:
+                raise ValueError(f"share {index} of {count} does not exist; shares are 1/{count} to {count}/{count}")
+        return value
 
 
 class PipelineSettings(_Section):
@@ -106,11 +136,11 @@ class PipelineSettings(_Section):
     adaptive_batching: bool = True
     #: Threads that decode and preprocess images.
     decode_workers: int = Field(2, gt=0)
-    #: Worker processes besides the main one, each with its own pipeline and copy of the
-    #: model: they serve ``POST /v1/predict`` on the shared listening socket and each takes
-    #: its share of the folder source's files. Their predictions reach the main process's
-    #: detectors, metrics and log. 0: the main process does everything. One Python process
-    #: uses about one core; see the README's "Performance".
+    #: Inference processes to run on this host (0: this one process does everything).
+    #: ``monitord run`` then supervises N inference processes, sharing ``http.port`` and
+    #: the inbox, and a monitor, all on one stream (``bus.url``, or a private redis-server
+    #: it starts in ``state_dir``). One Python process uses about one core; see the
+    #: README's "Performance" and "Scaling out".
     workers: int = Field(0, ge=0, le=64)
     #: Images with more pixels than this are refused before decoding.
     max_image_pixels: int = Field(40_000_000, gt=0)
@@ -136,6 +166,10 @@ class FeedbackSettings(_Section):
     #: ... and NaN once no label came for this many seconds (evaluated at each scrape); the
     #: next label starts a new window.
     accuracy_max_age_seconds: float = Field(3600.0, gt=0)
+    #: Seconds a label whose prediction is not known yet waits for it (it may still be in
+    #: the inbox, or on its way through the stream) before it counts as ``unknown``; 0
+    #: refuses such labels at once.
+    grace_seconds: float = Field(60.0, ge=0)
     #: Largest ``POST /v1/feedback`` body in bytes, and most records in one request.
     max_body_bytes: int = Field(MiB, gt=0)
     max_records: int = Field(10_000, gt=0)
@@ -149,6 +183,38 @@ class FeedbackSettings(_Section):
                 "lower min_labels or raise accuracy_window"
             )
         return self
+
+
+class BusSettings(_Section):
+    """The stream between inference and monitoring (see ``monitord run --role``)."""
+
+    #: Unset: in-process, one process does both (the default: nothing else to run).
+    #: ``redis://host:port/db`` (or ``rediss://``, ``unix:///path?db=0``): Redis Streams,
+    #: any number of inference processes and one active monitor, on any hosts.
+    url: str | None = None
+    #: The stream's name, the prefix of every key it uses: one per model (or tenant).
+    stream: str = Field("monitord", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    #: Entries (one a batch) published and not yet applied by the monitor, at most;
+    #: beyond it inference refuses work (HTTP 503 with Retry-After, files wait in the inbox).
+    max_lag: int = Field(1000, gt=0)
+    #: Seconds between the monitor's checkpoints: after a crash or a takeover, at most
+    #: this much is applied again (exactly once all the same). A state that takes long to
+    #: write is written less often (at most a twentieth of the monitor's time).
+    checkpoint_seconds: float = Field(1.0, gt=0)
+    #: Seconds the active monitor's lease lasts unless renewed: a standby takes over
+    #: about this long after the active one stopped.
+    lease_seconds: float = Field(5.0, gt=0)
+    #: Seconds ``POST /v1/feedback`` waits for the monitor's verdicts before answering
+    #: 202 (accepted, verdicts counted in ``monitord_feedback_total`` on the monitor).
+    reply_timeout_seconds: float = Field(5.0, gt=0)
+
+    @property
+    def transport(self) -> str:
+        """The registered transport the URL's scheme names (``local`` without one)."""
+        if not self.url:
+            return "local"
+        scheme, separator, _ = self.url.partition("://")
+        return scheme.lower() if separator else self.url
 
 
 class SnapshotSettings(_Section):
@@ -317,6 +383,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     detectors: list[DetectorSpec] = Field(default_factory=default_detectors)
     alerts: AlertSettings = AlertSettings()
+    bus: BusSettings = BusSettings()
     #: Alert sinks, a list of instances (``[[sinks]]``).
     sinks: list[SinkSpec] = Field(default_factory=default_sinks)
     #: Settings of third-party sources, keyed by source name.

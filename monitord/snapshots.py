@@ -1,24 +1,24 @@
-"""Detector state on disk: saved periodically and at shutdown, restored at start.
+"""Detector snapshots: every detector's state as plain data, and back.
 
-A restart (planned or after ``kill -9``) then continues each detector's statistics
-instead of re-learning its window and forgetting a drift in progress: without this the
-on-call would see every alert resolve and re-fire, or worse, a drift go quiet.
+A restart (planned or after ``kill -9``), or another monitor taking over, then continues
+each detector's statistics instead of re-learning its window and forgetting a drift in
+progress: without this the on-call would see every alert resolve and re-fire, or worse, a
+drift go quiet.
 
-The file, ``<state_dir>/detectors.json``, holds one entry per detector instance, keyed by
-its name, with its type, signals and the detector's own ``snapshot()``. A detector is
-restored only from an entry of the same name, type and signals, written for the same
-model reference; anything else starts fresh. A file that cannot be read, or an entry a
-detector refuses, is reported and the file set aside (``detectors.json.corrupt-<time>``
-or ``.incompatible-<time>``) so the next snapshot does not destroy the evidence.
+A snapshot holds one entry per detector instance, keyed by its name, with its type,
+signals and the detector's own ``snapshot()``. A detector is restored only from an entry
+of the same name, type and signals, taken against the same model reference; anything else
+starts fresh. The monitor's checkpoint carries it; the in-process transport keeps it in
+``<state_dir>/detectors.json``, and sets a file that cannot be used aside
+(``detectors.json.corrupt-<time>`` or ``.incompatible-<time>``) so the next snapshot does
+not destroy the evidence.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -42,53 +42,46 @@ def reference_fingerprint(model_name: str, reference_signals: Mapping[str, Seque
 
 
 class DetectorSnapshots:
-    """Saves and restores the detectors of one ``DetectorStage``."""
+    """Takes and restores the snapshots of one ``DetectorStage``'s detectors, as plain data
+    (the monitor's checkpoint holds it; the in-process transport keeps it in ``FILE_NAME``)."""
 
-    def __init__(self, state_dir: Path, stage: DetectorStage, fingerprint: str) -> None:
-        self.path = Path(state_dir) / FILE_NAME
+    def __init__(self, stage: DetectorStage, fingerprint: str) -> None:
         self.stage = stage
         self.fingerprint = fingerprint
-        self.saved_at: float | None = None
-        self._task: asyncio.Task[None] | None = None
 
     # -- restore -------------------------------------------------------------------------
 
-    def restore(self) -> list[str]:
-        """Restore every detector the file has a fitting entry for; return their names.
+    def restore_from(self, data: Mapping[str, Any] | None) -> bool:
+        """Restore every detector ``data`` has a fitting entry for; start the others fresh.
 
-        Never raises: a file that does not fit is set aside and the detectors start fresh.
+        Never raises. Returns False when ``data`` did not fit (another format, model or
+        reference, or an entry a detector refused), so its keeper can set it aside.
         """
+        if data is None:
+            self._start_fresh(self.stage.detectors)
+            return True
         try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        except OSError as error:
-            log.error("cannot read detector snapshot %s: %s; detectors start fresh", self.path, error)
-            return []
-        try:
-            data = json.loads(text)
             entries = data["detectors"]
             if data.get("version") != FORMAT_VERSION or not isinstance(entries, dict):
                 raise ValueError(f"format version {data.get('version')!r}, expected {FORMAT_VERSION}")
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            log.error("detector snapshot %s is unreadable (%s); detectors start fresh", self.path, error)
-            set_aside(self.path, "corrupt")
-            return []
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
+            log.error("the detector snapshot is unreadable (%s); detectors start fresh", error)
+            self._start_fresh(self.stage.detectors)
+            return False
         if data.get("reference") != self.fingerprint:
-            log.warning(
-                "detector snapshot %s was taken against another model or reference; detectors start fresh",
-                self.path,
-            )
-            set_aside(self.path, "incompatible")
-            return []
-        restored, refused = [], []
+            log.warning("the detector snapshot was taken against another model or reference; detectors start fresh")
+            self._start_fresh(self.stage.detectors)
+            return False
+        restored, refused, fresh = [], [], []
         for watched in self.stage.detectors:
             spec = watched.spec
             entry = entries.get(spec.label)
             if entry is None:
+                fresh.append(watched)
                 continue
             if entry.get("type") != spec.type or entry.get("signals") != spec.signals:
                 refused.append(f"{spec.label} (snapshot of {entry.get('type')} on {entry.get('signals')})")
+                fresh.append(watched)
                 continue
             try:
                 watched.detector.restore(entry["state"])
@@ -98,13 +91,19 @@ class DetectorSnapshots:
                 continue
             self.stage.refresh(watched)
             restored.append(spec.label)
+        self._start_fresh(fresh)
         if refused:
-            log.warning("detector snapshot does not fit %s; they start fresh", "; ".join(refused))
-            set_aside(self.path, "incompatible")
+            log.warning("the detector snapshot does not fit %s; they start fresh", "; ".join(refused))
         if restored:
-            age = data.get("saved_at", "?")
-            log.info("restored detectors %s from the snapshot of %s", ", ".join(restored), age)
-        return restored
+            log.info("restored detectors %s from the snapshot of %s", ", ".join(restored), data.get("saved_at", "?"))
+        return not refused
+
+    def _start_fresh(self, detectors: Sequence[Any]) -> None:
+        """Detectors that took samples since they were built start anew (a monitor that lost
+        its lease and comes back restores a checkpoint without them)."""
+        for watched in detectors:
+            if watched.detector.state.samples:
+                self._rebuild(watched)
 
     def _rebuild(self, watched: Any) -> None:
         """A restore that failed half-way may leave a detector in a mixed state: start it anew."""
@@ -134,31 +133,29 @@ class DetectorSnapshots:
             "detectors": entries,
         }
 
-    def save(self) -> None:
-        """Take and write a snapshot now (at shutdown, after the last batch)."""
-        self._write(self.collect())
 
-    async def save_async(self) -> None:
-        data = self.collect()
-        await asyncio.to_thread(self._write, data)
+def read_snapshot_file(path: Path) -> dict[str, Any] | None:
+    """The snapshot in ``path``, or None (missing, unreadable: set aside as corrupt)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        log.error("cannot read detector snapshot %s: %s; detectors start fresh", path, error)
+        return None
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as error:
+        log.error("detector snapshot %s is unreadable (%s); detectors start fresh", path, error)
+        set_aside(path, "corrupt")
+        return None
+    return data
 
-    def _write(self, data: dict[str, Any]) -> None:
-        try:
-            write_json_durably(self.path, data)
-        except (OSError, TypeError, ValueError) as error:
-            log.error("cannot save detector snapshot to %s: %s", self.path, error)
-            return
-        self.saved_at = time.time()
 
-    def start(self, interval_seconds: float) -> None:
-        self._task = asyncio.create_task(self._periodically(interval_seconds), name="detector-snapshots")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _periodically(self, interval_seconds: float) -> None:
-        while True:
-            await asyncio.sleep(interval_seconds)
-            await self.save_async()
+def write_snapshot_file(path: Path, data: Mapping[str, Any]) -> None:
+    try:
+        write_json_durably(path, data)
+    except (OSError, TypeError, ValueError) as error:
+        log.error("cannot save detector snapshot to %s: %s", path, error)

@@ -6,13 +6,10 @@ source may add routes to ``context.app``; ``start()`` once the model is loaded; 
 ``stop()`` at shutdown, which must stop taking in new work and return only once every
 item already taken in has its outcome handled (a file moved, a response sent).
 
-A source whose work can be split by name (``partitioned = True``, the folder source)
-runs in every worker process when ``pipeline.workers`` is set, each over its share
-(``SourceContext.partition``); the main process then only calls its ``setup()`` (so a
-bad setting stops the daemon before any worker starts) and ``stop()``, never ``start()``.
-In between it runs the source's ``coordinate()``: work best done once for all the shares
-(the folder source watches the inbox there, once, and tells each share of its new files),
-which reaches each worker's instance as calls of its ``receive()``.
+A source whose work can be split by name (``partitioned = True``, the folder source) may
+run in several inference processes on one host over one shared folder, each over its
+share (``SourceContext.partition``, from ``folder.share``): it must then keep its state
+where every process can share it, and find its own work (each share watches for itself).
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ from __future__ import annotations
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from aiohttp import web
 
@@ -61,17 +58,9 @@ class SourceContext:
     app: web.Application
     #: This source's table from the ``source_options`` setting (third-party sources).
     options: dict[str, Any] = field(default_factory=dict)
-    #: This process's share of the work, for a partitioned source in a worker process;
-    #: None: all of it.
+    #: This process's share of the work, for a partitioned source run by several
+    #: processes; None: all of it.
     partition: Partition | None = None
-    #: Whether the main process runs ``coordinate()`` for this share (a partitioned
-    #: source in a worker process): what it does there need not be done here.
-    coordinated: bool = False
-
-
-#: How ``coordinate()`` reaches the shares: ``send(index, message)`` calls ``receive(message)``
-#: on share ``index``'s instance (every share's with ``None``).
-ShareSender = Callable[[int | None, Any], None]
 
 
 class Source(ABC):
@@ -102,12 +91,3 @@ class Source(ABC):
     @abstractmethod
     async def stop(self) -> None:
         """Stop taking in work; return once everything taken in is finished."""
-
-    async def coordinate(self, send: ShareSender) -> None:
-        """In the main process, while worker processes run this source's shares: work best
-        done once for all of them, until cancelled. A message to a share whose worker is
-        restarting is dropped, so each share must also find its work by itself when it
-        starts. Does nothing by default."""
-
-    def receive(self, message: Any) -> None:
-        """In a worker process: a message ``coordinate()`` sent this share."""

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from monitord.alerting.alert import Alert
-from monitord.alerting.dispatcher import AlertDispatcher
+from monitord.alerting.dispatcher import AlertDispatcher, read_open_alerts
 from monitord.alerting.episodes import AlertSource
 from monitord.detectors import DetectorStage, WatchedDetector
 from monitord.metrics import Metrics
@@ -63,6 +63,8 @@ async def dispatcher(tmp_path: Path, detectors: DetectorStage, clock: Clock) -> 
     alerting = AlertDispatcher(AlertSettings(cooldown_seconds=5, resolve_after_samples=1), [sink], SOURCE, tmp_path,
                                clock.monotonic, clock.wall, tick_seconds=3600)
     alerting.attach(detectors)
+    # As the monitor starts: episodes an earlier run kept reopen, then the sinks start.
+    alerting.reopen([Alert.from_state(state) for state in read_open_alerts(tmp_path)])
     await alerting.start()
     return alerting, sink
 

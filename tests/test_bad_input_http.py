@@ -237,9 +237,10 @@ async def test_feedback_refuses_malformed_oversized_and_mistyped_bodies(server: 
     (await feedback(server, b"42")).error(422)
 
 
-async def test_feedback_answers_each_record_unknown_invalid_joined_duplicate(server: DaemonProcess) -> None:
-    unknown = await feedback(server, b'{"id": "never-predicted", "label": "3"}')
-    assert unknown.status == 404 and unknown.json["outcome"] == "unknown" and unknown.json["reason"]
+async def test_feedback_answers_each_record_held_invalid_joined_duplicate(server: DaemonProcess) -> None:
+    # Its prediction may still be on the way (in the inbox, in the stream): held, not refused.
+    held = await feedback(server, b'{"id": "never-predicted", "label": "3"}')
+    assert held.status == 202 and held.json["outcome"] == "held" and "feedback.grace_seconds" in held.json["reason"]
     invalid = await feedback(server, b'{"id": "x", "label": true}')
     assert invalid.status == 422 and invalid.json["outcome"] == "invalid" and "label" in invalid.json["reason"]
     missing = await feedback(server, b'{"label": "3"}')
@@ -252,8 +253,8 @@ async def test_feedback_answers_each_record_unknown_invalid_joined_duplicate(ser
         {"id": "x", "label": "not-a-class"}, [1, 2],
     ]).encode())
     assert batch.status == 200, batch.raw[:300]
-    assert [r["outcome"] for r in batch.json["results"]] == ["joined", "duplicate", "unknown", "invalid", "invalid"]
-    assert batch.json["counts"] == {"joined": 1, "duplicate": 1, "unknown": 1, "invalid": 2}
+    assert [r["outcome"] for r in batch.json["results"]] == ["joined", "duplicate", "held", "invalid", "invalid"]
+    assert batch.json["counts"] == {"joined": 1, "duplicate": 1, "held": 1, "invalid": 2}
 
 
 async def test_the_daemon_is_healthy_and_classifies_afterwards(server: DaemonProcess) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -12,6 +13,16 @@ from monitord.items import Prediction
 from monitord.metrics import Metrics
 from monitord.settings import DetectorSpec, FeedbackSettings
 from monitord_testplugin import OverDetector
+
+
+def accuracy_now(metrics: Metrics) -> float:
+    metrics.refresh()  # as a scrape does
+    return metrics.registry.get_sample_value("monitord_accuracy")
+
+
+def labels_now(metrics: Metrics) -> float:
+    metrics.refresh()
+    return metrics.registry.get_sample_value("monitord_accuracy_labels")
 
 
 class Clock:
@@ -63,9 +74,9 @@ def stage_with_error_detector(metrics: Metrics) -> tuple[DetectorStage, OverDete
 def test_labels_feed_accuracy_and_the_error_signal() -> None:
     metrics = Metrics()
     stage, detector = stage_with_error_detector(metrics)
-    feedback = Feedback(FeedbackSettings(accuracy_window=4, min_labels=1), metrics)
+    feedback = Feedback(FeedbackSettings(accuracy_window=4, min_labels=1, grace_seconds=0), metrics)
     feedback.attach(["a", "b"], stage)
-    assert math.isnan(metrics.registry.get_sample_value("monitord_accuracy"))
+    assert math.isnan(accuracy_now(metrics))
 
     feedback.observe([prediction("1", "a", label="a"), prediction("2", "a"), prediction("3", "b")])
     assert detector.recent == [0.0] and feedback.accuracy == 1.0
@@ -74,7 +85,7 @@ def test_labels_feed_accuracy_and_the_error_signal() -> None:
     assert [r.correct for r in results[:2]] == [False, True]
     assert "not one of the model's classes" in results[4].reason
     assert detector.recent == [0.0, 1.0, 0.0]
-    assert metrics.registry.get_sample_value("monitord_accuracy") == pytest.approx(2 / 3)
+    assert accuracy_now(metrics) == pytest.approx(2 / 3)
     assert metrics.registry.get_sample_value("monitord_feedback_total", {"outcome": "joined"}) == 2
     assert metrics.registry.get_sample_value("monitord_feedback_total", {"outcome": "duplicate"}) == 2
 
@@ -99,8 +110,8 @@ def test_folder_labels_outside_the_classes_are_not_scored(caplog: pytest.LogCapt
 
 def accuracy_metrics(metrics: Metrics) -> tuple[float, float]:
     """``monitord_accuracy`` and ``monitord_accuracy_labels`` as a scrape reads them."""
-    return (metrics.registry.get_sample_value("monitord_accuracy"),
-            metrics.registry.get_sample_value("monitord_accuracy_labels"))
+    return (accuracy_now(metrics),
+            labels_now(metrics))
 
 
 def test_accuracy_is_a_number_only_once_enough_labels_are_in_the_window() -> None:
@@ -148,3 +159,56 @@ def test_accuracy_goes_nan_once_no_label_came_for_its_max_age_and_restarts_after
 def test_min_labels_above_the_window_is_refused() -> None:
     with pytest.raises(ValueError, match="min_labels .* accuracy_window"):
         FeedbackSettings(accuracy_window=10, min_labels=11)
+
+
+def test_a_label_before_its_prediction_is_held_then_joined_or_given_up() -> None:
+    clock = Clock()
+    metrics = Metrics()
+    stage, detector = stage_with_error_detector(metrics)
+    feedback = Feedback(FeedbackSettings(grace_seconds=10, min_labels=1), metrics, clock)
+    feedback.attach(["a", "b"], stage)
+    (held,) = feedback.receive([("soon", "b")])
+    assert held.outcome == "held" and "feedback.grace_seconds" in held.reason
+    assert metrics.registry.get_sample_value("monitord_feedback_total", {"outcome": "joined"}) == 0
+    clock.now += 5
+    feedback.observe([prediction("soon", "a")])  # arrives within the grace: joined, wrong
+    assert detector.recent == [1.0] and feedback.accuracy == 0.0
+    assert metrics.registry.get_sample_value("monitord_feedback_total", {"outcome": "joined"}) == 1
+    assert feedback.receive([("soon", "b")])[0].outcome == "duplicate"
+    (never,) = feedback.receive([("never", "a")])
+    assert never.outcome == "held"
+    clock.now += 11
+    feedback.observe([prediction("other", "a")])  # the grace is over: given up as unknown
+    assert metrics.registry.get_sample_value("monitord_feedback_total", {"outcome": "unknown"}) == 1
+    feedback.observe([prediction("never", "a")])
+    assert detector.recent == [1.0]  # its label was given up: nothing scored
+
+
+def test_the_join_continues_from_its_checkpoint_in_another_process() -> None:
+    clock, wall = Clock(), Clock()
+    wall.now = 1_700_000_000.0
+    metrics = Metrics()
+    feedback = Feedback(FeedbackSettings(grace_seconds=10, ttl_seconds=100, accuracy_window=4, min_labels=1),
+                        metrics, clock, wall)
+    feedback.attach(["a", "b"], stage_with_error_detector(metrics)[0])
+    feedback.observe([prediction("p1", "a"), prediction("p2", "b"), prediction("p3", "b"),
+                      prediction("l1", "a", label="a")])
+    feedback.receive([("p1", "a"), ("h1", "b")])  # p1 joined, h1 held
+    state = json.loads(json.dumps(feedback.state()))
+
+    # Another monitor, another clock: times travel as wall-clock seconds.
+    later, later_wall = Clock(), Clock()
+    later.now, later_wall.now = 5000.0, wall.now + 30
+    other_metrics = Metrics()
+    stage, detector = stage_with_error_detector(other_metrics)
+    other = Feedback(FeedbackSettings(grace_seconds=10, ttl_seconds=100, accuracy_window=4, min_labels=1),
+                     other_metrics, later, later_wall)
+    other.attach(["a", "b"], stage)
+    other.restore(state)
+    assert other.accuracy == 1.0 and other.accuracy_labels == 2
+    results = other.receive([("p2", "b"), ("p1", "a"), ("h1", "b")])
+    assert [r.outcome for r in results] == ["joined", "duplicate", "held"]  # h1's grace ended 20 s ago: held anew
+    later.now += 71  # 101 s after p3 was made, past its ttl of 100: expiry kept its time
+    assert other.receive([("p3", "a")])[0].outcome == "late"
+    other.restore(None)  # a fresh stream: nothing waits
+    assert other.receive([("p2", "b")])[0].outcome == "held" and other.accuracy is None

@@ -17,6 +17,7 @@ sources = ["http"]
 type = "brightness"
 [feedback]
 ttl_seconds = 2.0
+grace_seconds = 1.0
 accuracy_window = 4
 min_labels = 4
 max_records = 10
@@ -33,12 +34,12 @@ limit = 2.0
 """
 
 
-@pytest.fixture(scope="module", params=[0, 1], ids=["in-process", "ingest-worker"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """The daemon alone, and with one ingest worker (``pipeline.workers``): a label must find a
-    prediction made in another process the moment its client has the answer."""
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """The daemon, both roles in one process: a label must find its prediction the moment
+    the client has the answer."""
     workdir = tmp_path_factory.mktemp("feedback")
-    env = {**install_testplugin(workdir / "site"), "MONITORD_PIPELINE__WORKERS": str(request.param)}
+    env = install_testplugin(workdir / "site")
     process = DaemonProcess(workdir, free_port(), extra_settings=SETTINGS, env=env)
     process.start()
     yield process
@@ -67,9 +68,9 @@ async def test_labels_join_predictions_and_drive_accuracy_and_the_error_detector
             {"id": "b0", "label": "bright"}, {"id": "b2", "label": "zebra"}, {"label": "dark"},
         ])
         assert status == 200
-        assert [r["outcome"] for r in body["results"]] == ["joined", "joined", "unknown", "duplicate", "invalid", "invalid"]
+        assert [r["outcome"] for r in body["results"]] == ["joined", "joined", "held", "duplicate", "invalid", "invalid"]
         assert [r.get("correct") for r in body["results"][:2]] == [True, False]
-        assert body["counts"] == {"joined": 2, "unknown": 1, "duplicate": 1, "invalid": 2}
+        assert body["counts"] == {"joined": 2, "held": 1, "duplicate": 1, "invalid": 2}
         assert "missing id" in body["results"][5]["reason"]
 
         status, single = await feedback(session, server, {"id": "b3", "label": "dark"})
@@ -104,8 +105,23 @@ async def test_late_labels_are_told_apart_from_unknown_ids(server: DaemonProcess
         time.sleep(2.5)  # feedback.ttl_seconds = 2
         status, body = await feedback(session, server, {"id": "old", "label": "bright"})
         assert status == 410 and body["outcome"] == "late" and "ttl_seconds" in body["reason"]
+        unknown = server.metric("monitord_feedback_total", outcome="unknown")
         status, body = await feedback(session, server, {"id": "never-seen", "label": "bright"})
-        assert status == 404 and body["outcome"] == "unknown"
+        assert status == 202 and body["outcome"] == "held"
+        time.sleep(1.5)  # feedback.grace_seconds = 1: no prediction came
+        await predict(session, server, "after-the-grace")  # the join looks at its held labels
+        assert server.metric("monitord_feedback_total", outcome="unknown") == unknown + 1
+
+
+async def test_a_label_that_comes_before_its_prediction_is_held_and_joined(server: DaemonProcess) -> None:
+    async with aiohttp.ClientSession() as session:
+        joined = server.metric("monitord_feedback_total", outcome="joined")
+        status, body = await feedback(session, server, {"id": "early-bird", "label": "dark"})
+        assert status == 202 and body["outcome"] == "held" and "feedback.grace_seconds" in body["reason"]
+        await predict(session, server, "early-bird")  # bright: the held label says dark
+        status, body = await feedback(session, server, {"id": "early-bird", "label": "dark"})
+        assert status == 409 and body["outcome"] == "duplicate"
+    assert server.metric("monitord_feedback_total", outcome="joined") == joined + 1
 
 
 async def test_malformed_feedback_gets_a_clear_4xx(server: DaemonProcess) -> None:

@@ -169,26 +169,30 @@ def test_a_file_over_max_file_bytes_fails_unread_and_the_rest_go_on(daemon) -> N
 
 
 class StubPipeline:
-    """Answers every batch with predictions (after ``delay`` seconds), or never (``answer=False``):
-    then ``run_batch`` blocks until ``close``, as the real one does while its batch waits
-    for the main process, and fails with ``PipelineClosed``."""
+    """Answers every group with predictions (after ``delay`` seconds), or never (``answer=False``):
+    then ``run`` waits until ``close``, as the real one does while its batch waits for the
+    stream, and fails with ``PipelineClosed``."""
 
     def __init__(self, answer: bool = True, delay: float = 0.01) -> None:
         self.answer, self.delay = answer, delay
         self.seen: list[str] = []
         self.batches: list[int] = []
-        self.closed = threading.Event()
+        self.closed = asyncio.Event()
+        self.lagging: str | None = None
 
-    def run_batch(self, items: list[WorkItem]) -> list[Prediction]:
+    async def run(self, items: list[WorkItem]) -> list[Prediction]:
         self.seen.extend(item.id for item in items)
         self.batches.append(len(items))
         if not self.answer:
-            self.closed.wait()
+            await self.closed.wait()
         if self.closed.is_set():
             raise PipelineClosed("the pipeline closed")
-        time.sleep(self.delay)
+        await asyncio.sleep(self.delay)
         return [Prediction(item.id, item.source, "7", 7, 0.9, {"confidence": 0.9}, "now", item.label)
                 for item in items]
+
+    def overloaded(self) -> str | None:
+        return self.lagging
 
     def close(self) -> None:
         self.closed.set()
@@ -263,3 +267,21 @@ async def test_claims_still_waiting_at_a_shutdown_deadline_are_released(tmp_path
     assert source.ledger.unfinished() == []
     assert len(files_under(tmp_path / "inbox")) == 12 and files_under(tmp_path / "processed") == []
     source.ledger.close()
+
+
+async def test_files_wait_in_the_inbox_while_the_monitor_lags_then_go_through(tmp_path: Path) -> None:
+    for index in range(5):
+        drop_atomically(tmp_path / "inbox", f"f{index}.png", b"image")
+    pipeline = StubPipeline()
+    pipeline.lagging = "the monitor is 2,000 batches behind, more than bus.max_lag = 1000"
+    source = in_process_source(tmp_path, pipeline)
+    await source.start()
+    try:
+        await asyncio.sleep(1.0)  # several turns' worth: none is taken meanwhile
+        assert pipeline.seen == [] and len(files_under(tmp_path / "inbox")) == 5
+        assert source.ledger.unfinished() == []  # nothing claimed either
+        pipeline.lagging = None
+        await wait_until(lambda: len(files_under(tmp_path / "processed", "*.png")) == 5)
+        assert sorted(pipeline.seen) == [f"f{index}.png" for index in range(5)]
+    finally:
+        await source.stop()

@@ -201,8 +201,56 @@ def test_every_copy_source_exists_and_is_not_dockerignored() -> None:
                 assert not fnmatch.fnmatch("/".join(parts[:depth]), pattern), f".dockerignore {pattern} hides {source}"
 
 
-@pytest.mark.parametrize("plugin", ["monitord-torchvision", "monitord-drift"])
+@pytest.mark.parametrize("plugin", ["monitord-torchvision", "monitord-drift", "monitord-redis"])
 def test_the_image_installs_every_first_party_plugin(plugin: str) -> None:
     assert f"plugins/{plugin}" in copy_sources()
     run = " ".join(args for name, args in dockerfile_instructions() if name == "RUN")
     assert f"./plugins/{plugin}" in run
+
+
+# -- the scaled-out variant: Redis, two inference services, a monitor --------------------------
+
+SCALE = yaml.safe_load((OPS / "docker-compose.scale.yml").read_text())
+MONITORD_SERVICES = {"inference-a": "inference", "inference-b": "inference", "monitor": "monitor"}
+
+
+def test_the_scaled_out_compose_file_joins_its_roles_by_its_redis() -> None:
+    services = SCALE["services"]
+    assert set(services) == set(MONITORD_SERVICES) | {"redis", "prometheus", "alertmanager", "grafana"}
+    redis_command = services["redis"]["command"]
+    assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
+    assert redis_command[redis_command.index("--maxmemory-policy") + 1] == "noeviction"
+    published, states = set(), set()
+    for name, role in MONITORD_SERVICES.items():
+        service = services[name]
+        environment = service["environment"]
+        assert environment["MONITORD_ROLE"] == role
+        assert environment["MONITORD_BUS__URL"] == "redis://redis:6379/0" and "redis" in service["depends_on"]
+        assert environment["MONITORD_ALERTS__INSTANCE"] == f"{name}:8000"  # Prometheus's name for it
+        settings = load_settings(OPS / "monitord.toml", **{"bus": {"url": environment["MONITORD_BUS__URL"]}})
+        assert settings.bus.transport == "redis"
+        (port,) = service["ports"]
+        published.add(port)
+        state = [v.split(":")[0] for v in service["volumes"] if v.endswith(":/var/lib/monitord/state")]
+        states.update(state)
+        assert service["build"]["dockerfile"] == "ops/Dockerfile"
+    assert len(published) == 3 and len(states) == 3  # a port and a state volume each
+    # Both inference services serve one model, from one volume.
+    models = {environment["MONITORD_MODEL__ARTIFACT"] for environment in
+              (services[name]["environment"] for name, role in MONITORD_SERVICES.items() if role == "inference")}
+    assert len(models) == 1
+    assert set(SCALE["volumes"]) >= {"redis", "model", "state-a", "state-b", "state-monitor"}
+
+
+def test_prometheus_scrapes_every_process_of_the_scaled_out_stack() -> None:
+    config = yaml.safe_load((CONFIGS / "prometheus.scale.yml").read_text())
+    targets = [t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
+    assert sorted(targets) == sorted(f"{name}:8000" for name in MONITORD_SERVICES)
+    mounted = [v.split(":")[0] for v in SCALE["services"]["prometheus"]["volumes"]]
+    assert "../configs/prometheus.scale.yml" in mounted
+    # Otherwise the same file as prometheus.yml.
+    shipped = yaml.safe_load((CONFIGS / "prometheus.yml").read_text())
+    for job in config["scrape_configs"]:
+        for static in job["static_configs"]:
+            static["targets"] = ["monitord:8000"]
+    assert config == shipped

@@ -14,19 +14,47 @@ from monitord.detectors import DetectorStage, DetectorState, DriftEvent
 from monitord.items import Prediction, Rejection, WorkItem
 from monitord.model import BatchResult
 from monitord.metrics import Metrics
-from monitord.pipeline import Pipeline, PipelineClosed, PipelineFull, PipelineTooLarge
+from monitord.pipeline import NotRecorded, Pipeline, PipelineClosed, PipelineFull, PipelineTooLarge
 from monitord.settings import DetectorSpec, PipelineSettings
+from monitord.transport.contract import TransportUnavailable
+from monitord.transport.entries import PredictionBatch
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    metrics.refresh()  # as a scrape does
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-async def started(model=None, **settings) -> tuple[Pipeline, Metrics, BrightnessModel]:
+class Stream:
+    """Where a test pipeline publishes: it keeps every batch, optionally hands the signals
+    to a detector stage, and fails as told."""
+
+    def __init__(self, stage: DetectorStage | None = None, fail: Exception | None = None) -> None:
+        self.batches: list[PredictionBatch] = []
+        self.stage = stage
+        self.fail = fail
+        self.hold: asyncio.Event | None = None
+
+    async def publish(self, batch: PredictionBatch) -> None:
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.batches.append(batch)
+        if self.stage is not None:
+            self.stage.update(batch.signals)
+
+    @property
+    def ids(self) -> list[list[str]]:
+        return [[prediction.id for prediction in batch.predictions] for batch in self.batches]
+
+
+async def started(model=None, stream: Stream | None = None, **settings) -> tuple[Pipeline, Metrics, BrightnessModel]:
     metrics = Metrics()
     pipeline = Pipeline(PipelineSettings(**settings), metrics)
     model = model or BrightnessModel()
-    await pipeline.start(model, DetectorStage([], metrics))
+    pipeline.stream = stream or Stream()  # type: ignore[attr-defined]
+    await pipeline.start(model, pipeline.stream.publish)  # type: ignore[attr-defined]
     return pipeline, metrics, model
 
 
@@ -46,16 +74,20 @@ async def test_collect_batch_closes_on_size_then_on_delay() -> None:
 
 
 async def test_outcomes_arrive_in_submission_order_with_batching() -> None:
-    pipeline, metrics, model = await started(max_batch_size=8, max_batch_delay=0.05)
+    # Full batches only (never a partial one sent early), whatever the machine's speed.
+    pipeline, metrics, model = await started(max_batch_size=4, max_batch_delay=30, adaptive_batching=False)
     levels = [10, 240, 30, 250, 5, 200, 100, 220, 15, 245, 60, 230]
     futures = pipeline.submit_nowait([WorkItem(id=str(i), source="t", payload=png(v)) for i, v in enumerate(levels)])
     outcomes = await asyncio.gather(*futures)
     assert [o.id for o in outcomes] == [str(i) for i in range(len(levels))]
     assert [o.class_name for o in outcomes] == ["bright" if v > 127 else "dark" for v in levels]
-    assert max(model.batches) > 1 and sum(model.batches) == len(levels)
+    assert model.batches == [4, 4, 4]
     assert sample(metrics, "monitord_images_total", source="t", outcome="ok") == len(levels)
     assert sample(metrics, "monitord_batch_size_count") == len(model.batches)
-    assert sample(metrics, "monitord_prediction_confidence_count") == len(levels)
+    # Every prediction went to the stream, once, with its batch's signal columns (two decode
+    # threads may finish their groups in either order: a batch is not in submission order).
+    assert sorted(pid for ids in pipeline.stream.ids for pid in ids) == sorted(str(i) for i in range(len(levels)))
+    assert all(len(batch.signals["brightness"]) == len(batch) for batch in pipeline.stream.batches)
     await pipeline.close()
 
 
@@ -183,7 +215,7 @@ async def test_detector_stage_sees_every_signal_value_and_exports_state() -> Non
         metrics,
     )
     pipeline = Pipeline(PipelineSettings(max_batch_size=4), metrics)
-    await pipeline.start(BrightnessModel(), stage)
+    await pipeline.start(BrightnessModel(), Stream(stage).publish)
     levels = [10, 250, 20, 30, 255, 40]
     await asyncio.gather(*pipeline.submit_nowait([WorkItem(id=str(i), source="t", payload=png(v)) for i, v in enumerate(levels)]))
     brightness, confidence = stage.detectors
@@ -300,7 +332,7 @@ async def test_rows_a_model_rejects_are_refused_alone_and_never_reach_the_detect
     stage = DetectorStage.build([DetectorSpec(type="threshold", signal="brightness", threshold=2.0)],
                                 lambda kind: ThresholdDetector, {}, metrics)
     pipeline = Pipeline(PipelineSettings(max_batch_size=8, max_batch_delay=0.05), metrics)
-    await pipeline.start(RowRejectingModel(), stage)
+    await pipeline.start(RowRejectingModel(), Stream(stage).publish)
     levels = [10, 128, 250, 128, 30, 240]
     outcomes = await asyncio.gather(*pipeline.submit_nowait(
         [WorkItem(id=str(i), source="t", payload=png(v)) for i, v in enumerate(levels)]))
@@ -334,59 +366,47 @@ async def test_a_model_whose_rows_do_not_add_up_fails_its_batch_as_error() -> No
     await pipeline.close()
 
 
-class _FailingObserver:
-    """An observer in another process that went away: every batch fails to be recorded."""
-
-    def __init__(self) -> None:
-        self.batches = 0
-
-    def observe(self, predictions, signals) -> asyncio.Future[None]:
-        self.batches += 1
-        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        recorded.set_exception(ConnectionResetError("the other process closed the channel"))
-        return recorded
-
-
-async def test_a_batch_that_cannot_be_recorded_has_no_outcome_so_its_source_keeps_the_items() -> None:
-    from monitord.pipeline import NotRecorded
-
+async def test_a_batch_the_stream_cannot_take_has_no_outcome_so_its_source_keeps_the_items() -> None:
     metrics = Metrics()
     pipeline = Pipeline(PipelineSettings(max_batch_size=4), metrics)
-    observer = _FailingObserver()
-    await pipeline.start(BrightnessModel(), observer=observer)
+    stream = Stream(fail=TransportUnavailable("redis://127.0.0.1:6399/0 refused the connection"))
+    await pipeline.start(BrightnessModel(), stream.publish)
     futures = pipeline.submit_nowait([WorkItem(id=str(i), source="t", payload=png(40 * i)) for i in range(3)])
     results = await asyncio.gather(*futures, return_exceptions=True)
-    assert observer.batches >= 1
     # Not an outcome (a Rejection would move a good folder file to failed/): a PipelineClosed,
     # which sources treat as "keep it for later".
     assert all(isinstance(result, NotRecorded) and isinstance(result, PipelineClosed) for result in results)
-    assert "closed the channel" in str(results[0])
+    assert "refused the connection" in str(results[0])
     for outcome in ("ok", "error", "rejected"):
         assert sample(metrics, "monitord_images_total", source="t", outcome=outcome) == 0
     await asyncio.wait_for(pipeline.drain(), 5)  # nothing left pending
     await pipeline.close()
 
 
-# -- run_batch: a source's own thread runs a batch through decode, model and observers --------
+async def test_a_publishing_bug_fails_its_items_as_error_and_the_next_batch_still_runs() -> None:
+    """Kept for a retry, such items would fail the same way for ever: an outcome, "error"."""
+    pipeline, metrics, _ = await started(stream=Stream(fail=ZeroDivisionError("a bug divided by zero")),
+                                         max_batch_delay=0.0)
+    first = await asyncio.wait_for(asyncio.gather(*pipeline.submit_nowait([WorkItem(id="a", source="t", payload=png(9))])), 5)
+    assert isinstance(first[0], Rejection) and first[0].outcome == "error"
+    assert "ZeroDivisionError: a bug divided by zero" in first[0].reason
+    second = await asyncio.wait_for(asyncio.gather(*pipeline.submit_nowait([WorkItem(id="b", source="t", payload=png(9))])), 5)
+    assert isinstance(second[0], Rejection) and second[0].outcome == "error"
+    assert sample(metrics, "monitord_images_total", source="t", outcome="error") == 2
+    await pipeline.close()
 
 
-class _RecordingObserver:
-    """Records on the event loop, as the daemon's observers do; ``hold`` keeps a batch
-    unrecorded (a worker's batch waiting for the main process) until released."""
-
-    def __init__(self, hold: bool = False) -> None:
-        self.recorded: list[list[str]] = []
-        self.threads: set[int] = set()
-        self.hold = hold
-        self.waiting: asyncio.Future[None] | None = None
-
-    def observe(self, predictions, signals):
-        self.threads.add(threading.get_ident())
-        self.recorded.append([prediction.id for prediction in predictions])
-        if self.hold:
-            self.waiting = asyncio.get_running_loop().create_future()
-            return self.waiting
-        return None
+async def test_clients_are_answered_only_once_their_batch_is_in_the_stream() -> None:
+    stream = Stream()
+    stream.hold = asyncio.Event()
+    pipeline, _, _ = await started(stream=stream, max_batch_delay=0.0)
+    futures = pipeline.submit_nowait([WorkItem(id="a", source="t", payload=png(9))])
+    await asyncio.sleep(0.3)  # predicted long ago; waiting for the stream
+    assert not futures[0].done() and stream.batches == []
+    stream.hold.set()
+    (outcome,) = await asyncio.wait_for(asyncio.gather(*futures), 5)
+    assert isinstance(outcome, Prediction) and stream.ids == [["a"]]
+    await pipeline.close()
 
 
 class _RejectingBrightness(BrightnessModel):
@@ -400,93 +420,54 @@ class _RejectingBrightness(BrightnessModel):
                            rejected={row: "a black image" for row in black})
 
 
-async def test_run_batch_in_another_thread_returns_outcomes_in_order_recorded_on_the_loop() -> None:
-    metrics = Metrics()
-    pipeline = Pipeline(PipelineSettings(max_batch_size=8), metrics)
-    observer = _RecordingObserver()
-    await pipeline.start(_RejectingBrightness(), observer=observer)
+async def test_run_from_another_thread_returns_a_groups_outcomes_in_order() -> None:
+    pipeline, metrics, _ = await started(model=_RejectingBrightness(), max_batch_size=8)
+    loop = asyncio.get_running_loop()
     items = [
         WorkItem(id="bright", source="t", payload=png(250)),
         WorkItem(id="broken", source="t", payload=b"not an image"),
         WorkItem(id="black", source="t", payload=png(0)),
         WorkItem(id="dark", source="t", payload=png(20)),
     ]
-    outcomes = await asyncio.to_thread(pipeline.run_batch, items)
+    # As the folder's thread does: one trip to the event loop for the group.
+    outcomes = await asyncio.to_thread(lambda: asyncio.run_coroutine_threadsafe(pipeline.run(items), loop).result())
     assert [outcome.id for outcome in outcomes] == ["bright", "broken", "black", "dark"]
     assert isinstance(outcomes[0], Prediction) and outcomes[0].class_name == "bright"
     assert isinstance(outcomes[1], Rejection) and outcomes[1].outcome == "rejected"
     assert isinstance(outcomes[2], Rejection) and outcomes[2].reason == "a black image"
     assert isinstance(outcomes[3], Prediction) and outcomes[3].class_name == "dark"
-    # Only the predictions reach the observers, once, on the event loop's thread.
-    assert observer.recorded == [["bright", "dark"]] and observer.threads == {threading.get_ident()}
+    assert [pid for ids in pipeline.stream.ids for pid in ids] == ["bright", "dark"]  # predictions only
     assert sample(metrics, "monitord_images_total", source="t", outcome="ok") == 2
     assert sample(metrics, "monitord_images_total", source="t", outcome="rejected") == 2
-    assert sample(metrics, "monitord_batch_size_count") == 1 and sample(metrics, "monitord_batch_size_sum") == 3
-    with pytest.raises(ValueError, match="max_batch_size"):
-        pipeline.run_batch([WorkItem(id=str(i), source="t", payload=png(9)) for i in range(9)])
     await pipeline.close()
     with pytest.raises(PipelineClosed):
-        pipeline.run_batch(items[:1])
+        await pipeline.run(items[:1])
 
 
-async def test_run_batch_waiting_to_be_recorded_fails_with_pipeline_closed_when_the_pipeline_closes() -> None:
-    metrics = Metrics()
-    pipeline = Pipeline(PipelineSettings(), metrics)
-    observer = _RecordingObserver(hold=True)
-    await pipeline.start(BrightnessModel(), observer=observer)
-    running = asyncio.ensure_future(asyncio.to_thread(pipeline.run_batch, [WorkItem(id="a", source="t", payload=png(9))]))
-    while observer.waiting is None:
-        await asyncio.sleep(0.01)
-    assert not running.done()  # no outcome before the batch is recorded
+async def test_a_group_waiting_for_the_stream_fails_with_pipeline_closed_when_the_pipeline_closes() -> None:
+    stream = Stream()
+    stream.hold = asyncio.Event()
+    pipeline, metrics, _ = await started(stream=stream)
+    running = asyncio.ensure_future(pipeline.run([WorkItem(id="a", source="t", payload=png(9))]))
+    await asyncio.sleep(0.3)
+    assert not running.done()  # no outcome before the batch is in the stream
     await pipeline.close()
     with pytest.raises(PipelineClosed):
         await asyncio.wait_for(running, 5)
     assert sample(metrics, "monitord_images_total", source="t", outcome="ok") == 0
 
 
-async def test_run_batch_that_cannot_be_recorded_raises_not_recorded_and_counts_nothing() -> None:
-    from monitord.pipeline import NotRecorded
-
+async def test_work_is_refused_while_the_monitor_lags_too_far_behind() -> None:
+    lag = [0]
     metrics = Metrics()
-    pipeline = Pipeline(PipelineSettings(), metrics)
-    await pipeline.start(BrightnessModel(), observer=_FailingObserver())
-    with pytest.raises(NotRecorded, match="closed the channel"):
-        await asyncio.to_thread(pipeline.run_batch, [WorkItem(id=str(i), source="t", payload=png(9)) for i in range(3)])
-    for outcome in ("ok", "error", "rejected"):
-        assert sample(metrics, "monitord_images_total", source="t", outcome=outcome) == 0
-    await pipeline.close()
-
-
-class _BrokenObserver:
-    """An observer with a bug: it raises while recording."""
-
-    def observe(self, predictions, signals):
-        raise ZeroDivisionError("a detector divided by zero")
-
-
-async def test_run_batch_whose_observer_raises_fails_its_items_as_error_instead_of_keeping_them() -> None:
-    metrics = Metrics()
-    pipeline = Pipeline(PipelineSettings(), metrics)
-    await pipeline.start(BrightnessModel(), observer=_BrokenObserver())
-    outcomes = await asyncio.to_thread(pipeline.run_batch, [WorkItem(id=str(i), source="t", payload=png(9))
-                                                            for i in range(2)])
-    # Kept for a retry, they would fail the same way for ever: an outcome, "error", instead.
-    assert all(isinstance(o, Rejection) and o.outcome == "error" for o in outcomes)
-    assert "ZeroDivisionError: a detector divided by zero" in outcomes[0].reason
-    assert sample(metrics, "monitord_images_total", source="t", outcome="error") == 2
-    await pipeline.close()
-
-
-async def test_a_queued_batch_whose_observer_raises_fails_as_error_and_the_next_batch_still_runs() -> None:
-    metrics = Metrics()
-    pipeline = Pipeline(PipelineSettings(max_batch_delay=0.0), metrics)
-    observer = _BrokenObserver()
-    await pipeline.start(BrightnessModel(), observer=observer)
-    first = await asyncio.wait_for(asyncio.gather(*pipeline.submit_nowait([WorkItem(id="a", source="t", payload=png(9))])), 5)
-    assert isinstance(first[0], Rejection) and first[0].outcome == "error"
-    assert "a detector divided by zero" in first[0].reason
-    # The model stage lives on: a later image gets its outcome too, not a hang.
-    second = await asyncio.wait_for(asyncio.gather(*pipeline.submit_nowait([WorkItem(id="b", source="t", payload=png(9))])), 5)
-    assert isinstance(second[0], Rejection) and second[0].outcome == "error"
-    assert sample(metrics, "monitord_images_total", source="t", outcome="error") == 2
+    pipeline = Pipeline(PipelineSettings(), metrics, lag=lambda: lag[0], max_lag=10)
+    await pipeline.start(BrightnessModel(), Stream().publish)
+    assert pipeline.overloaded() is None
+    lag[0] = 11
+    assert "bus.max_lag = 10" in pipeline.overloaded()
+    with pytest.raises(PipelineFull, match="11 batches behind"):
+        pipeline.submit_nowait([WorkItem(id="a", source="t", payload=png(9))])
+    lag[0] = 3
+    (outcome,) = await asyncio.gather(*pipeline.submit_nowait([WorkItem(id="b", source="t", payload=png(9))]))
+    assert isinstance(outcome, Prediction)
     await pipeline.close()

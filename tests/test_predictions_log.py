@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import pickle
 from pathlib import Path
@@ -10,9 +9,7 @@ from pathlib import Path
 import pytest
 
 import monitord.items
-from monitord.ingest_worker import RelayObserver
 from monitord.items import Prediction
-from monitord.metrics_relay import MetricsRelay
 from monitord.predictions_log import PredictionsLog
 
 
@@ -26,6 +23,7 @@ def refuse_to_encode(monkeypatch: pytest.MonkeyPatch) -> None:
     def encode(*args, **kwargs):
         raise AssertionError("a prediction was encoded twice")
 
+    monkeypatch.setattr(monitord.items.orjson, "dumps", encode)
     monkeypatch.setattr(monitord.items.json, "dumps", encode)
 
 
@@ -43,8 +41,8 @@ def test_a_line_is_encoded_once_and_travels_with_the_prediction(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     made = prediction(3)
     line = made.json_line()
-    assert line == json.dumps(made.to_json(), separators=(",", ":"))
-    arrived = pickle.loads(pickle.dumps(made))  # a worker's prediction reaching the main process
+    assert json.loads(line) == made.to_json()
+    arrived = pickle.loads(pickle.dumps(made))  # as a prediction that crossed a process
     refuse_to_encode(monkeypatch)
     assert arrived.json_line() == line
     assert arrived == made  # the kept line is not part of what a prediction is
@@ -54,27 +52,11 @@ def test_a_line_is_encoded_once_and_travels_with_the_prediction(tmp_path: Path,
     assert (tmp_path / "predictions.jsonl").read_text() == line + "\n"
 
 
-class Capture:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def send(self, message) -> None:
-        self.sent.append(pickle.dumps(message))
-
-
-@pytest.mark.parametrize("encode_lines", [True, False])
-def test_a_worker_encodes_the_lines_when_the_main_process_logs(monkeypatch: pytest.MonkeyPatch,
-                                                               encode_lines: bool) -> None:
-    async def send() -> list[Prediction]:
-        channel = Capture()
-        observer = RelayObserver(channel, MetricsRelay(), encode_lines=encode_lines)  # type: ignore[arg-type]
-        observer.observe([prediction(4), prediction(5)], {})
-        return pickle.loads(channel.sent[0])[2]
-
-    arrived = asyncio.run(send())
-    refuse_to_encode(monkeypatch)
-    if encode_lines:
-        assert [json.loads(p.json_line())["id"] for p in arrived] == ["7/img-4.png", "7/img-5.png"]
-    else:  # nothing encoded that no one writes
-        with pytest.raises(AssertionError, match="encoded twice"):
-            arrived[0].json_line()
+def test_a_name_that_is_not_utf8_is_written_escaped_and_read_back_the_same(tmp_path: Path) -> None:
+    name = b"latin1-caf\xe9.png".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+    made = Prediction(id=name, source="folder", class_name="7", class_index=7, confidence=0.5,
+                      signals={"entropy": float("nan")}, time="2026-11-27T10:00:00.000+00:00")
+    line = made.json_line()
+    assert "\\udce9" in line and json.loads(line)["id"] == name
+    clean = prediction(9)
+    assert json.loads(clean.json_line())["signals"] == clean.signals

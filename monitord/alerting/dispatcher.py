@@ -5,13 +5,14 @@ listener of the ``DetectorStage`` (so both model batches and labels from feedbac
 it), ticks every second for resolution and re-notification, and hands each notification
 to every sink in order from its own task, so the pipeline never waits on a sink.
 
-Open episodes are saved to ``<state_dir>/alerts.json`` whenever they change. A restart
-(graceful or not) resolves nothing: the saved episodes reopen with the same labels and
-``startsAt`` (the same fingerprint; a restart with another ``instance``, on another port
-say, continues them under the labels they fired with), and resolve as any episode does once the detector
-(its state restored from ``detectors.json``, see ``monitord.snapshots``) has seen
-``alerts.resolve_after_samples`` samples after the restart without coming back to the
-level. An episode of a detector no longer configured resolves at start.
+Open episodes travel with the monitor's checkpoint (``state``/``reopen``), and with the
+in-process transport are also saved to ``<state_dir>/alerts.json`` whenever they change.
+A restart or a takeover resolves nothing: the saved episodes reopen with the same labels
+and ``startsAt`` (the same fingerprint; one with another ``instance``, on another port say,
+continues them under the labels they fired with), and resolve as any episode does once the
+detector (restored from the same checkpoint, see ``monitord.snapshots``) has seen
+``alerts.resolve_after_samples`` samples without coming back to the level. An episode of a
+detector no longer configured resolves at once.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class AlertDispatcher:
         settings: AlertSettings,
         sinks: Sequence[Sink],
         source: AlertSource,
-        state_dir: Path,
+        state_dir: Path | None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         tick_seconds: float = 1.0,
@@ -50,7 +51,9 @@ class AlertDispatcher:
         self.settings = settings
         self.sinks = list(sinks)
         self.source = source
-        self.state_path = Path(state_dir) / STATE_FILE
+        #: Where open episodes are kept whenever they change (the in-process transport);
+        #: None when the monitor's checkpoint carries them.
+        self.state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
         self._clock, self._wall = clock, wall
         self.tick_seconds = tick_seconds
         self.machines: dict[str, tuple[WatchedDetector, DetectorAlerts]] = {}
@@ -88,9 +91,12 @@ class AlertDispatcher:
     def firing(self) -> list[Alert]:
         return [alert for _, machine in self.machines.values() for alert in machine.firing()]
 
-    async def start(self) -> None:
-        """Reopen saved episodes, start the sinks (they deliver what they spooled), then run."""
-        saved = await asyncio.to_thread(self._load)
+    def reopen(self, saved: Sequence[Alert]) -> None:
+        """Continue the episodes open before (a restart, a takeover), replacing those in
+        memory; the ones whose detector is gone resolve. Call before ``start`` or while
+        running (a monitor back from standby)."""
+        for _, machine in self.machines.values():
+            machine.open.clear()
         self._saved = [alert.to_state() for alert in saved]
         orphaned = []
         for alert in saved:
@@ -101,16 +107,25 @@ class AlertDispatcher:
                 orphaned.append(alert.resolved(datetime.fromtimestamp(self._wall(), timezone.utc)))
         firing = self.firing()
         if firing:
-            log.info("%d alert(s) still firing from before the restart; their episodes continue", len(firing))
+            log.info("%d alert(s) still firing from before; their episodes continue", len(firing))
+        if orphaned:
+            log.info("resolving %d alert(s) of detectors no longer configured", len(orphaned))
+            self._queue.put_nowait(orphaned)
+
+    @property
+    def started(self) -> bool:
+        return bool(self._tasks)
+
+    async def start(self) -> None:
+        """Start the sinks (they deliver what they spooled, and keep alive what still fires),
+        then dispatch."""
+        firing = self.firing()
         for sink in self.sinks:
             await sink.start(firing)
         self._tasks = [
             asyncio.create_task(self._dispatch(), name="alerts-dispatch"),
             asyncio.create_task(self._ticker(), name="alerts-tick"),
         ]
-        if orphaned:
-            log.info("resolving %d alert(s) of detectors no longer configured", len(orphaned))
-            self._queue.put_nowait(orphaned)
 
     async def close(self) -> None:
         """Hand queued notifications to the sinks, then close them (they flush or keep a spool)."""
@@ -146,7 +161,7 @@ class AlertDispatcher:
 
     async def _save(self) -> None:
         state = [alert.to_state() for alert in self.firing()]
-        if state == self._saved:
+        if state == self._saved or self.state_path is None:
             return
         try:
             await asyncio.to_thread(self._write, state)
@@ -155,18 +170,26 @@ class AlertDispatcher:
             log.error("cannot save open alerts to %s: %s (a restart would forget them)", self.state_path, error)
 
     def _write(self, state: list[dict]) -> None:
+        assert self.state_path is not None
         write_json_durably(self.state_path, {"open": state})
 
-    def _load(self) -> list[Alert]:
-        try:
-            data = json.loads(self.state_path.read_text(encoding="utf-8"))
-            return [Alert.from_state(item) for item in data.get("open", [])]
-        except FileNotFoundError:
-            return []
-        except OSError as error:
-            log.error("cannot read open alerts from %s (%s); starting without them", self.state_path, error)
-            return []
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            log.error("open alerts in %s are unreadable (%s); starting without them", self.state_path, error)
-            set_aside(self.state_path, "corrupt")
-            return []
+
+def read_open_alerts(state_dir: Path) -> list[dict]:
+    """The open episodes an earlier run kept in ``<state_dir>/alerts.json`` (their state
+    form); none when there is no file, and none, the file set aside, when it is unreadable."""
+    path = Path(state_dir) / STATE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        states = data.get("open", [])
+        for state in states:
+            Alert.from_state(state)  # each must be readable
+        return states
+    except FileNotFoundError:
+        return []
+    except OSError as error:
+        log.error("cannot read open alerts from %s (%s); starting without them", path, error)
+        return []
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        log.error("open alerts in %s are unreadable (%s); starting without them", path, error)
+        set_aside(path, "corrupt")
+        return []

@@ -6,5 +6,6 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "monitord.builtin.log_sink",
     "monitord.builtin.webhook_sink",
     "monitord.builtin.alertmanager_sink",
+    "monitord.builtin.local_transport",
     "monitord.builtin.commands",
 )

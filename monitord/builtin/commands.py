@@ -34,12 +34,18 @@ class ConfigurationError(click.ClickException):
 def register_commands(cli: click.Group) -> None:
     @cli.command()
     @config_option
+    @click.option("--role", type=click.Choice(["all", "inference", "monitor"]), default="all", show_default=True,
+                  envvar="MONITORD_ROLE",
+                  help="inference: sources, model, publishing to the stream; monitor: detectors, labels, "
+                       "alerts from the stream; all: both (the only one without bus.url). Env: MONITORD_ROLE.")
     @click.pass_obj
-    def run(host: PluginHost, config: Path | None) -> None:
+    def run(host: PluginHost, config: Path | None, role: str) -> None:
         """Run the daemon: watch the inbox, serve HTTP, export metrics.
 
         With no settings at all it trains the default digits model on first use,
-        watches ./inbox and serves http://127.0.0.1:8000.
+        watches ./inbox and serves http://127.0.0.1:8000. With bus.url it plays one role
+        (or both) beside other processes on one stream (Redis): see the README's
+        "Scaling out".
 
         The whole configuration is checked first (exit status 2 naming each bad key),
         then the state folder is locked (one daemon per state_dir, exit status 1 if
@@ -54,18 +60,25 @@ def register_commands(cli: click.Group) -> None:
         try:
             try:
                 settings = load_settings(config)
-                check_configuration(settings, host)
+                check_configuration(settings, host, role)
             except (SettingsError, PluginError) as error:
                 raise ConfigurationError(str(error)) from None
-            configure_logging(settings.log_level)
+            configure_logging(settings.log_level, os.environ.get("MONITORD_LOG_TAG"))
             try:
                 lock = lock_state_dir(settings.state_dir)
             except StateDirInUse as error:
                 raise click.ClickException(str(error)) from None
         except KeyboardInterrupt:
             sys.exit(0)  # stopped before anything started: nothing to undo
+        if settings.pipeline.workers:
+            from monitord.supervisor import Supervisor
+
+            try:
+                sys.exit(asyncio.run(Supervisor(settings, config).run()))
+            finally:
+                lock.release()
         try:
-            daemon_exit, unfinished = asyncio.run(_run_daemon(settings, host))
+            daemon_exit, unfinished = asyncio.run(_run_daemon(settings, host, role))
         except KeyboardInterrupt:
             daemon_exit, unfinished = 0, []  # before the daemon took the signals over
         except PluginError as error:
@@ -99,11 +112,11 @@ def register_commands(cli: click.Group) -> None:
     cli.add_command(replay_command())
 
 
-async def _run_daemon(settings: Settings, host: PluginHost) -> tuple[int, list[str]]:
+async def _run_daemon(settings: Settings, host: PluginHost, role: str) -> tuple[int, list[str]]:
     """The daemon's exit code, and the start-up jobs it left running (see ``background``)."""
     from monitord.daemon import Daemon
 
-    daemon = Daemon(settings, host)
+    daemon = Daemon(settings, host, role)  # type: ignore[arg-type]
     code = await daemon.run()
     return code, daemon.background.unfinished()
 

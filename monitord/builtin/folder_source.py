@@ -17,14 +17,12 @@ Every outcome goes through the ledger (``monitord.builtin.folder_ledger``) befor
 file moves, so after a ``kill -9`` each file ends up in ``processed/`` or ``failed/``
 exactly once.
 
-With ``pipeline.workers`` the source runs in every worker process, each over the files
-its ``Partition`` owns (by their path under the inbox), all of them sharing the one
-ledger: SQLite lets each process write in turn, and no two claim the same file. The
-recovery at start completes the files the process owns now, so a different number of
-workers after a restart takes over what the previous ones left. The main process watches
-the inbox for all of them (``coordinate``): each worker hears of its share's new files,
-and every share scans when a folder arrives, since the files in it are spread over all
-of them. A share that nobody coordinates watches for itself and takes only its files.
+Several inference processes on one host may share the inbox (``folder.share``), each
+over the files its ``Partition`` owns (by their path under the inbox), all of them sharing
+the one ledger: SQLite lets each process write in turn, and no two claim the same file.
+Each share watches the inbox for itself and takes only its files. The recovery at start
+completes the files the process owns now, so a different number of shares after a restart
+takes over what the previous ones left.
 
 Files travel in groups, and each group stays in one thread from its claim to its move:
 the dispatcher (a task on the event loop) hands the waiting files to the source's own
@@ -36,8 +34,8 @@ them, a batch (``pipeline.max_batch_size``) at a time:
   the batch's ready ones in one ledger transaction (``begin_many``), sets aside the ones
   refused before reading (over ``folder.max_attempts``, a symlink out of the inbox, over
   ``folder.max_file_bytes``) and completes moves a crash interrupted;
-- runs the rest through the pipeline (``Pipeline.run_batch``: decoded in this thread,
-  predicted in the model thread, recorded on the event loop), and carries out their
+- runs the rest through the pipeline as one group (``Pipeline.run``: one trip to the
+  event loop; decoded, predicted and put in the stream there), and carries out their
   outcomes: recorded in one transaction (``decide_many``), then the files beside written
   and the files moved, then finished in one more (``finish_many``). Recording before
   moving is what makes a crash at any point harmless.
@@ -51,6 +49,7 @@ than decoding them.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -68,8 +67,8 @@ from monitord.file_readiness import WriterState, read_if_finished, writer_state
 from monitord.hookspecs import hookimpl
 from monitord.inbox_watch import Arrived, arrivals
 from monitord.items import Outcome, Prediction, WorkItem
-from monitord.pipeline import PipelineClosed
-from monitord.sources import Partition, ShareSender, Source, SourceContext
+from monitord.pipeline import NotRecorded, PipelineClosed
+from monitord.sources import Source, SourceContext
 
 log = logging.getLogger("monitord.folder")
 
@@ -83,6 +82,9 @@ WATCH_STEP_MS = 5
 #: Files up to this size are read by the open that checks for a writer (one open per file,
 #: not two); a batch of them held in memory at once stays small.
 READ_DURING_CLAIM_BYTES = 1 << 20
+
+#: Seconds between looks while files are held back (the monitor behind, the stream down).
+HOLD_SECONDS = 0.5
 
 _T = TypeVar("_T")
 
@@ -158,7 +160,8 @@ class FolderSource(Source):
         self._prefix = self._inbox if self._inbox.endswith(os.sep) else self._inbox + os.sep
         self._processed = str(self.processed)
         self._failed = str(self.failed)
-        self.ledger_path = Path(context.settings.state_dir).resolve() / "ledger.sqlite3"
+        ledger = self.settings.ledger
+        self.ledger_path = (ledger or Path(context.settings.state_dir) / "ledger.sqlite3").resolve()
         self.ledger: Ledger | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._candidates: dict[str, _Candidate] = {}
@@ -171,6 +174,10 @@ class FolderSource(Source):
         self._drained: asyncio.Future[None] | None = None
         #: Files whose move out of the inbox failed, already logged (retried quietly).
         self._unfinished_reported: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: The last turn ended because the stream could not take a batch: wait a little.
+        self._held_back = False
+        self._holding: str | None = None
         context.metrics.watch_queue("folder_backlog", lambda: len(self._candidates))
 
     def setup(self) -> None:
@@ -184,8 +191,7 @@ class FolderSource(Source):
 
     def describe(self) -> str:
         share = f", share {self._partition.index + 1} of {self._partition.count}" if self._partition else ""
-        watched = ", watched by the main process" if self.context.coordinated else ""
-        return f"folder: {self.inbox}{watched} (processed -> {self.processed}, failed -> {self.failed}{share})"
+        return f"folder: {self.inbox} (processed -> {self.processed}, failed -> {self.failed}{share})"
 
     def _owns(self, relative: str) -> bool:
         """Whether this process takes the file at ``relative`` (all of them without workers)."""
@@ -196,15 +202,14 @@ class FolderSource(Source):
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self._in_thread(self._recover)
         await self._scan()
         self._tasks = [
             asyncio.create_task(self._rescan_periodically(), name="folder-rescan"),
             asyncio.create_task(self._dispatch(), name="folder-dispatch"),
         ]
-        if not self.context.coordinated:  # else the main process watches, and tells us
-            self._tasks.append(asyncio.create_task(self._watch(self._take_new, self._scan_soon),
-                                                  name="folder-watch"))
+        self._tasks.append(asyncio.create_task(self._watch(self._take_new, self._scan_soon), name="folder-watch"))
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -340,42 +345,6 @@ class FolderSource(Source):
             self._offer(path)
         self._wake.set()
 
-    def receive(self, message: Any) -> None:
-        """New paths (``("paths", [...])``, this share's) or a scan (``("scan",)``), from
-        ``coordinate`` in the main process."""
-        if message[0] == "paths":
-            self._offer_all(message[1])
-        elif message[0] == "scan":
-            self._scan_soon()
-
-    async def coordinate(self, send: ShareSender) -> None:
-        """Watch the inbox once for every worker's share: each new path goes to the share
-        that owns it, and when a folder arrives (its files unannounced) every share scans.
-
-        One watcher instead of one per worker: each would wake for every event in the inbox
-        (the other shares' files, and every file's departure to ``processed/``), and on two
-        cores that was a tenth of a file's cost.
-        """
-        count = self.context.settings.pipeline.workers
-        skip = len(self._prefix)
-
-        async def tell(arrived: Arrived) -> None:
-            shares: dict[int, list[str]] = {}
-            for path in arrived.paths:
-                if path.startswith(self._prefix) and not self._is_ours(path) and _is_candidate(path[skip:]):
-                    shares.setdefault(Partition.share_of(path[skip:], count), []).append(path)
-            for share, owned in shares.items():
-                send(share, ("paths", owned))
-            told = [path for owned in shares.values() for path in owned]
-            if arrived.folders is not None:  # the watcher knows which are folders
-                folder_came = any(path in arrived.folders for path in told)
-            else:
-                folder_came = bool(told) and await self._in_thread(_any_folder, told)
-            if folder_came:
-                send(None, ("scan",))
-
-        await self._watch(tell, lambda: send(None, ("scan",)))
-
     async def _watch(self, take: Callable[[Arrived], Awaitable[None]], rescan: Callable[[], None]) -> None:
         """Hand each group of new paths in the inbox to ``take``; ``rescan`` when events
         were lost or the inbox was made again, and after the watcher failed and was
@@ -411,6 +380,14 @@ class FolderSource(Source):
         poll = max(0.05, min(self.settings.settle_seconds / 2, 0.25))
         while not self._stopping.is_set():
             self._wake.clear()  # before looking: whatever arrives meanwhile wakes the next turn
+            overloaded = self.context.pipeline.overloaded()
+            if overloaded is not None or self._held_back:
+                # The monitor is behind, or the stream cannot be reached: files wait on disk.
+                self._held_back = False
+                self._report_holding(overloaded or "the stream cannot be reached")
+                await self._pause(HOLD_SECONDS)
+                continue
+            self._report_holding(None)
             try:
                 waiting = await self._release_ready()
             except Exception:  # never let one bad turn stop the source; the files stay on disk
@@ -425,6 +402,20 @@ class FolderSource(Source):
                 await asyncio.wait_for(self._wake.wait(), poll if waiting else None)
             except TimeoutError:
                 pass
+
+    def _report_holding(self, why: str | None) -> None:
+        """Log once when the folder starts leaving files in the inbox, and once when it stops."""
+        if why is not None and self._holding is None:
+            log.warning("leaving files in the inbox for now: %s", why)
+        elif why is None and self._holding is not None:
+            log.info("taking files from the inbox again")
+        self._holding = why
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
 
     async def _release_ready(self) -> bool:
         """Take a turn in the folder thread; return whether candidates still wait."""
@@ -578,8 +569,8 @@ class FolderSource(Source):
         thread); False when the pipeline is closing.
 
         Files without an outcome through no fault of their own (the pipeline is closing,
-        or a worker's batch could not be recorded in the main process) are released: they
-        stay in the inbox for the next turn or start, no attempt counted.
+        or the stream could not take their batch) are released: they stay in the inbox for
+        a later turn or start, no attempt counted.
         """
         by_subfolder = self.settings.labels_from_subfolders
         items = []
@@ -588,10 +579,13 @@ class FolderSource(Source):
             items.append(WorkItem(id=file.relative, source=self.name,
                                   payload=Path(file.path) if file.content is None else file.content,
                                   label=head if by_subfolder and slash else None))
+        assert self._loop is not None
         try:
-            outcomes = self.context.pipeline.run_batch(items)
-        except PipelineClosed:  # NotRecorded included
+            outcomes = asyncio.run_coroutine_threadsafe(self.context.pipeline.run(items), self._loop).result()
+        except (PipelineClosed, concurrent.futures.CancelledError, RuntimeError) as error:
+            # NotRecorded included; RuntimeError: the loop closed under a stop.
             self._release([file.relative for file in batch])
+            self._held_back = isinstance(error, NotRecorded)
             return False
         except Exception:
             log.exception("could not process %d file(s); they stay in the inbox and will be retried", len(batch))
@@ -676,17 +670,6 @@ def _special_kind(mode: int) -> str:
         if test(mode):
             return kind
     return f"special file (mode {stat.filemode(mode)})"
-
-
-def _any_folder(paths: list[str]) -> bool:
-    """Whether one of ``paths`` is a folder (not a link to one; folder thread)."""
-    for path in paths:
-        try:
-            if stat.S_ISDIR(os.lstat(path).st_mode):
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def _size(path: str) -> int | None:

@@ -9,8 +9,11 @@ first start, which lets the daemon run end to end without downloading anything.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -93,7 +96,23 @@ def _load(
             "FILE`) first, set model.train_if_missing = true to train the default digits "
             "model on start-up, or set model.architecture, model.weights and model.classes"
         )
-    return _train_then_load(artifact, device, options)
+    with _training_lock(artifact):
+        if is_artifact(artifact):  # another process sharing the artifact trained it meanwhile
+            return _load_artifact_with(artifact, device, options)
+        return _train_then_load(artifact, device, options)
+
+
+@contextmanager
+def _training_lock(artifact: Path) -> Iterator[None]:
+    """One training at a time per artifact: several processes started at once on a fresh
+    host (``pipeline.workers``) train it once, the others wait and load it."""
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(artifact.parent / f".{artifact.name}-training.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def _train_then_load(
