@@ -179,6 +179,8 @@ class StubPipeline:
         self.batches: list[int] = []
         self.closed = asyncio.Event()
         self.lagging: str | None = None
+        #: How often the source asked whether the monitor lags (once a dispatch turn).
+        self.lag_checks = 0
 
     async def run(self, items: list[WorkItem]) -> list[Prediction]:
         self.seen.extend(item.id for item in items)
@@ -192,6 +194,7 @@ class StubPipeline:
                 for item in items]
 
     def overloaded(self) -> str | None:
+        self.lag_checks += 1
         return self.lagging
 
     def close(self) -> None:
@@ -277,7 +280,7 @@ async def test_files_wait_in_the_inbox_while_the_monitor_lags_then_go_through(tm
     source = in_process_source(tmp_path, pipeline)
     await source.start()
     try:
-        await asyncio.sleep(1.0)  # several turns' worth: none is taken meanwhile
+        await wait_until(lambda: pipeline.lag_checks >= 3)  # three turns held back, none taken meanwhile
         assert pipeline.seen == [] and len(files_under(tmp_path / "inbox")) == 5
         assert source.ledger.unfinished() == []  # nothing claimed either
         pipeline.lagging = None
