@@ -227,6 +227,36 @@ async def test_the_in_process_transport_answers_once_the_monitor_applied_and_kee
         await transport.close()
 
 
+async def test_the_in_process_lag_counts_every_batch_not_yet_applied_so_max_lag_can_refuse_work(
+        tmp_path: Path) -> None:
+    """The queue holds bus.max_lag entries; publishers beyond wait for room, and count as lag."""
+    settings = Settings(_env_file=None, state_dir=tmp_path, bus={"max_lag": 2})
+    transport = LocalTransport(TransportContext(settings, tmp_path, "node-1", Metrics()))
+    await transport.start()
+    publishing = [asyncio.create_task(transport.publish(batch(4 * i, 4))) for i in range(4)]  # no monitor reads
+    try:
+        await until(lambda: transport.lag() == 4)
+        assert transport.lag() > settings.bus.max_lag  # what Pipeline.overloaded compares
+    finally:
+        for task in publishing:  # as the pipeline's close does
+            task.cancel()
+        await asyncio.gather(*publishing, return_exceptions=True)
+        await transport.close()
+
+
+async def test_with_snapshots_disabled_the_in_process_transport_neither_reads_nor_writes_detector_files(
+        tmp_path: Path) -> None:
+    earlier = monitor()
+    earlier.apply(batch(0, 5))
+    (tmp_path / "detectors.json").write_text(json.dumps(earlier.state()["detectors"]))
+    settings = Settings(_env_file=None, state_dir=tmp_path, snapshots={"enabled": False})
+    link = LocalTransport(TransportContext(settings, tmp_path, "node-1", Metrics())).monitor_link()
+    assert await link.acquire() is None  # the file an earlier run left is not restored
+    (tmp_path / "detectors.json").unlink()
+    await link.commit(Checkpoint("3", json.dumps(monitor().state()).encode()))
+    assert not (tmp_path / "detectors.json").exists()
+
+
 async def test_a_state_that_takes_long_to_write_is_checkpointed_less_often() -> None:
     """With checkpoints taking 0.5 s of a (simulated) clock, one follows the last 10 s later
     (a twentieth of the time), not every second as bus.checkpoint_seconds says."""

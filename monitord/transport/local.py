@@ -3,10 +3,12 @@
 ``publish`` puts the entry on a queue the monitor's loop reads and returns once the
 monitor applied it, so a client is answered, or a file moved, only after its batch reached
 the detectors: a label sent right after an answer always finds its prediction, as if the
-two roles were one. The queue holds at most ``bus.max_lag`` entries.
+two roles were one. The lag is the number of entries published and not yet applied; the
+queue holds at most ``bus.max_lag`` of them (more publishers wait for room).
 
 Checkpoints are files in the state folder, as they always were: the detectors' snapshot
-(``detectors.json``), written every ``snapshots.interval_seconds`` and at shutdown, and
+(``detectors.json``, unless ``snapshots.enabled`` is off), written every
+``snapshots.interval_seconds`` and at shutdown, and
 the open alert episodes (``alerts.json``), which the alert dispatcher writes itself
 whenever they change. Nothing else survives a restart (the queue is in memory, and
 nothing answered is in it); the position is a count of entries applied since the start.
@@ -37,7 +39,7 @@ class LocalTransport:
     def __init__(self, context: TransportContext) -> None:
         self.context = context
         settings = context.settings
-        self._queue: asyncio.Queue[tuple[int, Entry, asyncio.Future[None]]] = asyncio.Queue(settings.bus.max_lag)
+        self._queue: asyncio.Queue[tuple[int, Entry]] = asyncio.Queue(settings.bus.max_lag)
         self._waiting: dict[int, asyncio.Future[None]] = {}
         self._sequence = itertools.count(1)
         self._replies: dict[str, asyncio.Future[list[Verdict]]] = {}
@@ -60,7 +62,7 @@ class LocalTransport:
         applied: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         sequence = next(self._sequence)
         self._waiting[sequence] = applied
-        await self._queue.put((sequence, entry, applied))
+        await self._queue.put((sequence, entry))
         try:
             await applied
         finally:
@@ -72,7 +74,7 @@ class LocalTransport:
             self._card.set_result(card)
 
     def lag(self) -> int | None:
-        return self._queue.qsize()
+        return len(self._waiting)  # those waiting for room in the queue too
 
     def reply_address(self) -> str:
         address = f"local:{next(self._reply_numbers)}"
@@ -106,6 +108,7 @@ class LocalLink:
         state_dir = transport.context.state_dir
         self._snapshot_path = state_dir / FILE_NAME
         self._state_dir = state_dir
+        self._keep_snapshot = transport.context.settings.snapshots.enabled
 
     async def model_card(self) -> ModelCard:
         assert self._transport._card is not None, "start() first"
@@ -113,7 +116,7 @@ class LocalLink:
 
     async def acquire(self) -> Checkpoint | None:
         """The files an earlier run left: the detectors' snapshot and the open episodes."""
-        detectors = await asyncio.to_thread(read_snapshot_file, self._snapshot_path)
+        detectors = await asyncio.to_thread(read_snapshot_file, self._snapshot_path) if self._keep_snapshot else None
         alerts = await asyncio.to_thread(read_open_alerts, self._state_dir)
         if detectors is None and not alerts:
             return None
@@ -124,12 +127,12 @@ class LocalLink:
         queue = self._transport._queue
         entries = []
         try:
-            sequence, entry, applied = await asyncio.wait_for(queue.get(), READ_WAIT_SECONDS)
+            sequence, entry = await asyncio.wait_for(queue.get(), READ_WAIT_SECONDS)
         except TimeoutError:
             return []
         entries.append(StreamEntry(str(sequence), entry))
         while len(entries) < limit and not queue.empty():
-            sequence, entry, applied = queue.get_nowait()
+            sequence, entry = queue.get_nowait()
             entries.append(StreamEntry(str(sequence), entry))
         return entries
 
@@ -140,10 +143,14 @@ class LocalLink:
                 future.set_result(None)
 
     async def commit(self, checkpoint: Checkpoint) -> None:
-        state = json.loads(checkpoint.state)
-        detectors = state.get("detectors")
+        if self._keep_snapshot:
+            await asyncio.to_thread(self._write_snapshot, checkpoint.state)
+
+    def _write_snapshot(self, state: bytes) -> None:
+        """Only the detectors' part is kept (the alert dispatcher writes its own file)."""
+        detectors = json.loads(state).get("detectors")
         if detectors is not None:
-            await asyncio.to_thread(write_snapshot_file, self._snapshot_path, detectors)
+            write_snapshot_file(self._snapshot_path, detectors)
 
     def set_aside_snapshot(self) -> None:
         """The snapshot did not fit (another model, other detectors): keep it for inspection."""
