@@ -61,7 +61,8 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, roles: Iterable[str] = ROLES) -> None:
         self.registry = registry or CollectorRegistry()
-        roles = frozenset(roles)
+        #: The roles this process plays: it exports their metrics only.
+        self.roles = roles = frozenset(roles)
         unknown = roles - set(ROLES)
         if unknown:
             raise ValueError(f"unknown role(s) {sorted(unknown)}; expected some of {ROLES}")

@@ -119,7 +119,8 @@ async def test_health_readiness_metrics_and_json_404(server: DaemonProcess) -> N
                  "monitord_inference_duration_seconds_bucket", "monitord_batch_size_bucket",
                  "monitord_end_to_end_duration_seconds_bucket", "monitord_queue_depth", "monitord_build_info"):
         assert name in text, name
-    assert 'model="digits_cnn"' in text
+    build = [line for line in text.splitlines() if line.startswith("monitord_build_info{")]
+    assert len(build) == 1 and 'model="digits_cnn"' in build[0] and 'device="cpu"' in build[0], build
     assert server.metric("monitord_images_total", source="http", outcome="rejected") >= 3
 
 

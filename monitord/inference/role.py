@@ -71,7 +71,6 @@ class InferenceRole:
             raise StartupError(f"cannot load the model: {error}") from error
         self.model = model
         self.metrics.describe_build(model=model.name, device=model.device)
-        self.metrics.declare_classes(model.class_names)
         log.info("model %s on %s, %d classes", model.name, model.device, len(model.class_names))
         await self.transport.publish_model(self._card(model))
         await self.pipeline.start(model, self.transport.publish)

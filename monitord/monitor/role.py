@@ -71,7 +71,8 @@ class MonitorRole:
         feedback = Feedback(self.settings.feedback, self.metrics)
         feedback.attach(card.class_names, detectors)
         self.metrics.declare_classes(card.class_names)
-        self.metrics.describe_build(model=card.name)
+        if "inference" not in self.metrics.roles:  # else inference described it, with the device
+            self.metrics.describe_build(model=card.name)
         snapshots = DetectorSnapshots(detectors, reference_fingerprint(card.name, card.reference_signals))
         self.predictions_log = self._open_predictions_log()
         if self.settings.alerts.enabled:
