@@ -53,15 +53,9 @@ class Child:
     name: str
     env: dict[str, str]
     process: asyncio.subprocess.Process | None = None
+    #: Seconds before the next restart; doubles while the child keeps dying young.
     delay: float = RESTART_DELAY
-    starts: int = 0
-    started_at: float = 0.0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-
-def redis_url_for(settings: Settings) -> str | None:
-    """The stream's URL: ``bus.url``, or None when a private server must be started."""
-    return settings.bus.url or None
 
 
 def private_redis_command(folder: Path) -> list[str]:
@@ -92,7 +86,7 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop, signum)
         try:
-            url = redis_url_for(self.settings) or await self._start_redis()
+            url = self.settings.bus.url or await self._start_redis()
         except SupervisorError as error:
             log.error("%s", error)
             return 2
@@ -128,11 +122,17 @@ class Supervisor:
             if self._redis.returncode is not None:
                 break
             await asyncio.sleep(0.05)
+        if self._redis.returncode is None:  # alive but without its socket: not left behind
+            self._redis.terminate()
+            await self._redis.wait()
         raise SupervisorError(f"the private redis-server did not start (exit status {self._redis.returncode}); "
                               f"see its log lines above, and {folder}")
 
     def _plan(self, url: str) -> list[Child]:
+        from monitord.alerting.episodes import default_instance
+
         count = self.settings.pipeline.workers
+        instance = self.settings.alerts.instance or default_instance(self.settings.http.host, self.settings.http.port)
         processes = self.state_dir / "processes"
         metrics = self.state_dir / "metrics"
         shutil.rmtree(metrics, ignore_errors=True)  # values of processes long gone
@@ -141,14 +141,17 @@ class Supervisor:
             "MONITORD_BUS__URL": url,
             "MONITORD_PIPELINE__WORKERS": "0",
             "MONITORD_MODEL__ARTIFACT": str(Path(self.settings.model_artifact).resolve()),
-            "MONITORD_ALERTS__INSTANCE": self._instance(),
+            # The monitor sends the alerts: they name the port clients use, not its own.
+            "MONITORD_ALERTS__INSTANCE": instance,
+            "MONITORD_ALERTS__EXTERNAL_URL": self.settings.alerts.external_url or f"http://{instance}",
             "PROMETHEUS_MULTIPROC_DIR": str(metrics),
         }
         if self.config is not None:
             common["MONITORD_CONFIG"] = str(Path(self.config).resolve())
         children = [Child("monitor", {**common, "MONITORD_ROLE": "monitor",
                                       "MONITORD_STATE_DIR": str(processes / "monitor"),
-                                      "MONITORD_HTTP__PORT": "0", "MONITORD_LOG_TAG": "monitor"})]
+                                      "MONITORD_HTTP__HOST": "127.0.0.1", "MONITORD_HTTP__PORT": "0",
+                                      "MONITORD_LOG_TAG": "monitor"})]
         for index in range(1, count + 1):
             children.append(Child(f"inference-{index}", {
                 **common,
@@ -161,16 +164,10 @@ class Supervisor:
             }))
         return children
 
-    def _instance(self) -> str:
-        from monitord.alerting.episodes import default_instance
-
-        return self.settings.alerts.instance or default_instance(self.settings.http.host, self.settings.http.port)
-
     async def _keep_running(self, child: Child) -> None:
         loop = asyncio.get_running_loop()
         while not self.stopping.is_set():
-            child.starts += 1
-            child.started_at = loop.time()
+            started_at = loop.time()
             child.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "monitord", "run", env={**os.environ, **child.env})
             log.info("started %s (pid %d)", child.name, child.process.pid)
@@ -182,12 +179,14 @@ class Supervisor:
                 await self._stop_child(child, waiting)
                 return
             self._forget(child.process.pid)
-            lived = loop.time() - child.started_at
-            child.delay = RESTART_DELAY if lived >= HEALTHY_AFTER else min(child.delay * 2, MAX_RESTART_DELAY)
+            lived = loop.time() - started_at
+            if lived >= HEALTHY_AFTER:
+                child.delay = RESTART_DELAY
+            wait, child.delay = child.delay, min(child.delay * 2, MAX_RESTART_DELAY)
             log.error("%s (pid %d) exited with status %s after %.0f s; starting it again in %.0f s",
-                      child.name, child.process.pid, child.process.returncode, lived, child.delay)
+                      child.name, child.process.pid, child.process.returncode, lived, wait)
             try:
-                await asyncio.wait_for(self.stopping.wait(), child.delay)
+                await asyncio.wait_for(self.stopping.wait(), wait)
             except TimeoutError:
                 pass
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import urllib.error
 import urllib.request
@@ -15,9 +14,10 @@ import pytest
 
 from daemon_process import DaemonProcess, free_port, wait_for
 from digit_files import drop_atomically, files_under, held_out_pngs
+from redis_server import require_redis_server
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None and not os.environ.get("MONITORD_REQUIRE_REDIS"),
-                                reason="needs redis-server (Debian package redis-server)")
+from monitord.settings import Settings
+from monitord.supervisor import Supervisor
 
 
 def post(url: str, data: bytes, prediction_id: str) -> int:
@@ -56,6 +56,7 @@ def inference_pids(daemon: DaemonProcess) -> list[int]:
 
 def test_workers_share_a_port_an_inbox_and_one_set_of_metrics_and_come_back_after_a_kill(
         tmp_path: Path, digits_artifact: Path) -> None:
+    require_redis_server()
     daemon = DaemonProcess(tmp_path, free_port(), artifact=digits_artifact,
                            extra_settings="[pipeline]\nworkers = 2\n[folder]\nsettle_seconds = 0.0\n")
     daemon.start(timeout=180)
@@ -107,3 +108,14 @@ def test_workers_without_redis_say_what_to_install(tmp_path: Path, digits_artifa
     daemon.start(wait_ready=False)
     assert daemon.process.wait(60) == 2
     assert "install redis-server" in daemon.log() and "bus.url" in daemon.log()
+
+
+def test_the_monitor_listens_on_loopback_only_and_its_alerts_name_the_shared_port(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, state_dir=tmp_path, http={"host": "0.0.0.0", "port": 8123},
+                        pipeline={"workers": 2})
+    monitor, *inference = Supervisor(settings, None)._plan("unix:///nowhere/redis.sock?db=0")
+    assert monitor.env["MONITORD_ROLE"] == "monitor"
+    assert (monitor.env["MONITORD_HTTP__HOST"], monitor.env["MONITORD_HTTP__PORT"]) == ("127.0.0.1", "0")
+    instance = monitor.env["MONITORD_ALERTS__INSTANCE"]
+    assert instance.endswith(":8123") and monitor.env["MONITORD_ALERTS__EXTERNAL_URL"] == f"http://{instance}"
+    assert [child.env["MONITORD_FOLDER__SHARE"] for child in inference] == ["1/2", "2/2"]
