@@ -135,7 +135,8 @@ class Metrics:
             registry=monitor,
             multiprocess_mode="livemostrecent",
         )
-        self.accuracy.set(float("nan"))
+        if "monitor" in roles:  # (shared in multiprocess mode: another role must not write it)
+            self.accuracy.set(float("nan"))
         self.accuracy_labels = Gauge(
             "monitord_accuracy_labels",
             "Labelled predictions monitord_accuracy is computed from (0 once it is NaN for want of new labels).",

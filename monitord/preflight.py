@@ -34,7 +34,7 @@ def check_configuration(settings: Settings, plugins: PluginHost, role: str = "al
     signals, model_problems = _check_model(settings, plugins)
     problems += model_problems
     problems += _check_detectors(settings, plugins, signals)
-    if settings.alerts.enabled:
+    if settings.alerts.enabled and role != "inference":  # the monitor sends the alerts
         problems += _check_sinks(settings, plugins)
     if len(problems) == 1:
         raise SettingsError(f"invalid settings: {problems[0]}")
@@ -48,16 +48,15 @@ def _check_transport(settings: Settings, plugins: PluginHost, role: str) -> list
         if role != "all":
             return [f"pipeline.workers = {settings.pipeline.workers} starts the roles itself: run it with "
                     f"--role all (not {role}), or set pipeline.workers = 0 to run one role here"]
-        # Without bus.url: a private redis-server on a Unix socket (monitord.supervisor).
-        transport = "unix" if transport == "local" else transport
-        try:
-            plugins.factory("transport", transport)
-        except PluginError:
-            return [f"pipeline.workers = {settings.pipeline.workers} joins its processes by Redis Streams: "
-                    "install the monitord-redis plugin (pip install -e plugins/monitord-redis) or set "
-                    "pipeline.workers = 0"]
-        return []
-    if transport == "local":
+        if transport == "local":  # a private redis-server on a Unix socket (monitord.supervisor)
+            try:
+                plugins.factory("transport", "unix")
+            except PluginError:
+                return [f"pipeline.workers = {settings.pipeline.workers} joins its processes by Redis Streams: "
+                        "install the monitord-redis plugin (pip install -e plugins/monitord-redis) or set "
+                        "pipeline.workers = 0"]
+            return []
+    elif transport == "local":
         if role != "all":
             return [f"--role {role} needs a stream other processes can reach: set bus.url (MONITORD_BUS__URL), "
                     "e.g. redis://127.0.0.1:6379/0; without it one process plays both roles (--role all)"]

@@ -83,6 +83,17 @@ def test_the_plugin_registers_the_redis_url_schemes() -> None:
         RedisTransport(TransportContext(settings("http://secret@127.0.0.1:6379/0"), Path("."), "i", Metrics()))
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bad_redis_url_is_a_settings_error_before_anything_starts(workers: int) -> None:
+    """With pipeline.workers too: else every process it starts would exit on it, again and again."""
+    from monitord.preflight import check_configuration
+    from monitord.settings import SettingsError
+
+    bad = Settings(_env_file=None, bus={"url": "redis://127.0.0.1:99999/0"}, pipeline={"workers": workers})
+    with pytest.raises(SettingsError, match="is not a Redis URL: Port out of range"):
+        check_configuration(bad, load_plugins())
+
+
 async def test_entries_are_read_in_order_strictly_after_a_position(redis_server: RedisServer, tmp_path: Path) -> None:
     first, second = await started(redis_server.url, tmp_path, "a:1"), await started(redis_server.url, tmp_path, "b:1")
     monitor = await started(redis_server.url, tmp_path, "m:1")
