@@ -106,6 +106,9 @@ class HttpSource(Source):
             return self._throttled(429, 1, f"{self._in_flight} requests are being served, the limit "
                                    f"(http.max_concurrent_requests = {self.settings.max_concurrent_requests}); "
                                    "retry later")
+        overloaded = pipeline.overloaded()
+        if overloaded is not None:  # the monitor lags: refused before the body is read
+            return self._throttled(503, 1, f"the daemon is saturated ({overloaded}); retry later")
         if pipeline.free_slots() == 0:
             return self._throttled(503, 1, "the daemon is saturated (its queue holds pipeline.queue_size = "
                                    f"{pipeline.settings.queue_size} images); retry later")

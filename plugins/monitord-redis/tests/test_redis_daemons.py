@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -189,6 +190,11 @@ def test_inference_refuses_work_while_no_monitor_keeps_up_and_resumes_once_one_d
         assert status == 503 and "bus.max_lag = 3" in body["error"] and headers["Retry-After"], body
         accepted = len(answers) - 1
         assert 3 <= accepted <= 10  # the lag is polled four times a second: a little over the bound at most
+        # Refused from the headers: a body that never comes is not waited for.
+        with socket.create_connection(("127.0.0.1", inference.port), timeout=20) as connection:
+            connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                               b"Content-Length: 100000\r\n\r\n")
+            assert connection.recv(4096).startswith(b"HTTP/1.1 503")
         for i in range(20):
             drop_atomically(inference.inbox, f"waiting-{i}.png", images[i])
         wait_for(lambda: "leaving files in the inbox for now" in inference.log(), 30, message="the folder to hold")
