@@ -192,21 +192,23 @@ class Pipeline:
 
         Raises ``PipelineTooLarge`` at once for an item that could never fit.
         """
-        if not self._accepting:
-            raise PipelineClosed("the pipeline is not accepting work")
+        return await (await self._enqueue(item))
+
+    async def _enqueue(self, item: WorkItem) -> asyncio.Future[Outcome]:
+        """Queue ``item`` once there is room for it; its outcome's future."""
         size = payload_bytes(item)
         self._check_size(1, size)
-        while size > self.free_bytes():
+        while size > self.free_bytes() and self._accepting:
             await self._bytes_released()
-            if not self._accepting:
-                raise PipelineClosed("the pipeline is not accepting work")
+        if not self._accepting:
+            raise PipelineClosed("the pipeline is not accepting work")
         pending = self._track(item, size)
         try:
             await self._ingest.put(pending)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # never queued: it must not keep the pipeline busy
             self._untrack(pending)
             raise
-        return await pending.future
+        return pending.future
 
     def submit_nowait(self, items: Sequence[WorkItem]) -> list[asyncio.Future[Outcome]]:
         """Submit all of ``items`` at once or none of them.
@@ -273,15 +275,7 @@ class Pipeline:
         futures = []
         try:
             for item in items:
-                size = payload_bytes(item)
-                self._check_size(1, size)
-                while size > self.free_bytes() and self._accepting:
-                    await self._bytes_released()
-                if not self._accepting:
-                    raise PipelineClosed("the pipeline is not accepting work")
-                pending = self._track(item, size)
-                await self._ingest.put(pending)
-                futures.append(pending.future)
+                futures.append(await self._enqueue(item))
             return list(await asyncio.gather(*futures))
         except BaseException:
             for future in futures:

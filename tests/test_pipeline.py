@@ -471,3 +471,19 @@ async def test_work_is_refused_while_the_monitor_lags_too_far_behind() -> None:
     (outcome,) = await asyncio.gather(*pipeline.submit_nowait([WorkItem(id="b", source="t", payload=png(9))]))
     assert isinstance(outcome, Prediction)
     await pipeline.close()
+
+
+async def test_a_group_cancelled_while_it_waits_for_room_leaves_nothing_behind() -> None:
+    """The item whose turn in the queue never came is not counted as pending: it does not
+    hold bytes, and the pipeline is idle once what was queued has its outcome."""
+    pipeline = Pipeline(PipelineSettings(queue_size=2), Metrics())
+    pipeline._accepting = True  # accept without workers, so the queue cannot drain
+    group = asyncio.create_task(pipeline.run([WorkItem(id=str(i), source="t", payload=png(1)) for i in range(3)]))
+    while len(pipeline._pending) < 3:  # two queued, the third taken in and waiting for room
+        await asyncio.sleep(0.01)
+    assert pipeline.free_slots() == 0
+    group.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await group
+    assert len(pipeline._pending) == 2  # the queued two only
+    assert pipeline.queued_bytes == 2 * len(png(1))
