@@ -4,9 +4,8 @@ Feeds batches of 64 recorded digit signals, encoded as the stream carries them
 (``PredictionBatch.encode``), through the monitor's whole ``apply``: decoding, the default
 detector set, the feedback join, the prediction metrics and the predictions log. Then
 each detector alone, in batches of 64, to say which one bounds the monitor. One process,
-one core (``taskset`` it to be sure). With ``--redis URL`` the batches are also read back
-from a Redis stream (XADD them first, then time XREAD + decode + apply), which adds the
-transport's cost as the monitor role pays it.
+one core (``taskset`` it to be sure). Reading from Redis is not in it
+(``redis_scale_out.py`` measures the transport's steps).
 
     python benchmarks/monitor_capacity.py --seconds 10 [--results]
 """

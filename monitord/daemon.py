@@ -6,14 +6,14 @@ inference (sources, model, pipeline, publishing each batch to the stream) and mo
 a transport plugin chosen by ``bus.url``: the in-process one by default, so one process
 does everything with nothing to run beside it.
 
-Start: alert sinks (a bad setting fails at once) and the sources' routes, then the HTTP
-server (so ``/healthz`` answers and ``/readyz`` says why it is not ready yet), then the
-transport, then each role: inference loads the model (off the event loop; it may train
+Start: the sources' routes, then the HTTP server (so ``/healthz`` answers and ``/readyz``
+says why it is not ready yet), then the transport and the alert sinks (settings were
+checked before anything started), then each role: inference loads the model (off the event loop; it may train
 the default one) and publishes its card, the monitor builds its detectors on the card's
 reference and takes over the stream (or stands by while another monitor is active).
 Stop, on SIGTERM/SIGINT: the sources stop taking work and wait for what they took, the
-pipeline flushes its partial batch and publishes it, then the monitor applies what is
-left and checkpoints, the sinks flush what they can (undelivered notifications stay in
+pipeline flushes its partial batch and publishes it (in-process: applied before that
+returns), then the monitor checkpoints and gives its lease up, the sinks flush what they can (undelivered notifications stay in
 their spool), and the transport closes; the whole stop is bounded by
 ``pipeline.shutdown_timeout``. A folder file whose outcome was not reached stays in the
 inbox, untouched, for the next start. A stop during start-up abandons the step under way.

@@ -265,10 +265,6 @@ class Feedback:
             self._held, self._recent, self._last_label = OrderedDict(), deque(), None
         self._recent_correct = sum(self._recent)
 
-    def count_invalid(self, count: int = 1) -> None:
-        """Records refused before they could be joined (malformed JSON entries)."""
-        self._metrics.feedback.labels("invalid").inc(count)
-
     def _score(self, correct: list[bool]) -> None:
         if not correct:
             return

@@ -47,9 +47,7 @@ class Prediction:
     def json_line(self) -> str:
         """``to_json`` as one line of compact JSON, encoded once and kept.
 
-        The predictions log and the folder source's ``<image>.json`` both write it, and
-        a worker's prediction carries it to the main process in its pickle (with workers,
-        encoding was a fifth of the main process's time under its interpreter lock).
+        The predictions log and the folder source's ``<image>.json`` both write it.
         """
         line = self.__dict__.get("_json_line")
         if line is None:

@@ -6,7 +6,7 @@ import logging
 
 
 def configure_logging(level: str, process: str | None = None) -> None:
-    """``process`` names a helper process (an ingest worker) in each of its lines."""
+    """``process`` names one of the processes ``pipeline.workers`` starts in each of its lines."""
     where = f"[{process}] " if process else ""
     logging.basicConfig(
         level=level,

@@ -1,4 +1,4 @@
-"""The most memory the daemon's main process can take, as a formula of its settings.
+"""The most memory a daemon process can take, as a formula of its settings.
 
 Traffic cannot raise memory past it: every place that holds a client's bytes, or an image
 made from them, is bounded by a setting. README ("Limits") states the formula in the

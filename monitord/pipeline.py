@@ -98,7 +98,8 @@ class _Prepared:
 
 
 class Pipeline:
-    """Runs submitted images through decode, micro-batching, the model and the detectors."""
+    """Runs submitted images through decode, micro-batching and the model, and publishes
+    each batch to the stream."""
 
     def __init__(
         self,
@@ -142,7 +143,7 @@ class Pipeline:
         self._flushing = False
         self._accepting = False
         self._tasks: list[asyncio.Task[None]] = []
-        #: Batches being published, in order; ``close`` cancels them.
+        #: Batches being published; ``close`` cancels them.
         self._publishing: set[asyncio.Future[None]] = set()
         # Most items one decode worker takes from the ingest queue per trip to its thread.
         self._decode_group = max(1, settings.max_batch_size // settings.decode_workers)

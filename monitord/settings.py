@@ -126,7 +126,7 @@ class PipelineSettings(_Section):
     queue_size: int = Field(1024, gt=0)
     #: 64: the ceiling's best on the 2-core CPU machine (64 to 128 in every run of
     #: ``benchmarks/throughput.py``); at 32 the digits model costs 15 % more per image, and
-    #: every batch costs the main process a detector update and an acknowledgement.
+    #: every batch costs the monitor a stream entry and a detector update.
     max_batch_size: int = Field(64, gt=0)
     #: Seconds the batcher waits for a batch to fill after its first item arrives, while
     #: the model is busy; an idle model gets what is ready at once.

@@ -207,7 +207,7 @@ class HttpSource(Source):
             return self._unavailable("the daemon is not accepting images right now (starting or stopping)")
         try:
             return list(await asyncio.gather(*futures))
-        except PipelineClosed as error:  # NotRecorded: the main process went away meanwhile
+        except PipelineClosed as error:  # NotRecorded: the stream could not take the batch
             return self._unavailable(f"the images could not be finished ({error}); retry shortly")
 
     def _reject(self, status: int, message: str) -> web.Response:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import Callable
 
 from aiohttp import web
 
@@ -96,6 +96,3 @@ class InferenceRole:
 
     async def close(self) -> None:
         await self.pipeline.close()
-
-    def describe(self) -> dict[str, Any]:
-        return {"model": self.model.name if self.model else None}

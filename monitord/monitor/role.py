@@ -3,8 +3,8 @@
 It never loads the model: the card an inference process published tells it the classes
 and the reference signals. It builds the detectors on that reference (off the event loop:
 calibration may take a second), the feedback join, the predictions log and the alerting
-(sinks built at construction, so a bad sink setting fails before anything else), then
-runs the loop over the stream until stopped, and checkpoints on the way out.
+(with the sinks the daemon built), then runs the loop over the stream until stopped, and
+checkpoints on the way out.
 """
 
 from __future__ import annotations

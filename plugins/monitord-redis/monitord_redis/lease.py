@@ -41,10 +41,6 @@ class Lease:
         self._lost_reason = ""
         self._renewing: asyncio.Task[None] | None = None
 
-    @property
-    def held(self) -> bool:
-        return self._valid_until > time.monotonic() and not self._lost_reason
-
     async def try_take(self) -> bool:
         """Take the lease if it is free (or already this token's); renew it from then on."""
         sent = time.monotonic()

@@ -59,13 +59,12 @@ class RedisMonitorLink:
     def __init__(self, transport: RedisTransport) -> None:
         bus = transport.context.settings.bus
         self.checkpoint_seconds = bus.checkpoint_seconds
-        self._transport = transport
         self._keys = transport.keys
         self._where = transport.where
         self._instance = transport.context.instance
         client = transport.client
         self._client = client
-        self.lease = Lease(client, self._keys.lease, f"{transport.node}", bus.lease_seconds, self._where)
+        self.lease = Lease(client, self._keys.lease, transport.node, bus.lease_seconds, self._where)
         self._commit = client.register_script(scripts.COMMIT)
         self._set_if_holder = client.register_script(scripts.SET_IF_HOLDER)
         self._counts = CountsReader(client, self._keys)
@@ -100,13 +99,14 @@ class RedisMonitorLink:
             await asyncio.sleep(STANDBY_POLL_SECONDS)
         with reaching(self._where):
             saved = await self._client.hgetall(self._keys.checkpoint)
-            counts = await self._counts.read()
         if saved:
             checkpoint = Checkpoint(saved.get(b"position", b"").decode(), saved.get(b"state", b""))
             count = saved.get(b"count", b"")
             self._read = (checkpoint.position, int(count) if count else None)
         else:
             checkpoint = None
+            with reaching(self._where):
+                counts = await self._counts.read()
             self._read = ("", counts.before_first)
         self._applied = self._read
         self._reported = None

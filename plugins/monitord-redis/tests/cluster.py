@@ -7,7 +7,6 @@ import asyncio
 import json
 import time
 import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,7 @@ import aiohttp
 
 from daemon_process import DaemonProcess, free_port
 from redis_server import RedisServer
-
-
-def get_json(url: str, timeout: float = 5) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
+from servers import get_json
 
 
 class Cluster:

@@ -22,13 +22,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from cluster import Cluster, Load, get_json, images_ok, predictions_log, samples, samples_or_none
+from cluster import Cluster, Load, images_ok, predictions_log, samples, samples_or_none
 from daemon_process import DaemonProcess, wait_for
 from digit_files import drop_atomically, files_under, held_out_pngs
 from installed_plugin import install_testplugin
 from monitord_testplugin import png
 from redis_server import RedisServer
-from servers import WebhookReceiver
+from servers import WebhookReceiver, get_json
 
 #: The issue's figure: 10,000 images, over HTTP to both inference processes and through
 #: both inboxes (about 3 s of work here once the processes are up).
