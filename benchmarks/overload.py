@@ -287,7 +287,7 @@ def input_bytes(settings: Any) -> int:
     """One preprocessed model input of the artifact the daemon runs, in bytes (float32)."""
     from monitord_torchvision.artifact import read_metadata
 
-    metadata = read_metadata(Path(settings.model.artifact))
+    metadata = read_metadata(Path(settings.model_artifact))
     height, width = metadata.input_size
     return metadata.channels * height * width * 4
 

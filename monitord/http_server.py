@@ -440,10 +440,6 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def body_timeout_error(seconds: float) -> web.Response:
-    return json_error(408, body_timeout_reason(seconds))
-
-
 def body_timeout_reason(seconds: float) -> str:
     return (f"the request body did not arrive within {seconds:g} s (http.body_timeout_seconds); "
             "send it faster or split it into smaller requests")
