@@ -23,6 +23,11 @@ class BatchResult:
     ``predicted_class``, ``activation_mean``, ``activation_std``, ...) to an array of
     shape (N,). Detectors watch signals by these names.
 
+    ``embedding`` (optional) holds one feature vector per classified row, (N, D): the
+    layer the model plugin watches (pooled backbone features, or the model's output). The
+    core never sends it to the monitor; it projects it onto the principal directions that
+    ``monitord reference`` found, into the signals ``embedding_1`` … ``embedding_k``.
+
     ``rejected`` names the rows of the batch the model found unusable only while
     classifying (a JPEG that passed ``prepare_encoded`` but no decoder could read), each
     with a reason a person can act on; the arrays then hold the other rows, in order.
@@ -33,6 +38,7 @@ class BatchResult:
     confidence: np.ndarray
     signals: Mapping[str, np.ndarray] = field(default_factory=dict)
     rejected: Mapping[int, str] = field(default_factory=dict)
+    embedding: np.ndarray | None = None
 
     def __len__(self) -> int:
         """Rows classified (the batch's size less the rejected rows)."""
