@@ -125,7 +125,10 @@ def add_api_routes(
         if status is None:
             return unavailable("no monitor has published the detectors' state yet (starting, or none is "
                                "running on this stream); retry shortly")
-        return web.json_response({"detectors": [_finite(state) for state in status.get("detectors", [])]})
+        body: dict[str, Any] = {"detectors": [_finite(state) for state in status.get("detectors", [])]}
+        if "reference" in status:
+            body["reference"] = status["reference"]
+        return web.json_response(body)
 
     app.router.add_post("/v1/feedback", post_feedback)
     app.router.add_get("/v1/detectors", get_detectors)

@@ -271,6 +271,8 @@ class Daemon:
     async def _start_inference(self) -> None:
         assert self.inference is not None
         await self.inference.start()
+        if self.inference.reference is not None:
+            self.readiness.reference = self.inference.reference.description
         self._inference_says("ready")
 
     async def _start_monitor(self) -> None:
@@ -279,6 +281,8 @@ class Daemon:
             await self.monitor.start()
         except Exception as error:
             raise StartupError(f"cannot build the detectors: {error}") from None
+        if self.readiness.reference is None and self.monitor.reference is not None:
+            self.readiness.reference = dict(self.monitor.reference)
 
     async def _drain(self) -> None:
         if self.inference is not None:

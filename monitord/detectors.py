@@ -98,6 +98,9 @@ class Detector(Protocol):
 class WatchedDetector:
     spec: DetectorSpec
     detector: Detector
+    #: Whether it was given the model's saved reference (``model``) or collects one from the
+    #: stream (``stream``); shown by ``GET /v1/detectors`` for detectors that have a reference.
+    reference: Literal["model", "stream"] = "stream"
 
 
 class DetectorStage:
@@ -145,9 +148,10 @@ class DetectorStage:
 
         watched = []
         for spec in specs:
-            if model_reference(spec, reference_signals) is None and spec.signals != [ERROR_SIGNAL]:
+            saved = model_reference(spec, reference_signals) is not None
+            if not saved and spec.signals != [ERROR_SIGNAL]:
                 log.info("detector %s takes its reference from the first samples of the stream", spec.label)
-            watched.append(WatchedDetector(spec, make(spec)))
+            watched.append(WatchedDetector(spec, make(spec), "model" if saved else "stream"))
         return cls(watched, metrics, make)
 
     def rebuild(self, watched: WatchedDetector) -> None:
@@ -195,10 +199,15 @@ class DetectorStage:
         return raised
 
     def states(self) -> list[dict[str, Any]]:
-        return [
-            {"name": w.spec.label, "type": w.spec.type, "signal": w.spec.signal_label, **vars(w.detector.state)}
-            for w in self.detectors
-        ]
+        """Each detector's reading; ``reference`` says where its reference comes from (None for
+        detectors that have none, such as those watching the error rate)."""
+        states = []
+        for w in self.detectors:
+            state = w.detector.state
+            reference = None if state.reference_samples is None else w.reference
+            states.append({"name": w.spec.label, "type": w.spec.type, "signal": w.spec.signal_label,
+                           "reference": reference, **vars(state)})
+        return states
 
     def _values(self, spec: DetectorSpec, signals: Mapping[str, np.ndarray], from_model: bool) -> np.ndarray | None:
         columns = [signals.get(name) for name in spec.signals]

@@ -48,6 +48,8 @@ class Readiness:
     #: Shutting down: every answer closes its connection, so no client sends another
     #: request on it while the server goes away (which would reset it).
     draining: bool = False
+    #: The drift reference the detectors use (``monitord.reference.serving``), once known.
+    reference: dict[str, Any] | None = None
 
     def set(self, ready: bool, reason: str) -> None:
         self.ready, self.reason = ready, reason
@@ -146,7 +148,10 @@ def build_app(
 
     async def readyz(request: web.Request) -> web.Response:
         status = 200 if readiness.ready else 503
-        return web.json_response({"ready": readiness.ready, "reason": readiness.reason}, status=status)
+        body: dict[str, Any] = {"ready": readiness.ready, "reason": readiness.reason}
+        if readiness.reference is not None:
+            body["reference"] = readiness.reference
+        return web.json_response(body, status=status)
 
     async def metrics_endpoint(request: web.Request) -> web.Response:
         body, content_type = metrics.exposition(request.headers.get("Accept", ""))

@@ -117,6 +117,7 @@ class Pipeline:
         self._max_lag = max_lag
         self.model: Model | None = None
         self._takes_encoded = False
+        self._derive: Callable[[BatchResult], BatchResult] | None = None
         self._image_counters: dict[tuple[str, str], Any] = {}
         self._publish: Publish | None = None
         self._ingest: asyncio.Queue[_Pending] = asyncio.Queue(settings.queue_size)
@@ -294,9 +295,14 @@ class Pipeline:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self, model: Model, publish: Publish) -> None:
-        """Start the stages; each batch of predictions goes to the stream through ``publish``."""
+    async def start(self, model: Model, publish: Publish,
+                    derive: Callable[[BatchResult], BatchResult] | None = None) -> None:
+        """Start the stages; each batch of predictions goes to the stream through ``publish``.
+
+        ``derive`` adds signals to each model result in the model's thread (the reference's
+        embedding projection)."""
         self.model = model
+        self._derive = derive
         self._takes_encoded = isinstance(model, EncodedInputModel)
         self._publish = publish
         self._tasks = [
@@ -444,7 +450,7 @@ class Pipeline:
         if len(result) + len(rejected) != len(arrays) or any(not 0 <= row < len(arrays) for row in rejected):
             raise RuntimeError(f"model returned {len(result)} results and {len(rejected)} rejected rows "
                                f"for {len(arrays)} images")
-        return result
+        return self._derive(result) if self._derive is not None else result
 
     def _finish_batch(self, batch: list[_Prepared], result: BatchResult) -> None:
         assert self._publish is not None

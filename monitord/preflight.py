@@ -19,6 +19,7 @@ from monitord.detectors import ERROR_SIGNAL
 from monitord.metrics import Metrics
 from monitord.model import declared_signals
 from monitord.plugins import PluginError, PluginHost
+from monitord.reference import ReferenceError, read_summary
 from monitord.settings import DetectorSpec, Settings, SettingsError
 from monitord.transport.contract import TransportContext
 from monitord.alerting.delivery import redact
@@ -89,11 +90,26 @@ def _check_model(settings: Settings, plugins: PluginHost) -> tuple[frozenset[str
     except PluginError as error:
         return None, [f"model.type = {settings.model.type!r}: {error}"]
     try:
-        return declared_signals(factory, settings.model), []
+        signals = declared_signals(factory, settings.model)
     except SettingsError as error:
         return None, _problem_lines(str(error))
     except ValueError as error:
         return None, [f"model ({settings.model.type}): {error}"]
+    if signals is None:
+        return None, []
+    return signals | _embedding_signals(settings), []
+
+
+def _embedding_signals(settings: Settings) -> frozenset[str]:
+    """The projected embedding signals the artifact's reference adds (none without one).
+
+    An unreadable reference is not refused here: the daemon says so when it loads it."""
+    try:
+        summary = read_summary(settings.model_artifact)
+    except ReferenceError:
+        return frozenset()
+    embedding = (summary or {}).get("embedding") or {}
+    return frozenset(map(str, embedding.get("signals") or ()))
 
 
 def _check_detectors(settings: Settings, plugins: PluginHost, signals: frozenset[str] | None) -> list[str]:

@@ -1,4 +1,4 @@
-"""Built-in commands ``run``, ``plugins`` and ``replay``, added through ``register_commands``."""
+"""Built-in commands ``run``, ``plugins``, ``replay`` and ``reference``, added through ``register_commands``."""
 
 from __future__ import annotations
 
@@ -107,9 +107,11 @@ def register_commands(cli: click.Group) -> None:
             return
         click.echo(_table(rows))
 
+    from monitord.builtin.reference_command import reference_command
     from monitord.builtin.replay import replay_command
 
     cli.add_command(replay_command())
+    cli.add_command(reference_command())
 
 
 async def _run_daemon(settings: Settings, host: PluginHost, role: str) -> tuple[int, list[str]]:

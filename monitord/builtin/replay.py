@@ -23,6 +23,7 @@ import numpy as np
 
 from monitord.builtin.commands import config_option
 from monitord.detectors import model_reference
+from monitord.reference import ReferenceError, read_reference
 from monitord.plugins import PluginError, PluginHost
 from monitord.settings import DetectorSpec, SettingsError, load_settings
 
@@ -104,9 +105,17 @@ def _number(value: float | None) -> float | None:
 
 
 def artifact_reference(artifact: Path, signals: list[str], named_by: str = "--reference-from") -> np.ndarray:
-    """The reference the daemon would give a detector of ``signals``: the values saved
-    under ``reference_signals`` in the artifact's metadata.json. ``named_by`` says in an
-    error where ``artifact`` came from."""
+    """The reference the daemon would give a detector of ``signals``: the artifact's
+    ``reference/`` (``monitord reference``), else the values saved under
+    ``reference_signals`` in its metadata.json. ``named_by`` says in an error where
+    ``artifact`` came from."""
+    if artifact.is_dir():
+        try:
+            built = read_reference(artifact)
+        except ReferenceError as error:
+            raise ReplayError(str(error)) from None
+        if built is not None:
+            return _reference_columns(built.signal_lists(), signals, str(artifact / "reference"))
     path = artifact / METADATA_FILE if artifact.is_dir() or not artifact.exists() else artifact
     try:
         metadata = json.loads(path.read_text(encoding="utf-8"))
@@ -118,7 +127,12 @@ def artifact_reference(artifact: Path, signals: list[str], named_by: str = "--re
         raise ReplayError(f"{path} cannot be read as JSON ({error})") from None
     saved = metadata.get("reference_signals") if isinstance(metadata, dict) else None
     if not isinstance(saved, dict) or not saved:
-        raise ReplayError(f"{path} holds no reference_signals; give the reference with --reference FILE")
+        raise ReplayError(f"{path} holds no reference_signals; build one with `monitord reference DIR`, or give "
+                          "the reference with --reference FILE")
+    return _reference_columns(saved, signals, str(path))
+
+
+def _reference_columns(saved: dict, signals: list[str], path: str) -> np.ndarray:
     missing = [name for name in signals if not isinstance(saved.get(name), list) or not saved[name]]
     if missing:
         raise ReplayError(

@@ -20,6 +20,8 @@ from monitord.metrics import Metrics
 from monitord.model import Model, declared_signals
 from monitord.pipeline import Pipeline
 from monitord.plugins import PluginHost
+from monitord.reference import ReferenceError, ServedReference, reference_for
+from monitord.reference.serving import STREAM
 from monitord.settings import Settings
 from monitord.sources import Partition, Source, SourceContext
 from monitord.transport.contract import Transport
@@ -43,6 +45,8 @@ class InferenceRole:
         self._background = background
         self._on_state = on_state
         self.model: Model | None = None
+        #: The reference the detectors get, once the model is loaded.
+        self.reference: ServedReference | None = None
         self.pipeline = Pipeline(settings.pipeline, metrics, origin, transport.lag, settings.bus.max_lag)
         self.sources = [self._build_source(name, app) for name in settings.sources]
         metrics.declare_sources(settings.sources)
@@ -72,8 +76,15 @@ class InferenceRole:
         self.model = model
         self.metrics.describe_build(model=model.name, device=model.device)
         log.info("model %s on %s, %d classes", model.name, model.device, len(model.class_names))
-        await self.transport.publish_model(self._card(model))
-        await self.pipeline.start(model, self.transport.publish)
+        try:
+            reference = await self._background.run("load-reference", reference_for, model,
+                                                    self.settings.model_artifact)
+        except ReferenceError as error:
+            raise StartupError(str(error)) from None
+        self.reference = reference
+        _log_reference(reference)
+        await self.transport.publish_model(self._card(model, reference))
+        await self.pipeline.start(model, self.transport.publish, reference.derive())
         for source in self.sources:
             await source.start()
             log.info("source %s", source.describe())
@@ -82,11 +93,12 @@ class InferenceRole:
         factory = self.plugins.factory("model", self.settings.model.type)
         return factory(self.settings.model, self.settings.state_dir)
 
-    def _card(self, model: Model) -> ModelCard:
+    def _card(self, model: Model, reference: ServedReference) -> ModelCard:
         factory = self.plugins.factory("model", self.settings.model.type)
-        signals = declared_signals(factory, self.settings.model) or frozenset(model.reference_signals)
-        return ModelCard(model.name, tuple(model.class_names), tuple(sorted(signals)),
-                         {name: list(values) for name, values in model.reference_signals.items()})
+        signals = (declared_signals(factory, self.settings.model) or frozenset(model.reference_signals)) | set(
+            reference.projection.names if reference.projection is not None else ())
+        return ModelCard(model.name, tuple(model.class_names), tuple(sorted(signals)), reference.signals,
+                         reference.description)
 
     async def drain(self) -> None:
         """Stop taking work and let what was taken finish (files moved, clients answered)."""
@@ -96,3 +108,11 @@ class InferenceRole:
 
     async def close(self) -> None:
         await self.pipeline.close()
+
+
+def _log_reference(reference: ServedReference) -> None:
+    if reference.source == STREAM:
+        log.warning("%s", reference.description["note"])
+    else:
+        where = reference.description.get("path") or "the model's own metadata"
+        log.info("drift reference: %d images, from %s", reference.description.get("samples", 0), where)

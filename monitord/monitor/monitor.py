@@ -44,6 +44,7 @@ class Monitor:
         snapshots: DetectorSnapshots,
         predictions_log: PredictionsLog | None = None,
         alerting: AlertDispatcher | None = None,
+        reference: dict[str, Any] | None = None,
     ) -> None:
         self.metrics = metrics
         self.detectors = detectors
@@ -51,6 +52,8 @@ class Monitor:
         self.snapshots = snapshots
         self.predictions_log = predictions_log
         self.alerting = alerting
+        #: The reference detectors compare with, as the model card describes it.
+        self.reference = reference
         #: Entries applied since this process started (for logs and tests).
         self.applied = 0
         self.snapshot_fitted = True
@@ -117,4 +120,7 @@ class Monitor:
 
     def status(self) -> dict[str, Any]:
         """What ``GET /v1/detectors`` shows, on this node or (published) on every other."""
-        return {"detectors": self.detectors.states()}
+        status: dict[str, Any] = {"detectors": self.detectors.states()}
+        if self.reference is not None:
+            status["reference"] = self.reference
+        return status

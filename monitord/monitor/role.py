@@ -50,6 +50,8 @@ class MonitorRole:
         self._background = background
         self._on_state = on_state
         self.monitor: Monitor | None = None
+        #: What the card says of the reference (source, samples, ...), once it came.
+        self.reference: dict[str, Any] | None = None
         self.runner: MonitorRunner | None = None
         self.alerting: AlertDispatcher | None = None
         self.predictions_log: PredictionsLog | None = None
@@ -61,6 +63,7 @@ class MonitorRole:
         self._on_state(False, "monitor: waiting for an inference process to publish its model")
         link = self.transport.monitor_link()
         card: ModelCard = await link.model_card()
+        self.reference = dict(card.reference) or None
         self._on_state(False, "monitor: building detectors")
         # Detectors keep what they compute from the reference (calibrations) across restarts.
         activate(ReferenceCache.for_daemon(self.settings.model_artifact, self.settings.state_dir))
@@ -80,7 +83,8 @@ class MonitorRole:
             source = dataclasses.replace(self.alert_source, model=card.name)
             self.alerting = AlertDispatcher(self.settings.alerts, self.sinks, source, keep_in)
             self.alerting.attach(detectors)
-        self.monitor = Monitor(self.metrics, detectors, feedback, snapshots, self.predictions_log, self.alerting)
+        self.monitor = Monitor(self.metrics, detectors, feedback, snapshots, self.predictions_log, self.alerting,
+                               reference=self.reference)
         self.runner = MonitorRunner(self.monitor, link, self._on_state, self._after_restore)
         self._task = asyncio.create_task(self.runner.run(self._stop), name="monitor")
 

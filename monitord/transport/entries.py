@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -162,16 +162,21 @@ class ModelCard:
     class_names: tuple[str, ...]
     signals: tuple[str, ...]
     reference_signals: Mapping[str, Sequence[float]]
+    #: Where the reference came from and what it holds (``monitord.reference.serving``), for
+    #: ``/readyz`` and ``/v1/detectors``.
+    reference: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"name": self.name, "class_names": list(self.class_names), "signals": list(self.signals),
-                "reference_signals": {name: list(map(float, values)) for name, values in self.reference_signals.items()}}
+                "reference_signals": {name: list(map(float, values)) for name, values in self.reference_signals.items()},
+                "reference": dict(self.reference)}
 
     @classmethod
     def from_json(cls, record: Mapping) -> ModelCard:
         try:
             return cls(str(record["name"]), tuple(map(str, record["class_names"])), tuple(map(str, record["signals"])),
-                       {str(name): [float(v) for v in values] for name, values in record["reference_signals"].items()})
+                       {str(name): [float(v) for v in values] for name, values in record["reference_signals"].items()},
+                       dict(record.get("reference") or {}))
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise EntryFormatError(f"a model card that cannot be read: {error}") from None
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torchvision
 from torch import nn
+from monitord.reference import ReferenceImage, build_reference, write_reference
+from monitord.reference.projection import SIGNAL_PREFIX as EMBEDDING_PREFIX
 from tqdm.auto import tqdm
 
 from . import __version__
@@ -38,12 +40,12 @@ from .digits import (
     DIGIT_CLASS_NAMES,
     HELD_OUT_FRACTION,
     SPLIT_SEED,
+    DigitsSplit,
     decode_png,
     digit_png_bytes,
     digits_split,
 )
 from .errors import TrainingError
-from .inference import TorchvisionModel
 from .loading import load_artifact
 from .preprocess import PreprocessSpec, preprocess_image
 
@@ -147,12 +149,17 @@ def train_default_model(
     with staged_folder(output) as staging:
         write_weights(staging, network.state_dict())
         write_metadata(staging, metadata)
-        # Measure through the artifact just written: proves it loads and serves.
+        # Measure through the artifact just written: proves it loads and serves. The held-out
+        # digits are the drift reference too (``<artifact>/reference/``).
         model = load_artifact(staging, device=torch_device)
         try:
-            accuracy, references = _evaluate(model, split.held_out_images, split.held_out_labels)
+            reference = build_reference(model, held_out_reference_images(split), progress=False,
+                                        source="scikit-learn digits, held-out split")
         finally:
             model.close()
+        accuracy = float(reference.summary["accuracy"])
+        references = {name: list(map(float, values)) for name, values in reference.signals.items()
+                      if not name.startswith(EMBEDDING_PREFIX)}
         report = TrainingReport(
             output=output,
             architecture=DIGITS_CNN,
@@ -182,6 +189,7 @@ def train_default_model(
                 }
             ),
         )
+        write_reference(staging, reference)
     return report
 
 
@@ -222,23 +230,12 @@ def _fit(
     return epoch_loss
 
 
-def _evaluate(
-    model: TorchvisionModel, images: np.ndarray, labels: np.ndarray
-) -> tuple[float, dict[str, list[float]]]:
-    """Held-out accuracy and every signal's values, through the serving path."""
-    inputs = np.stack([model.preprocess(decode_png(digit_png_bytes(i))) for i in images])
-    predictions: list[np.ndarray] = []
-    signals: dict[str, list[np.ndarray]] = {}
-    for start in range(0, inputs.shape[0], 64):
-        result = model.predict(inputs[start : start + 64])
-        predictions.append(result.class_index)
-        for name, values in result.signals.items():
-            signals.setdefault(name, []).append(values)
-    accuracy = float(np.mean(np.concatenate(predictions) == labels))
-    references = {
-        name: np.concatenate(parts).astype(float).tolist() for name, parts in signals.items()
-    }
-    return accuracy, references
+def held_out_reference_images(split: DigitsSplit) -> list[ReferenceImage]:
+    """The held-out digits as the PNG files the daemon would receive, labelled."""
+    return [
+        ReferenceImage(digit_png_bytes(image), DIGIT_CLASS_NAMES[int(label)], name=f"held-out digit {index}")
+        for index, (image, label) in enumerate(zip(split.held_out_images, split.held_out_labels))
+    ]
 
 
 @contextmanager

@@ -3,8 +3,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from monitord.reference import read_reference
 from safetensors.torch import load_file
 
 from monitord_torchvision.artifact import METADATA_FILE, WEIGHTS_FILE
@@ -20,7 +22,7 @@ def test_default_model_reaches_95_percent_held_out(trained: TrainingReport) -> N
 
 
 def test_artifact_holds_weights_and_complete_metadata(artifact_dir: Path) -> None:
-    assert sorted(p.name for p in artifact_dir.iterdir()) == [METADATA_FILE, WEIGHTS_FILE]
+    assert sorted(p.name for p in artifact_dir.iterdir()) == [METADATA_FILE, WEIGHTS_FILE, "reference"]
     metadata = json.loads((artifact_dir / METADATA_FILE).read_text())
     for key in (
         "format_version",
@@ -46,6 +48,18 @@ def test_artifact_holds_weights_and_complete_metadata(artifact_dir: Path) -> Non
     assert all(len(values) == 360 for values in references.values())
     assert all(0 < v <= 1 for v in references["confidence"])
     assert "classifier.fc2.weight" in load_file(str(artifact_dir / WEIGHTS_FILE))
+
+
+def test_the_held_out_digits_are_the_drift_reference(artifact_dir: Path) -> None:
+    reference = read_reference(artifact_dir)
+    assert reference is not None and reference.samples == 360
+    assert reference.summary["labelled"] and reference.summary["accuracy"] >= 0.95
+    assert sum(row["images"] for row in reference.summary["per_class"].values()) == 360
+    metadata = json.loads((artifact_dir / METADATA_FILE).read_text())
+    # The same measurement as the metadata's reference signals, not a second one.
+    for name, values in metadata["reference_signals"].items():
+        np.testing.assert_allclose(reference.signals[name], values)
+    assert reference.calibration is not None and 0 <= reference.calibration.ece < 0.1
 
 
 def test_nothing_is_left_beside_the_artifact(artifact_dir: Path) -> None:
