@@ -21,12 +21,20 @@ from typing import Literal
 
 import torch
 from monitord.state_files import sync_directory
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ModelLoadError
-from .preprocess import PreprocessSpec
+from .preprocess import Interpolation, PreprocessSpec
 
+#: The version written when the preprocessing is the plain resize to ``input_size``
+#: (bilinear), which every monitord-torchvision reads alike.
 FORMAT_VERSION = 1
+#: The version written when it uses ``resize_size`` or bicubic: readers of version 1 keep
+#: unknown keys without applying them, and would feed the model other inputs than it was
+#: trained on; they refuse version 2 and ask for an upgrade instead.
+PREPROCESS_FORMAT_VERSION = 2
+#: The newest version this reader understands.
+NEWEST_FORMAT_VERSION = PREPROCESS_FORMAT_VERSION
 METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -43,6 +51,10 @@ class ArtifactMetadata(BaseModel):
     channels: Literal[1, 3]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    #: Shorter side resized to this before the centre ``input_size`` crop (None: resized
+    #: straight to ``input_size``); see ``PreprocessSpec``.
+    resize_size: int | None = Field(None, gt=0)
+    interpolation: Interpolation = "bilinear"
     activation_layer: str | None = None
     weights_file: str = WEIGHTS_FILE
     held_out_accuracy: float | None = None
@@ -51,10 +63,29 @@ class ArtifactMetadata(BaseModel):
     #: Signal name → values measured on held-out data, for detectors' references.
     reference_signals: dict[str, list[float]] = {}
 
+    @model_validator(mode="after")
+    def _version_the_preprocessing_needs(self) -> ArtifactMetadata:
+        """``format_version`` raised to what the preprocessing needs, so that no writer
+        can mark an artifact readable by monitord versions that would ignore part of it."""
+        self.format_version = max(self.format_version, format_version_for(self.preprocess_spec()))
+        return self
+
     def preprocess_spec(self) -> PreprocessSpec:
         return PreprocessSpec(
-            input_size=self.input_size, channels=self.channels, mean=self.mean, std=self.std
+            input_size=self.input_size,
+            channels=self.channels,
+            mean=self.mean,
+            std=self.std,
+            resize_size=self.resize_size,
+            interpolation=self.interpolation,
         )
+
+
+def format_version_for(spec: PreprocessSpec) -> int:
+    """The lowest ``format_version`` whose readers apply ``spec`` in full."""
+    if spec.resize_size is not None or spec.interpolation != "bilinear":
+        return PREPROCESS_FORMAT_VERSION
+    return FORMAT_VERSION
 
 
 def is_artifact(folder: Path) -> bool:
@@ -85,10 +116,11 @@ def read_metadata(folder: Path) -> ArtifactMetadata:
             f"{path} is not valid artifact metadata ({problems}); rewrite the artifact with "
             "`monitord train`"
         ) from None
-    if metadata.format_version > FORMAT_VERSION:
+    if metadata.format_version > NEWEST_FORMAT_VERSION:
         raise ModelLoadError(
             f"{path} has format_version {metadata.format_version}, newer than this "
-            f"monitord-torchvision reads ({FORMAT_VERSION}); upgrade monitord-torchvision"
+            f"monitord-torchvision reads (up to {NEWEST_FORMAT_VERSION}); upgrade "
+            "monitord-torchvision"
         )
     return metadata
 

@@ -6,8 +6,9 @@ on the model's device (nvJPEG on CUDA, batched, with the hardware decoder where 
 has one; libjpeg-turbo on the CPU) and then oriented, resized and normalised there, in
 float32, with the same semantics as ``preprocess.preprocess_image``: pixels in [0, 1],
 gray repeated over RGB or colour reduced to ITU-R 601 luma as the model needs, resizing
-as ``preprocess`` does (whole blocks averaged, then bilinear with antialiasing), then the
-model's mean and std.
+and cropping as ``preprocess`` does (whole blocks averaged unless the spec has a
+``resize_size``, then bilinear or bicubic with antialiasing, then the centre crop when
+it has one), then the model's mean and std.
 
 Split in two halves, as the core's ``EncodedInputModel`` protocol calls them:
 
@@ -35,7 +36,7 @@ from monitord.decode import FORMATS, DecodeError, decode_image
 from PIL import Image
 
 from .jpeg_scan import NotPlainJpeg, scan_jpeg
-from .preprocess import PreprocessSpec, block_factors, preprocess_image
+from .preprocess import PreprocessSpec, preprocess_image
 
 log = logging.getLogger("monitord.torchvision")
 
@@ -234,16 +235,22 @@ class DevicePreprocessor:
         values = pixels.to(torch.float32).div_(255.0)
         if self.spec.channels == 1:
             values = (values * self._luma).sum(dim=1, keepdim=True)
-        height, width = self.spec.input_size
-        if values.shape[-2:] != (height, width):
-            factors = block_factors(tuple(values.shape[-2:]), (height, width))
+        resized = self.spec.resized_size(tuple(values.shape[-2:]))
+        if values.shape[-2:] != resized:
+            factors = self.spec.block_factors_for(tuple(values.shape[-2:]))
             if factors != (1, 1):
                 # Pillow's Image.reduce: the last, partial block is averaged over what it holds.
                 values = F.avg_pool2d(values, factors, ceil_mode=True)
-            if values.shape[-2:] != (height, width):
+            if values.shape[-2:] != resized:
                 values = F.interpolate(
-                    values, size=(height, width), mode="bilinear", align_corners=False, antialias=True
+                    values, size=resized, mode=self.spec.interpolation, align_corners=False, antialias=True
                 )
+                if self.spec.interpolation == "bicubic":
+                    values = values.clamp_(0.0, 1.0)  # as ``preprocess`` clips bicubic's overshoot
+        if resized != self.spec.input_size:
+            top, left = self.spec.crop_origin(resized)
+            height, width = self.spec.input_size
+            values = values[..., top : top + height, left : left + width]
         return (values - self._mean) / self._std
 
     def _on_cpu(self, image: EncodedJpeg, error: Exception) -> torch.Tensor:

@@ -26,7 +26,6 @@ from .devices import resolve_device
 from .errors import ModelLoadError, TrainingError
 from .inference import DeviceDecodingModel, TorchvisionModel
 from .options import TorchvisionOptions, parse_options, read_classes_file
-from .preprocess import PreprocessSpec
 from .weights import load_weights, read_state_dict
 
 logger = logging.getLogger("monitord.torchvision")
@@ -221,7 +220,8 @@ def load_from_options(
     """Serve a torchvision classifier described by settings keys (no reference signals).
 
     Every plugin key applies, ``model.channels_last``, ``model.autocast`` and
-    ``model.decode_on_device`` included.
+    ``model.decode_on_device`` included; the preprocessing is
+    ``TorchvisionOptions.preprocess_spec`` (``model.transforms`` or the explicit keys).
     """
     if options.architecture is None or options.weights is None:
         raise ModelLoadError("model.architecture and model.weights are both needed")
@@ -243,10 +243,7 @@ def load_from_options(
         num_classes=len(class_names),
         classes_key=classes_key,
     )
-    mean, std = options.normalisation()
-    spec = PreprocessSpec(
-        input_size=tuple(options.input_size), channels=options.channels, mean=mean, std=std
-    )
+    spec = options.preprocess_spec()
     model_class = DeviceDecodingModel if options.decode_on_device else TorchvisionModel
     return model_class(
         network,

@@ -8,12 +8,18 @@ names it instead of a silently ignored setting.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from monitord.settings import ModelSettings, SettingsError, describe_validation_error
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
+
+from .preprocess import Interpolation, PreprocessSpec
+
+if TYPE_CHECKING:
+    from .weights_transforms import WeightsTransform
 
 #: torchvision's ImageNet statistics, the right default for its architectures.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,7 +39,9 @@ class TorchvisionOptions(BaseModel):
     (``model.artifact``), training the default digits model there first when
     ``train_if_missing`` allows. With ``architecture`` it builds that torchvision model and
     loads ``weights``; ``classes`` (or ``classes_file``), ``input_size``, ``channels``,
-    ``mean`` and ``std`` then describe how the weights were trained.
+    ``mean``, ``std``, ``resize_size`` and ``interpolation`` then describe how the weights
+    were trained, or ``transforms`` names the torchvision weights entry whose
+    ``transforms()`` sets the preprocessing ones (see ``preprocess_spec``).
 
     The rest tune speed, whichever model is served: ``channels_last`` (default: on for
     CUDA, off for the CPU) and ``autocast`` ("off", "bf16", "fp16") for the forward pass,
@@ -51,6 +59,13 @@ class TorchvisionOptions(BaseModel):
     channels: Literal[1, 3] = 3
     mean: tuple[float, ...] | None = Field(None, min_length=1, max_length=3)
     std: tuple[PositiveFloat, ...] | None = Field(None, min_length=1, max_length=3)
+    #: Shorter side resized to this, then the centre ``input_size`` crop; None: resize
+    #: straight to ``input_size``.
+    resize_size: PositiveInt | None = None
+    interpolation: Interpolation = "bilinear"
+    #: A torchvision weights entry ("ResNet18_Weights.IMAGENET1K_V1") whose transforms()
+    #: sets input_size, resize_size, mean, std and interpolation.
+    transforms: str | None = Field(None, min_length=1)
     activation_layer: str | None = Field(None, min_length=1)
     train_if_missing: bool = True
     #: Network and inputs in ``torch.channels_last``; None: on for CUDA, off for the CPU.
@@ -116,9 +131,111 @@ class TorchvisionOptions(BaseModel):
             default_mean, default_std = IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD
         return (self.mean or default_mean, self.std or default_std)
 
+    def preprocess_spec(self) -> PreprocessSpec:
+        """How inputs are preprocessed for the model these keys describe.
+
+        With ``transforms``, that weights entry's values, the keys set explicitly having to
+        agree with them: a key that silently lost to ``transforms`` (or won over it) would
+        hide which preprocessing the model really gets. Raises ``SettingsError`` naming
+        each contradiction, an unknown ``transforms`` name, or a crop larger than the resize.
+        """
+        problems = self._preprocess_problems()
+        if problems:
+            raise SettingsError(_problem_list(problems))
+        if self.transforms is not None:
+            preset = self._weights_transform()
+            return PreprocessSpec(
+                input_size=preset.input_size,
+                channels=3,
+                mean=preset.mean,
+                std=preset.std,
+                resize_size=preset.resize_size,
+                interpolation=preset.interpolation,
+            )
+        mean, std = self.normalisation()
+        return PreprocessSpec(
+            input_size=tuple(self.input_size),
+            channels=self.channels,
+            mean=mean,
+            std=std,
+            resize_size=self.resize_size,
+            interpolation=self.interpolation,
+        )
+
+    def _weights_transform(self) -> WeightsTransform:
+        from .weights_transforms import UnknownTransform, weights_transform
+
+        try:
+            return weights_transform(self.transforms)
+        except UnknownTransform as error:
+            raise SettingsError(f"model.transforms = {self.transforms!r}: {error}") from None
+
+    def _preprocess_problems(self) -> list[str]:
+        """One line per preprocessing key that contradicts another (empty: none)."""
+        if self.transforms is None:
+            if self.resize_size is not None and self.resize_size < max(self.input_size):
+                return [
+                    f"  model.resize_size = {self.resize_size} is smaller than model.input_size "
+                    f"= {list(self.input_size)}: the centre crop would reach past the resized "
+                    f"image; set resize_size to at least {max(self.input_size)}, or remove it "
+                    "to resize straight to input_size"
+                ]
+            return []
+        try:
+            preset = self._weights_transform()
+        except SettingsError as error:
+            return [f"  {error}"]
+        expected: dict[str, object] = {
+            "input_size": preset.input_size,
+            "resize_size": preset.resize_size,
+            "mean": preset.mean,
+            "std": preset.std,
+            "interpolation": preset.interpolation,
+            "channels": 3,
+        }
+        problems = []
+        for key, wanted in expected.items():
+            if key not in self.model_fields_set:
+                continue
+            given = getattr(self, key)
+            if not _same(given, wanted):
+                shown = list(given) if isinstance(given, tuple) else given
+                problems.append(
+                    f"  model.{key} = {shown!r} contradicts model.transforms = "
+                    f"{self.transforms!r}, whose transforms() give "
+                    f"{list(wanted) if isinstance(wanted, tuple) else wanted!r}; remove "
+                    f"model.{key} (model.transforms sets it), or remove model.transforms "
+                    "and set each preprocessing key yourself"
+                )
+        return problems
+
 
 #: Keys that only make sense together with ``architecture``.
-_ARCHITECTURE_KEYS = ("weights", "classes", "classes_file", "input_size", "channels", "mean", "std")
+_ARCHITECTURE_KEYS = (
+    "weights",
+    "classes",
+    "classes_file",
+    "input_size",
+    "channels",
+    "mean",
+    "std",
+    "resize_size",
+    "interpolation",
+    "transforms",
+)
+
+
+def _same(given: object, wanted: object) -> bool:
+    """Equal, floats within rounding (a TOML 0.485 and torchvision's are the same value)."""
+    if isinstance(given, tuple) and isinstance(wanted, tuple):
+        return len(given) == len(wanted) and all(map(_same, given, wanted))
+    if isinstance(given, float) or isinstance(wanted, float):
+        return math.isclose(float(given), float(wanted), rel_tol=1e-6)
+    return given == wanted
+
+
+def _problem_list(problems: list[str]) -> str:
+    return "\n".join([f"invalid settings ({len(problems)} problem(s)):", *problems])
 
 
 def parse_options(settings: ModelSettings | dict[str, Any]) -> TorchvisionOptions:
@@ -162,15 +279,15 @@ def _check_combinations(options: TorchvisionOptions, raw: dict[str, Any]) -> Non
             )
     for key in ("mean", "std"):
         value = getattr(options, key)
-        if value is not None and len(value) != options.channels:
+        if value is not None and len(value) != options.channels and options.transforms is None:
             problems.append(
                 f"  model.{key} = {list(value)!r}: needs one value per channel, and "
                 f"model.channels = {options.channels}"
             )
+    if options.architecture is not None:
+        problems.extend(options._preprocess_problems())
     if problems:
-        raise SettingsError(
-            "\n".join([f"invalid settings ({len(problems)} problem(s)):", *problems])
-        )
+        raise SettingsError(_problem_list(problems))
 
 
 def read_classes_file(path: Path) -> list[str]:
