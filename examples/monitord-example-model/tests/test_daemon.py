@@ -25,9 +25,8 @@ def cusum_state(process: DaemonProcess) -> dict:
     return state
 
 
-@pytest.fixture
-def example_daemon(tmp_path: Path, centroid_file: Path):
-    settings = f"""
+def settings(centroid_file: Path, cusum_keys: str = "") -> str:
+    return f"""
 sources = ["http"]
 [model]
 type = "nearest_centroid"
@@ -36,8 +35,13 @@ centroids = "{centroid_file}"
 type = "cusum"
 name = "distance_cusum"
 signal = "distance"
+{cusum_keys}
 """
-    process = DaemonProcess(tmp_path, free_port(), extra_settings=settings)
+
+
+@pytest.fixture
+def example_daemon(tmp_path: Path, centroid_file: Path):
+    process = DaemonProcess(tmp_path, free_port(), extra_settings=settings(centroid_file))
     process.start()
     yield process
     process.kill()
@@ -69,3 +73,33 @@ def test_the_example_model_and_detector_find_drift_in_the_running_daemon(
     labels = {"detector": "distance_cusum", "type": "cusum", "signal": "distance"}
     assert example_daemon.metric("monitord_drift_events_total", **labels, level="drift") == 1
     assert example_daemon.metric("monitord_drift_level", **labels) == 2
+
+
+def test_a_snapshot_the_detector_refuses_is_set_aside_and_the_detector_starts_fresh(
+    tmp_path: Path, centroid_file: Path, digits
+) -> None:
+    images, _ = digits
+    first = DaemonProcess(tmp_path, free_port(), extra_settings=settings(centroid_file))
+    try:
+        first.start()
+        for pixels in images[TRAINING_IMAGES:][:30]:
+            post(first, png_bytes(digit_image(pixels)))
+        wait_for(lambda: cusum_state(first)["samples"] == 30, message="the images at the detector")
+        assert first.terminate() == 0  # a snapshot at shutdown
+    finally:
+        first.kill()
+    snapshot = json.loads((first.state / "detectors.json").read_text())
+    assert snapshot["detectors"]["distance_cusum"]["state"]["samples"] == 30
+
+    # Same name, type and signal, other parameters: the core offers the snapshot, cusum refuses it.
+    second = DaemonProcess(tmp_path, free_port(), extra_settings=settings(centroid_file, "threshold = 14.0"))
+    try:
+        second.start()
+        wait_for(lambda: list(second.state.glob("detectors.json.incompatible-*")), message="the snapshot set aside")
+        state = cusum_state(second)
+        assert (state["samples"], state["threshold"], state["ready"]) == (0, 14.0, True)
+        assert "does not fit distance_cusum (ValueError: snapshot was taken with parameters" in second.log()
+        (aside,) = second.state.glob("detectors.json.incompatible-*")
+        assert json.loads(aside.read_text()) == snapshot
+    finally:
+        second.kill()
