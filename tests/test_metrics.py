@@ -2,7 +2,8 @@
 
 ``increase()`` and ``rate()`` need two samples of a series: a counter that first appears at
 1 (created on first use) hides its first increment from the rules and the dashboard
-(configs/prometheus_rules.test.yaml shows the case with promtool).
+(configs/prometheus_rules.test.yaml shows the case with promtool). A sink plugin counts its
+outcomes through the documented ``SinkContext.count``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any, Sequence
 
 from pathlib import Path
 
+import pytest
+
 from monitord.alerting.sinks import SinkContext, build_sinks
 from monitord.builtin.log_sink import LogSink
 from monitord.metrics import ALERT_OUTCOMES, FEEDBACK_OUTCOMES, OUTCOMES, Metrics
@@ -20,17 +23,18 @@ from monitord.settings import SinkSpec
 
 
 class PluginSink:
-    """A third-party sink that counts only what it delivers, and declares nothing."""
+    """A third-party sink written against the documented API only: it counts what it
+    delivers with ``context.count``, and declares nothing."""
 
     def __init__(self, context: SinkContext) -> None:
         self.name = context.name
-        self._delivered = context.metrics.alerts.labels(sink=context.name, outcome="delivered")
+        self.context = context
 
     async def start(self, firing: Sequence[Any] = ()) -> None:
         pass
 
     async def send(self, alerts: Sequence[Any]) -> None:
-        self._delivered.inc(len(alerts))
+        self.context.count("delivered", len(alerts))
 
     async def close(self) -> None:
         pass
@@ -45,6 +49,32 @@ def test_every_sink_has_its_alert_series_at_zero_also_one_that_declares_none(tmp
     for sink in ("pager", "log"):
         for outcome in ALERT_OUTCOMES:
             assert metrics.registry.get_sample_value("monitord_alerts_total", {"sink": sink, "outcome": outcome}) == 0
+
+
+async def test_a_plugin_sink_counts_its_outcomes_through_the_documented_method(tmp_path: Path) -> None:
+    metrics = Metrics()
+    (sink,) = build_sinks([SinkSpec(type="pager", name="oncall")], {"pager": PluginSink}.__getitem__,
+                          lambda spec: SinkContext(spec.label, spec.type, spec.options(), tmp_path, metrics))
+
+    def counted(outcome: str) -> float | None:
+        return metrics.registry.get_sample_value("monitord_alerts_total", {"sink": "oncall", "outcome": outcome})
+
+    await sink.send(["firing", "resolved"])
+    await sink.send(["firing"])
+    assert (counted("delivered"), counted("failed"), counted("dropped")) == (3, 0, 0)
+    sink.context.count("failed")
+    sink.context.count("dropped", 2)
+    assert (counted("delivered"), counted("failed"), counted("dropped")) == (3, 1, 2)
+
+
+def test_a_sink_cannot_count_an_outcome_the_metric_does_not_have(tmp_path: Path) -> None:
+    context = SinkContext("oncall", "pager", {}, tmp_path, Metrics())
+    with pytest.raises(ValueError, match="counted outcome 'sent'; monitord_alerts_total takes delivered, failed, dropped"):
+        context.count("sent")
+    with pytest.raises(ValueError, match="a count only grows"):
+        context.count("delivered", -1)
+    assert context.metrics.registry.get_sample_value(
+        "monitord_alerts_total", {"sink": "oncall", "outcome": "sent"}) is None
 
 
 DAEMON_SETTINGS = """

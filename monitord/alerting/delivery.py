@@ -86,10 +86,6 @@ class HttpDelivery:
         self._closing = asyncio.Event()
         self._lock = asyncio.Lock()
         self._down: set[int] = set()
-        self._outcomes = {
-            outcome: context.metrics.alerts.labels(sink=context.name, outcome=outcome)
-            for outcome in ("delivered", "failed", "dropped")
-        }
         self._depth = context.metrics.alert_spool_depth.labels(sink=context.name)
 
     async def start(self) -> None:
@@ -125,7 +121,7 @@ class HttpDelivery:
             why = (f"for URL number {entry.url_index + 1}, but the sink now has {len(self.urls)} URL(s) "
                    "(urls changed between runs)")
         self.spool.forget(entry)
-        self._outcomes["dropped"].inc()
+        self.context.count("dropped")
         log.error("sink %s: dropped a notification an earlier run spooled %s (spool file %s)",
                   self.context.name, why, entry.path.name)
         await asyncio.to_thread(Spool.delete, entry)
@@ -142,7 +138,7 @@ class HttpDelivery:
         """Write one request to the spool (dropping the oldest when full) and wake its task."""
         entry, dropped = self.spool.reserve(index, body, dict(headers))
         for old in dropped:
-            self._outcomes["dropped"].inc()
+            self.context.count("dropped")
             log.error("sink %s: spool full (max_spool=%d); dropped the oldest notification for %s",
                       self.context.name, self.options.max_spool, self._where(old.url_index))
             await asyncio.to_thread(Spool.delete, old)
@@ -150,7 +146,7 @@ class HttpDelivery:
             await asyncio.to_thread(self.spool.write, entry)
         except OSError as error:
             self.spool.forget(entry)
-            self._outcomes["dropped"].inc()
+            self.context.count("dropped")
             log.error("sink %s: cannot write the spool file %s (%s); notification dropped",
                       self.context.name, entry.path, error)
             return
@@ -199,7 +195,7 @@ class HttpDelivery:
                 continue
             outcome = await self._post(entry)
             if outcome == "retry":
-                self._outcomes["failed"].inc()
+                self.context.count("failed")
                 if self._closing.is_set():
                     return
                 delay = backoff_delay(attempt, self.options.backoff_initial_seconds,
@@ -212,7 +208,7 @@ class HttpDelivery:
                     continue
             attempt = 0
             if self.spool.forget(entry):
-                self._outcomes[outcome].inc()
+                self.context.count(outcome)
             await asyncio.to_thread(Spool.delete, entry)
             self._depth.set(len(self.spool))
 

@@ -14,7 +14,11 @@ start with that message. Then, on the event loop:
 - ``await close()``: flush what it can within ``context.shutdown_timeout`` seconds and
   stop; what is left stays queued for the next start.
 
-Sinks count their outcomes in ``monitord_alerts_total{sink,outcome}`` (``context.metrics``).
+A sink counts what becomes of its notifications with ``context.count(outcome, amount=1)``,
+into ``monitord_alerts_total{sink,outcome}``: ``delivered`` (it reached its destination),
+``failed`` (an attempt failed and will be retried) or ``dropped`` (given up for good). The
+daemon creates the three series at 0 for every configured sink, so a sink declares
+nothing; ``context.metrics`` itself is not part of the contract.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from monitord.alerting.alert import Alert
-from monitord.metrics import Metrics
+from monitord.metrics import ALERT_OUTCOMES, Metrics
 from monitord.settings import AlertSettings, SinkSpec
 
 
@@ -48,6 +52,20 @@ class SinkContext:
     external_url: str = ""
     #: Seconds ``close()`` may take to flush.
     shutdown_timeout: float = 5.0
+
+    def count(self, outcome: str, amount: int = 1) -> None:
+        """Add ``amount`` notifications to ``monitord_alerts_total{sink=<name>, outcome}``.
+
+        ``outcome`` is ``delivered``, ``failed`` (an attempt; it will be retried) or
+        ``dropped`` (given up); anything else raises ``ValueError``, since every label value
+        is a series Prometheus keeps.
+        """
+        if outcome not in ALERT_OUTCOMES:
+            raise ValueError(f"sink {self.name!r} counted outcome {outcome!r}; "
+                             f"monitord_alerts_total takes {', '.join(ALERT_OUTCOMES)}")
+        if amount < 0:
+            raise ValueError(f"sink {self.name!r} counted {amount} {outcome} notifications; a count only grows")
+        self.metrics.alerts.labels(sink=self.name, outcome=outcome).inc(amount)
 
 
 @runtime_checkable

@@ -70,7 +70,6 @@ class AlertmanagerSink:
         #: Firing alerts by fingerprint, re-posted every refresh_seconds.
         self.firing: dict[str, Alert] = {}
         self._refresher: asyncio.Task[None] | None = None
-        context.metrics.declare_sink(context.name, spooled=True)
 
     async def start(self, firing: Sequence[Alert] = ()) -> None:
         await self.delivery.start()

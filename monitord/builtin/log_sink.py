@@ -26,8 +26,7 @@ class LogSink:
     def __init__(self, context: SinkContext) -> None:
         SinkOptions.parse(context.options)
         self.name = context.name
-        self._delivered = context.metrics.alerts.labels(sink=context.name, outcome="delivered")
-        context.metrics.declare_sink(context.name)
+        self.context = context
 
     async def start(self, firing: Sequence[Alert] = ()) -> None:
         pass
@@ -46,7 +45,7 @@ class LogSink:
             }
             line = " ".join(f"{key}={_value(str(value))}" for key, value in fields.items())
             log.log(logging.WARNING if alert.status == "firing" else logging.INFO, "alert %s %s", alert.status, line)
-            self._delivered.inc()
+            self.context.count("delivered")
 
     async def close(self) -> None:
         pass

@@ -72,7 +72,6 @@ class WebhookSink:
         secret = self.options.secret.get_secret_value() if self.options.secret else None
         sign = (lambda body: {SIGNATURE_HEADER: signature(secret, body)}) if secret else None
         self.delivery = HttpDelivery(context, self.options, self.options.urls, sign)
-        context.metrics.declare_sink(context.name, spooled=True)
 
     async def start(self, firing: Sequence[Alert] = ()) -> None:
         await self.delivery.start()
