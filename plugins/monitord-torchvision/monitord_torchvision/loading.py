@@ -24,6 +24,7 @@ from .architectures import build_network
 from .artifact import METADATA_FILE, is_artifact, read_metadata
 from .devices import resolve_device
 from .errors import ModelLoadError, TrainingError
+from .fingerprint import file_digest
 from .inference import DeviceDecodingModel, TorchvisionModel
 from .options import TorchvisionOptions, parse_options, read_classes_file
 from .preprocess import PreprocessSpec
@@ -212,6 +213,7 @@ def load_artifact(
         activation_layer=layer,
         reference_signals=references,
         acceleration=acceleration,
+        weights_digest=file_digest(weights_path),
     )
 
 
@@ -257,4 +259,5 @@ def load_from_options(
         activation_layer=options.activation_layer,
         reference_signals={},
         acceleration=acceleration_for(options, torch_device),
+        weights_digest=file_digest(options.weights),
     )
