@@ -1,8 +1,10 @@
 """The ``torchvision`` model factory: settings → a ready ``TorchvisionModel``.
 
-Two ways to name a model: an artifact folder written by ``monitord train`` (the
-default, ``<state_dir>/model``), or ``model.architecture`` + ``model.weights`` +
-``model.classes`` for any torchvision classifier trained elsewhere. A fresh install has
+Three ways to name a model: an artifact folder written by ``monitord train`` (the
+default, ``<state_dir>/model``), ``model.architecture`` + ``model.weights`` +
+``model.classes`` for any torchvision classifier trained elsewhere, or
+``model.program`` + ``model.classes`` for a TorchScript or torch.export file
+(``programs``). A fresh install has
 neither, so by default the small digits model is trained into the artifact folder on
 first start, which lets the daemon run end to end without downloading anything.
 """
@@ -81,6 +83,10 @@ def _load(
 ) -> TorchvisionModel:
     if options.architecture is not None:
         return load_from_options(options, device=device)
+    if options.program is not None:
+        from .programs import load_from_program
+
+        return load_from_program(options, device=device)
     artifact = settings.artifact if settings.artifact is not None else Path(state_dir) / "model"
     if is_artifact(artifact):
         return _load_artifact_with(artifact, device, options)
