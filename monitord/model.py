@@ -47,7 +47,12 @@ class BatchResult:
 
 @runtime_checkable
 class Model(Protocol):
-    """A loaded classifier, as registered through ``register_models``."""
+    """A loaded classifier, as registered through ``register_models``.
+
+    Optional attribute, read with ``getattr(model, "fingerprint", None)``: ``fingerprint``
+    (str), a digest that changes when the weights, the preprocessing or the layer the
+    embedding comes from change, so a saved reference built for another model is noticed.
+    """
 
     #: Short architecture name, used as a metric/alert label (e.g. ``digits_cnn``).
     name: str

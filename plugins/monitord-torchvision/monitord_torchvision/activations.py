@@ -7,19 +7,58 @@ every classifier head starts from. (Measured on the digits model with images rot
 90°, the Kolmogorov-Smirnov distance of the per-image mean is 0.46 there, against 0.12
 at the input of the last ``nn.Linear``, whose units are trained to ignore what the
 classes do not need.)
+
+The same layer gives the embedding (``BatchResult.embedding``): one vector per image, the
+layer's output averaged over any dimensions beyond the channels, so a (N, C, H, W)
+convolution output becomes (N, C).
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from .errors import ModelLoadError
-from .signals import activation_statistics
+from .signals import activation_statistics, pooled_features
+
+
+@dataclass(frozen=True)
+class LayerReading:
+    """The watched features of one batch: mean and std per image (float64, (N,)) and the
+    embedding (float32, (N, D)), all on the host."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    embedding: np.ndarray
+
+
+class FeatureSource(Protocol):
+    """Where a model's activation signals and embedding come from: a hooked layer
+    (``ActivationProbe``) or a program's own output (``programs.ProgramOutputs``)."""
+
+    #: What the features are, for logs and the fingerprint (e.g. ``input of fc``).
+    description: str
+
+    def reset(self) -> None:
+        """Forget the last forward pass (called before each one)."""
+
+    def logits(self, output: Any) -> Any:
+        """The logits within the network's output; ``ValueError`` saying why if absent."""
+
+    def read(self, output: Any, batch_size: int) -> LayerReading:
+        """The features of the forward pass that returned ``output``; ``RuntimeError``
+        saying why when they cannot be had."""
+
+    def failure_message(self, error: str) -> str:
+        """What a user should read when ``read`` failed at start-up with ``error``."""
+
+    def remove(self) -> None:
+        """Release hooks (safe to call twice)."""
 
 
 def default_layer(network: nn.Module) -> tuple[str, nn.Module]:
@@ -50,7 +89,7 @@ class ActivationProbe:
     def __init__(
         self, network: nn.Module, layer: str | None, *, key: str = "model.activation_layer"
     ) -> None:
-        self._stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._problem: str | None = None
         if layer is None:
             name, module = default_layer(network)
@@ -75,26 +114,38 @@ class ActivationProbe:
         if tensor is None or tensor.ndim == 0:
             self._problem = f"the {self.description} is not a batched tensor"
             return
-        self._stats = activation_statistics(tensor)
+        self._stats = (*activation_statistics(tensor), pooled_features(tensor))
 
     def reset(self) -> None:
         self._stats = None
         self._problem = None
 
-    def take(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and std per image from the forward pass that just ran."""
+    def logits(self, output: Any) -> Any:
+        """A hooked network returns its logits as its whole output."""
+        return output
+
+    def read(self, output: Any, batch_size: int) -> LayerReading:
+        """The hooked layer's reading from the forward pass that just ran."""
         if self._problem is not None:
             raise RuntimeError(self._problem)
         if self._stats is None:
             raise RuntimeError(f"the watched layer ({self.description}) did not run")
-        mean, std = self._stats
+        mean, std, embedding = self._stats
         if mean.shape[0] != batch_size:
             raise RuntimeError(
                 f"the {self.description} has {mean.shape[0]} rows for {batch_size} images; "
                 "its first dimension is not the batch"
             )
         self._stats = None
-        return mean.cpu().numpy(), std.cpu().numpy()
+        return LayerReading(
+            mean=mean.cpu().numpy(), std=std.cpu().numpy(), embedding=embedding.cpu().numpy()
+        )
+
+    def failure_message(self, error: str) -> str:
+        return (
+            f"model.activation_layer: {error}; pick a layer that runs on every forward "
+            "pass and returns a (batch, ...) tensor"
+        )
 
     def remove(self) -> None:
         self._handle.remove()

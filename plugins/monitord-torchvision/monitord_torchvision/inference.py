@@ -19,9 +19,10 @@ from PIL import Image
 from torch import nn
 
 from .acceleration import Acceleration, HostStaging
-from .activations import ActivationProbe
+from .activations import ActivationProbe, FeatureSource
 from .device_decode import DevicePreprocessor, EncodedJpeg, read_encoded_jpeg
 from .errors import ModelLoadError
+from .fingerprint import model_fingerprint, state_digest
 from .preprocess import PreprocessSpec, preprocess_image
 from .signals import SIGNAL_NAMES, output_signals
 
@@ -33,6 +34,12 @@ class TorchvisionModel:
     configured input, or whose output does not match the class list, fails at start-up
     with a message instead of on the first real image. ``acceleration`` (memory
     format, autocast, pinned host memory) applies to that pass too.
+
+    The activation signals and the embedding come from ``features``; by default an
+    ``ActivationProbe`` on ``activation_layer``. ``fingerprint`` identifies the weights
+    (``weights_digest``, the sha256 of their file; without one, of the network's
+    tensors), ``kind`` (the architecture or program format; default ``name``), the
+    preprocessing and what the embedding measures.
     """
 
     def __init__(
@@ -46,6 +53,9 @@ class TorchvisionModel:
         activation_layer: str | None = None,
         reference_signals: Mapping[str, Sequence[float]] | None = None,
         acceleration: Acceleration | None = None,
+        features: FeatureSource | None = None,
+        weights_digest: str | None = None,
+        kind: str | None = None,
     ) -> None:
         self.name = name
         self.class_names: tuple[str, ...] = tuple(class_names)
@@ -60,12 +70,21 @@ class TorchvisionModel:
         if self.acceleration.channels_last:
             self._network = self._network.to(memory_format=torch.channels_last)
         self._staging = HostStaging(self.acceleration.pin_memory)
-        self._probe = ActivationProbe(self._network, activation_layer)
-        #: What the activation signals measure, e.g. ``input of classifier.fc2``.
-        self.activation_layer = self._probe.description
+        self._features = features or ActivationProbe(self._network, activation_layer)
+        #: Width D of ``BatchResult.embedding`` (N, D); known once the check pass ran.
+        self.embedding_size = 0
         self._lock = threading.Lock()
         self._closed = False
         self._check_runs()
+        #: What the activation signals and the embedding measure, e.g. ``input of classifier.fc2``.
+        self.activation_layer = self._features.description
+        #: sha256 hex digest naming this model for saved references (``model_fingerprint``).
+        self.fingerprint = model_fingerprint(
+            weights_digest=weights_digest or state_digest(network),
+            kind=kind or name,
+            spec=spec,
+            features=self.activation_layer,
+        )
 
     @property
     def network(self) -> nn.Module:
@@ -111,33 +130,37 @@ class TorchvisionModel:
         return on_device
 
     def _forward(self, inputs: torch.Tensor) -> Any:
-        """The network's raw output for a batch already on the device; the probe holds
-        the watched layer's statistics afterwards.
+        """The network's raw output for a batch already on the device; a hooking feature
+        source holds the watched layer's reading afterwards.
 
         The network runs under the configured autocast, on inputs in its memory format.
         """
         inputs = inputs.contiguous(memory_format=self.acceleration.memory_format)
-        self._probe.reset()
+        self._features.reset()
         with torch.inference_mode(), self.acceleration.autocast_context(self._torch_device):
             return self._network(inputs)
 
     def _classify(self, inputs: torch.Tensor) -> BatchResult:
         """Every signal for a batch on the device; call with the lock held.
 
-        Logits are brought back to float32 before the softmax (and the probe takes the
-        activation statistics in float64), so with autocast the signals carry only the
+        Logits are brought back to float32 before the softmax (and the activation
+        statistics are taken in float64), so with autocast the signals carry only the
         rounding the network itself did in bfloat16/float16.
         """
         count = inputs.shape[0]
-        logits = self._forward(inputs)
-        activation_mean, activation_std = self._probe.take(count)
+        output = self._forward(inputs)
+        logits = self._features.logits(output)
+        reading = self._features.read(output, count)
         if logits.shape != (count, len(self.class_names)):
             raise RuntimeError(f"{self.name} returned logits of shape {tuple(logits.shape)}")
         class_index, signals = output_signals(logits.float())
-        signals["activation_mean"] = activation_mean
-        signals["activation_std"] = activation_std
+        signals["activation_mean"] = reading.mean
+        signals["activation_std"] = reading.std
         return BatchResult(
-            class_index=class_index, confidence=signals["confidence"], signals=signals
+            class_index=class_index,
+            confidence=signals["confidence"],
+            signals=signals,
+            embedding=reading.embedding,
         )
 
     def _empty_result(self) -> BatchResult:
@@ -146,6 +169,7 @@ class TorchvisionModel:
             class_index=np.empty(0, dtype=np.int64),
             confidence=empty,
             signals={name: empty.copy() for name in SIGNAL_NAMES},
+            embedding=np.empty((0, self.embedding_size), dtype=np.float32),
         )
 
     def close(self) -> None:
@@ -154,7 +178,7 @@ class TorchvisionModel:
             if self._closed:
                 return
             self._closed = True
-            self._probe.remove()
+            self._features.remove()
             self._network = nn.Identity()
         if self._torch_device.type == "cuda":
             torch.cuda.empty_cache()
@@ -164,14 +188,19 @@ class TorchvisionModel:
         inputs = torch.zeros((2, *self.spec.shape), device=self._torch_device)
         channels, (height, width) = self.spec.channels, self.spec.input_size
         try:
-            logits = self._forward(inputs)
-        except RuntimeError as error:
+            output = self._forward(inputs)
+        except Exception as error:  # noqa: BLE001 - programs raise AssertionError on a guard
             self.close()
             hint = " and model.autocast" if self.acceleration.autocast is not None else ""
             raise ModelLoadError(
                 f"{self.name} cannot run on {channels}-channel {height}x{width} input "
-                f"({error}); check model.input_size and model.channels{hint}"
+                f"({str(error).strip()}); check model.input_size and model.channels{hint}"
             ) from None
+        try:
+            logits = self._features.logits(output)
+        except ValueError as error:
+            self.close()
+            raise ModelLoadError(f"{self.name}: {error}") from None
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
         if shape != (2, len(self.class_names)):
             self.close()
@@ -181,13 +210,10 @@ class TorchvisionModel:
                 "return one logit per class"
             )
         try:
-            self._probe.take(2)
+            self.embedding_size = int(self._features.read(output, 2).embedding.shape[1])
         except RuntimeError as error:
             self.close()
-            raise ModelLoadError(
-                f"model.activation_layer: {error}; pick a layer that runs on every forward "
-                "pass and returns a (batch, ...) tensor"
-            ) from None
+            raise ModelLoadError(self._features.failure_message(str(error))) from None
 
     def __repr__(self) -> str:
         return (

@@ -1,8 +1,10 @@
 """The ``torchvision`` model factory: settings → a ready ``TorchvisionModel``.
 
-Two ways to name a model: an artifact folder written by ``monitord train`` (the
-default, ``<state_dir>/model``), or ``model.architecture`` + ``model.weights`` +
-``model.classes`` for any torchvision classifier trained elsewhere. A fresh install has
+Three ways to name a model: an artifact folder written by ``monitord train`` (the
+default, ``<state_dir>/model``), ``model.architecture`` + ``model.weights`` +
+``model.classes`` for any torchvision classifier trained elsewhere, or
+``model.program`` + ``model.classes`` for a TorchScript or torch.export file
+(``programs``). A fresh install has
 neither, so by default the small digits model is trained into the artifact folder on
 first start, which lets the daemon run end to end without downloading anything.
 """
@@ -24,6 +26,7 @@ from .architectures import build_network
 from .artifact import METADATA_FILE, is_artifact, read_metadata
 from .devices import resolve_device
 from .errors import ModelLoadError, TrainingError
+from .fingerprint import file_digest
 from .inference import DeviceDecodingModel, TorchvisionModel
 from .options import TorchvisionOptions, parse_options, read_classes_file
 from .weights import load_weights, read_state_dict
@@ -79,6 +82,10 @@ def _load(
 ) -> TorchvisionModel:
     if options.architecture is not None:
         return load_from_options(options, device=device)
+    if options.program is not None:
+        from .programs import load_from_program
+
+        return load_from_program(options, device=device)
     artifact = settings.artifact if settings.artifact is not None else Path(state_dir) / "model"
     if is_artifact(artifact):
         return _load_artifact_with(artifact, device, options)
@@ -211,6 +218,7 @@ def load_artifact(
         activation_layer=layer,
         reference_signals=references,
         acceleration=acceleration,
+        weights_digest=file_digest(weights_path),
     )
 
 
@@ -254,4 +262,5 @@ def load_from_options(
         activation_layer=options.activation_layer,
         reference_signals={},
         acceleration=acceleration_for(options, torch_device),
+        weights_digest=file_digest(options.weights),
     )

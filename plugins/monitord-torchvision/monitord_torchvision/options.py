@@ -41,7 +41,9 @@ class TorchvisionOptions(BaseModel):
     loads ``weights``; ``classes`` (or ``classes_file``), ``input_size``, ``channels``,
     ``mean``, ``std``, ``resize_size`` and ``interpolation`` then describe how the weights
     were trained, or ``transforms`` names the torchvision weights entry whose
-    ``transforms()`` sets the preprocessing ones (see ``preprocess_spec``).
+    ``transforms()`` sets the preprocessing ones (see ``preprocess_spec``). With ``program``
+    (instead of ``architecture``) it serves a TorchScript or torch.export file, which
+    holds its own network and weights; the same keys but ``weights`` describe its input.
 
     The rest tune speed, whichever model is served: ``channels_last`` (default: on for
     CUDA, off for the CPU) and ``autocast`` ("off", "bf16", "fp16") for the forward pass,
@@ -52,6 +54,8 @@ class TorchvisionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     architecture: str | None = Field(None, min_length=1)
+    #: A TorchScript (``torch.jit.save``) or ``torch.export.save`` file.
+    program: Path | None = None
     weights: Path | None = None
     classes: list[Annotated[str, Field(min_length=1)]] | None = Field(None, min_length=1)
     classes_file: Path | None = None
@@ -252,7 +256,9 @@ def parse_options(settings: ModelSettings | dict[str, Any]) -> TorchvisionOption
 def _check_combinations(options: TorchvisionOptions, raw: dict[str, Any]) -> None:
     """Rules between keys, which per-field validation cannot express."""
     problems: list[str] = []
-    if options.architecture is None:
+    if options.program is not None:
+        problems.extend(_program_problems(options))
+    elif options.architecture is None:
         stray = [key for key in _ARCHITECTURE_KEYS if key in raw]
         if stray:
             problems.append(
@@ -284,10 +290,44 @@ def _check_combinations(options: TorchvisionOptions, raw: dict[str, Any]) -> Non
                 f"  model.{key} = {list(value)!r}: needs one value per channel, and "
                 f"model.channels = {options.channels}"
             )
-    if options.architecture is not None:
+    if options.architecture is not None or options.program is not None:
         problems.extend(options._preprocess_problems())
     if problems:
         raise SettingsError(_problem_list(problems))
+
+
+def _program_problems(options: TorchvisionOptions) -> list[str]:
+    """The rules for ``model.program``, which replaces architecture and weights."""
+    problems: list[str] = []
+    if options.architecture is not None:
+        problems.append(
+            "  model.program and model.architecture are both set: a program file holds its "
+            "own network; keep model.program to serve the file, or model.architecture and "
+            "model.weights to serve a torchvision architecture"
+        )
+    if options.weights is not None:
+        problems.append(
+            "  model.weights is set with model.program: the program file holds its weights; "
+            "remove model.weights"
+        )
+    if options.classes is None and options.classes_file is None:
+        problems.append(
+            "  model.classes is missing: list the class names in the order of the program's "
+            'outputs (classes = ["cat", "dog"]) or name a text file with one per line '
+            "(classes_file)"
+        )
+    if options.classes is not None and options.classes_file is not None:
+        problems.append(
+            "  model.classes and model.classes_file are both set; keep only one of them"
+        )
+    if options.activation_layer is not None:
+        problems.append(
+            f"  model.activation_layer = {options.activation_layer!r} cannot be used with "
+            "model.program: torch runs no forward hooks inside TorchScript or torch.export "
+            "programs; return (logits, features) from the program's forward instead, and "
+            "the features are watched (remove model.activation_layer)"
+        )
+    return problems
 
 
 def read_classes_file(path: Path) -> list[str]:

@@ -23,6 +23,20 @@ def activation_statistics(activations: torch.Tensor) -> tuple[torch.Tensor, torc
     return flat.mean(dim=1), flat.std(dim=1, correction=0)
 
 
+def pooled_features(activations: torch.Tensor) -> torch.Tensor:
+    """One float32 vector per image: (N, C, ...) averaged over the dimensions after C.
+
+    A fresh tensor, like ``activation_statistics``'s, so later in-place operations cannot
+    change it; (N,) becomes (N, 1).
+    """
+    features = activations.detach()
+    if features.ndim == 1:
+        features = features[:, None]
+    if features.ndim > 2:
+        return features.to(torch.float32).mean(dim=tuple(range(2, features.ndim)))
+    return features.to(torch.float32, copy=True)
+
+
 def output_signals(logits: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``(class_index int64, signals)`` from a batch of logits (N, classes).
 
