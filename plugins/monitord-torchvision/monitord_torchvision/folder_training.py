@@ -474,7 +474,8 @@ def _fit(
     optimizer = torch.optim.AdamW(
         network.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY
     )
-    steps_per_epoch = len(_shuffled_batches(len(train_set), torch.Generator()))
+    full, rest = divmod(len(train_set), BATCH_SIZE)
+    steps_per_epoch = full + (rest > 1)  # as _shuffled_batches cuts them
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max_epochs * steps_per_epoch
     )
