@@ -9,3 +9,11 @@ DEFAULT_EPOCHS = 15
 DEFAULT_SEED = 0
 #: Below this held-out accuracy a trained model is not worth serving: nothing is written.
 MIN_ACCURACY = 0.95
+
+#: Epochs at most for ``monitord train --data``; early stopping usually ends it sooner.
+FOLDER_EPOCHS = 30
+#: Epochs without a lower validation loss after which ``--data`` training stops.
+FOLDER_PATIENCE = 4
+#: No minimum held-out accuracy for ``--data`` unless --min-accuracy asks for one: what
+#: is good enough depends on the task, unlike for the digits.
+FOLDER_MIN_ACCURACY = 0.0

@@ -118,7 +118,7 @@ def train_default_model(
     inputs = torch.from_numpy(png_inputs(split.train_images, spec)).to(torch_device)
     labels = torch.from_numpy(split.train_labels).to(torch_device)
 
-    with _reproducible(seed, torch_device):
+    with reproducible(seed, torch_device):
         network = DigitsCNN(num_classes=len(DIGIT_CLASS_NAMES), channels=1).to(torch_device)
         final_loss = _fit(network, inputs, labels, seed=seed, epochs=epochs, progress=progress)
 
@@ -139,12 +139,7 @@ def train_default_model(
             f"scikit-learn digits as 8-bit PNGs, stratified split, {HELD_OUT_FRACTION:.0%} "
             f"held out (split seed {SPLIT_SEED})"
         ),
-        trained_with={
-            "monitord_torchvision": __version__,
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "python": platform.python_version(),
-        },
+        trained_with=versions_trained_with(),
     )
     with staged_folder(output) as staging:
         write_weights(staging, network.state_dict())
@@ -238,26 +233,38 @@ def held_out_reference_images(split: DigitsSplit) -> list[ReferenceImage]:
     ]
 
 
-@contextmanager
-def _reproducible(seed: int, device: torch.device) -> Iterator[None]:
-    """Seeded, single-threaded training that leaves the caller's torch state as it was.
+def versions_trained_with() -> dict[str, str]:
+    """The ``trained_with`` entry of ``metadata.json``: what produced the weights."""
+    return {
+        "monitord_torchvision": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
 
-    One CPU thread, because results then do not depend on the machine's core count
-    (reductions split differently over threads round differently), and because
+
+@contextmanager
+def reproducible(seed: int, device: torch.device, *, threads: int | None = 1) -> Iterator[None]:
+    """Seeded training that leaves the caller's torch state as it was.
+
+    One CPU thread by default, because results then do not depend on the machine's core
+    count (reductions split differently over threads round differently), and because
     torch's spinning worker threads slow training several-fold when the cores are
-    shared — with the daemon's decode threads, say. This network is too small to gain
-    much from a second thread anyway.
+    shared — with the daemon's decode threads, say. The digits network is too small to
+    gain much from a second thread anyway; ``threads=None`` keeps torch's own count, for
+    networks that need every core (reproducible then on the same machine).
     """
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     deterministic, benchmark = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    threads = torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
-        torch.set_num_threads(1)
+        if threads is not None:
+            torch.set_num_threads(threads)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         try:
             yield
         finally:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(previous_threads)
             torch.backends.cudnn.deterministic = deterministic
             torch.backends.cudnn.benchmark = benchmark
