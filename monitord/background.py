@@ -43,7 +43,8 @@ class BackgroundJobs:
             try:
                 result = context.run(function, *args)
             except BaseException as error:  # noqa: BLE001 - handed to the awaiting task
-                settle(lambda: future.done() or future.set_exception(error))
+                # Bound now: Python unbinds ``error`` when the except block ends, before the loop runs this.
+                settle(lambda raised=error: future.done() or future.set_exception(raised))
             else:
                 settle(lambda: future.done() or future.set_result(result))
 
