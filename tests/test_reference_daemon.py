@@ -105,3 +105,14 @@ def test_monitord_reference_refuses_a_folder_it_cannot_use(
     done = run_reference(tmp_path, daemon.env, str(folder), "--config", str(daemon.config), "--no-progress")
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert not (daemon.state / "model" / "reference").exists()
+
+
+def test_monitord_reference_warns_when_a_configured_detector_cannot_start_on_it(
+        tmp_path: Path, own_weights_settings: str) -> None:
+    daemon = DaemonProcess(tmp_path, free_port(), extra_settings=own_weights_settings)
+    validation = tmp_path / "validation"
+    write_digit_folder(validation, held_out=True, per_class=10)  # 100 images: NM-DDM's window needs 150
+    done = run_reference(tmp_path, daemon.env, str(validation), "--config", str(daemon.config), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "warning: the configured detectors cannot start on this reference" in done.stderr
+    assert "nm_ddm" in done.stderr and "150" in done.stderr

@@ -74,8 +74,30 @@ def reference_command() -> click.Command:
         for line in describe(built.summary, built, contents.ignored):
             click.echo(line)
         click.echo(f"wrote the reference to {written} (the daemon uses it from its next start)")
+        problem = detectors_refusing(settings, host, built.signal_lists())
+        if problem is not None:
+            click.echo(f"warning: the configured detectors cannot start on this reference: {problem}; "
+                       "build it from more images, or change that detector's settings", err=True)
 
     return reference
+
+
+def detectors_refusing(settings: Any, host: PluginHost, signals: dict[str, list[float]]) -> str | None:
+    """Why the configured detectors would not start on ``signals`` (a reference too short
+    for a window, say), or None: better said now than when the daemon starts."""
+    from monitord.detectors import DetectorStage
+    from monitord.metrics import Metrics
+
+    try:
+        stage = DetectorStage.build(settings.detectors, lambda kind: host.factory("detector", kind), signals,
+                                    Metrics())
+    except (ValueError, PluginError) as error:
+        return str(error)
+    for watched in stage.detectors:
+        close = getattr(watched.detector, "close", None)
+        if callable(close):
+            close()
+    return None
 
 
 def describe(summary: Any, reference: Any, ignored: list[Path] = ()) -> list[str]:

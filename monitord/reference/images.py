@@ -13,8 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-#: File extensions read as images (the formats the core decodes, see ``monitord.decode``).
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
+from PIL import Image
+
+from monitord.decode import FORMATS
+
+#: File extensions read as images: those Pillow maps to a format the core decodes.
+IMAGE_SUFFIXES = frozenset(suffix for suffix, fmt in Image.registered_extensions().items() if fmt in FORMATS)
 
 
 class ReferenceError(ValueError):

@@ -140,11 +140,12 @@ def parse_training_options(settings: ModelSettings | dict[str, Any]) -> Torchvis
         raise SettingsError(describe_validation_error(error, prefix=("model",))) from None
     for key in ("mean", "std"):
         value = getattr(options, key)
-        if value is not None and len(value) != options.channels:
+        if value is not None and len(value) != options.channels and options.transforms is None:
             raise SettingsError(
                 f"model.{key} = {list(value)!r}: needs one value per channel, and "
                 f"model.channels = {options.channels}"
             )
+    options.preprocess_spec()  # model.transforms against the other keys, before any work
     return options
 
 
@@ -154,10 +155,7 @@ def preprocess_spec_for(options: TorchvisionOptions) -> PreprocessSpec:
     The one place that builds it, so that a richer spec (resize and crop sizes, a named
     transform) changes training and the artifact together.
     """
-    mean, std = options.normalisation()
-    return PreprocessSpec(
-        input_size=tuple(options.input_size), channels=options.channels, mean=mean, std=std
-    )
+    return options.preprocess_spec()
 
 
 def train_on_folder(
@@ -234,6 +232,8 @@ def train_on_folder(
         channels=spec.channels,
         mean=spec.mean,
         std=spec.std,
+        resize_size=spec.resize_size,
+        interpolation=spec.interpolation,
         activation_layer=options.activation_layer,
         seed=seed,
         trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -283,7 +283,8 @@ def train_on_folder(
                     "weights (model.weights), or lower --min-accuracy",
                     report,
                 )
-            _write_reference(staging, model, dataset.class_names, val_set.items, progress)
+            _write_reference(staging, model, dataset.class_names, val_set.items, progress,
+                             max_pixels, f"validation images of {data.resolve()}")
         finally:
             model.close()
         write_metadata(
@@ -308,6 +309,8 @@ def _write_reference(
     class_names: Sequence[str],
     items: Sequence[LabelledImage],
     progress: bool,
+    max_pixels: int,
+    source: str,
 ) -> None:
     """The drift reference, from the validation images, through the core's reference API
     (``<artifact>/reference/``; the metadata's ``reference_signals`` of older artifacts
@@ -316,8 +319,8 @@ def _write_reference(
 
     val_items = [(item.path, class_names[item.class_index]) for item in items]
     images = [ReferenceImage(source=path, label=class_name) for path, class_name in val_items]
-    reference = build_reference(model, images, progress=progress)  # runs the model over them
-    write_reference(staging, reference)  # writes staging/reference/
+    reference = build_reference(model, images, progress=progress, max_pixels=max_pixels, source=source)
+    write_reference(staging, reference)
 
 
 def start_from_weights(network: nn.Module, path: Path, architecture: str) -> WeightsStart:

@@ -13,13 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from monitord.decode import FORMATS
-from PIL import Image
+from monitord.reference.images import IMAGE_SUFFIXES  # one list for training and the reference
 
-#: File extensions taken as images: those Pillow maps to a format the core decodes.
-IMAGE_SUFFIXES = frozenset(
-    suffix for suffix, fmt in Image.registered_extensions().items() if fmt in FORMATS
-)
 #: Share of each class held out for validation when the folder has no val/ split.
 VAL_FRACTION = 0.2
 TRAIN_FOLDER, VAL_FOLDER = "train", "val"

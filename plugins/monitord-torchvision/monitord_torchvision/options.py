@@ -93,6 +93,14 @@ class TorchvisionOptions(BaseModel):
                 return value
         return value
 
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _channels_from_environment(cls, value: Any) -> Any:
+        """``MONITORD_MODEL__CHANNELS=1`` arrives as the string "1", which a Literal refuses."""
+        if isinstance(value, str) and value.strip() in ("1", "3"):
+            return int(value)
+        return value
+
     @field_validator("channels_last", "decode_on_device", "torch_threads", mode="before")
     @classmethod
     def _no_numbers_for_flags_nor_flags_for_numbers(cls, value: Any, info: Any) -> Any:

@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 import numpy as np
@@ -25,6 +24,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from monitord.decode import decode_image, read_payload
+from monitord.reference import read_reference
 from monitord.settings import ModelSettings
 from monitord_torchvision import plugin
 from monitord_torchvision.artifact import METADATA_FILE, WEIGHTS_FILE
@@ -35,12 +35,6 @@ from monitord_torchvision.loading import load_artifact, load_model
 from monitord_torchvision.options import TorchvisionOptions
 
 
-
-@pytest.fixture
-def reference_api() -> object:
-    """The core's ``monitord.reference`` (item 1 of issue 17), with which every training
-    run writes the artifact's drift reference: the tests that train skip without it."""
-    return pytest.importorskip("monitord.reference")
 
 #: Digit → class folder name; sorted, the names are not in digit order.
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -89,9 +83,7 @@ def predicted_names(artifact: Path, paths: list[Path]) -> list[str]:
         model.close()
 
 
-def test_resnet18_on_train_and_val_folders_serves_from_the_artifact_alone(
-    tmp_path: Path, reference_api: Any
-) -> None:
+def test_resnet18_on_train_and_val_folders_serves_from_the_artifact_alone(tmp_path: Path) -> None:
     data = tmp_path / "data"
     render_digits(data / "train", (0, 1, 2), per_class=30)
     val = render_digits(data / "val", (0, 1, 2), per_class=8, start=30)
@@ -109,7 +101,7 @@ def test_resnet18_on_train_and_val_folders_serves_from_the_artifact_alone(
     assert metadata["train_samples"] == 90 and metadata["held_out_samples"] == 24
     assert metadata["epochs"] <= 2 and "train/<class>/ and" in metadata["dataset"]
     assert metadata["held_out_per_class"]["zero"]["samples"] == 8
-    reference = reference_api.read_reference(output)  # built from the validation images
+    reference = read_reference(output)  # built from the validation images
     assert reference.samples == 24 and tuple(reference.class_names) == ("one", "two", "zero")
     # The recorded accuracy is the served artifact's on the validation images.
     val_items = [(path, name) for name, paths in val.items() for path in paths]
@@ -129,7 +121,6 @@ def test_resnet18_on_train_and_val_folders_serves_from_the_artifact_alone(
         served.close()
 
 
-@pytest.mark.usefixtures("reference_api")
 def test_digits_cnn_on_a_flat_folder_learns_from_a_seeded_split(tmp_path: Path) -> None:
     data = tmp_path / "data"
     render_digits(data, tuple(range(10)), per_class=30, size=16)
@@ -156,6 +147,27 @@ def test_digits_cnn_on_a_flat_folder_learns_from_a_seeded_split(tmp_path: Path) 
     )
 
 
+def test_the_preprocessing_trained_with_is_recorded_and_served(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    val = render_digits(data / "val", (0, 1), per_class=4, size=40, start=20)
+    render_digits(data / "train", (0, 1), per_class=20, size=40)
+    output = tmp_path / "model"
+    completed = monitord_train(
+        tmp_path, "--data", str(data), "--output", str(output), "--epochs", "1", "--no-progress",
+        architecture="digits_cnn", input_size="[16, 16]", resize_size="20", interpolation="bicubic",
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    metadata = json.loads((output / METADATA_FILE).read_text())
+    assert metadata["resize_size"] == 20 and metadata["interpolation"] == "bicubic"
+    assert metadata["format_version"] == 2  # older readers would ignore the crop: they refuse it
+    model = load_artifact(output, device="cpu")
+    try:
+        assert model.spec.resize_size == 20 and model.spec.input_size == (16, 16)
+        assert model.preprocess(decode_image(read_payload(val["zero"][0]), 10**7)).shape == (3, 16, 16)
+    finally:
+        model.close()
+
+
 def test_the_split_is_stratified_and_follows_the_seed(tmp_path: Path) -> None:
     written = render_digits(tmp_path, (0, 1, 2), per_class=11, size=8)
     render_digits(tmp_path / "lonely_parent", (3,), per_class=1, size=8)  # a nested class
@@ -171,7 +183,6 @@ def test_the_split_is_stratified_and_follows_the_seed(tmp_path: Path) -> None:
     assert not any(item.class_index == lonely for item in first.val)  # its only image trains
 
 
-@pytest.mark.usefixtures("reference_api")
 def test_fine_tuning_keeps_the_backbone_and_gives_a_new_head(tmp_path: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
@@ -204,7 +215,6 @@ def test_fine_tuning_keeps_the_backbone_and_gives_a_new_head(tmp_path: Path) -> 
     assert moved < 0.2 and apart > 1.0, (moved, apart)
 
 
-@pytest.mark.usefixtures("reference_api")
 def test_unreadable_images_are_skipped_and_named(tmp_path: Path) -> None:
     data = tmp_path / "data"
     render_digits(data, (0, 1), per_class=10, size=8)
@@ -226,7 +236,6 @@ def test_unreadable_images_are_skipped_and_named(tmp_path: Path) -> None:
     assert metadata["train_samples"] + metadata["held_out_samples"] == 20
 
 
-@pytest.mark.usefixtures("reference_api")
 def test_a_minimum_accuracy_not_reached_writes_nothing(tmp_path: Path) -> None:
     data = tmp_path / "data"
     render_digits(data, (0, 1), per_class=5, size=8)
@@ -243,7 +252,6 @@ def test_a_minimum_accuracy_not_reached_writes_nothing(tmp_path: Path) -> None:
     assert not output.exists()
 
 
-@pytest.mark.usefixtures("reference_api")
 def test_preprocessed_in_memory_or_decoded_per_epoch_train_the_same(tmp_path: Path) -> None:
     data = tmp_path / "data"
     render_digits(data, (0, 1, 2), per_class=12, size=16)
@@ -311,7 +319,6 @@ def test_bad_layouts_are_refused_with_the_expected_layout(cli: click.Group, tmp_
     assert "no readable training images for class(es) ghosts" in refused(unreadable)
 
 
-@pytest.mark.usefixtures("reference_api")
 def test_early_stopping_ends_training_when_the_validation_loss_stops_improving(
     tmp_path: Path,
 ) -> None:
