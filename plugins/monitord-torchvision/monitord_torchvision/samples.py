@@ -34,15 +34,19 @@ class Sample:
         return Path(str(self.label), f"{self.number}.png")
 
 
-def samples(count: int, seed: int = 0, kind: str | None = None, amount: float | None = None) -> Iterator[Sample]:
+def samples(count: int, seed: int = 0, kind: str | None = None, amount: float | None = None,
+            split: str = "held-out") -> Iterator[Sample]:
     """``count`` held-out digits, classes in turn (0, 1, ..., 9, 0, ...), each class's
     images in an order drawn from ``seed``, drifted by ``kind`` at full ``amount`` if given.
 
     A class's images are used again, in the same order, once all of them were written.
+    ``split`` = ``training`` takes the digits the default model trained on instead, for a
+    dataset to train another model on (``monitord train --data``) that never overlaps the
+    held-out ones.
     """
-    from .digits import held_out_digits
+    from .digits import held_out_digits, training_digits
 
-    images, labels = held_out_digits()
+    images, labels = training_digits() if split == "training" else held_out_digits()
     rng = np.random.default_rng(seed)
     classes = sorted(set(labels.tolist()))
     order = {label: rng.permutation(np.flatnonzero(labels == label)) for label in classes}
@@ -55,15 +59,19 @@ def samples(count: int, seed: int = 0, kind: str | None = None, amount: float | 
         yield Sample(label, number, pixels)
 
 
-def write_samples(folder: Path, items: Iterator[Sample]) -> list[Path]:
-    """Write each sample as ``folder/<label>/<n>.png`` (replacing a file of that name)."""
+def write_samples(folder: Path, items: Iterator[Sample], size: int = 8) -> list[Path]:
+    """Write each sample as ``folder/<label>/<n>.png`` (replacing a file of that name),
+    enlarged to ``size`` x ``size`` pixels (whole pixels repeated) when over 8."""
     from .demo_files import write_atomically
     from .digits import digit_png_bytes
 
     written = []
     for sample in items:
         path = folder / sample.relative()
-        write_atomically(path, digit_png_bytes(sample.pixels))
+        pixels = sample.pixels
+        if size > pixels.shape[0]:
+            pixels = np.kron(pixels, np.ones((-(-size // pixels.shape[0]),) * 2, dtype=pixels.dtype))[:size, :size]
+        write_atomically(path, digit_png_bytes(np.ascontiguousarray(pixels)))
         written.append(path)
     return written
 
@@ -93,7 +101,12 @@ def describe_written(folder: Path, written: list[Path]) -> list[str]:
               + "; ".join(f"{name} {DRIFT_KINDS[name].default_amount:g}" for name in PIXEL_KINDS) + ".")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Which held-out digits, and the noise of a noise drift.")
-def samples_command(folder: Path, count: int, kind: str | None, amount: float | None, seed: int) -> None:
+@click.option("--split", type=click.Choice(["held-out", "training"]), default="held-out", show_default=True,
+              help="training: the digits the default model trained on (a dataset for `monitord train --data`).")
+@click.option("--size", type=click.IntRange(min=8), default=8, show_default=True,
+              help="Width and height of the PNGs in pixels (each digit pixel repeated).")
+def samples_command(folder: Path, count: int, kind: str | None, amount: float | None, seed: int, split: str,
+                    size: int) -> None:
     """Write held-out digits as PNGs to FOLDER/<label>/<n>.png, to send to the daemon.
 
     The digits are those the default model never saw in training (8x8 grayscale), the
@@ -109,7 +122,7 @@ def samples_command(folder: Path, count: int, kind: str | None, amount: float | 
         except DriftError as error:
             raise click.UsageError(str(error)) from None
     try:
-        written = write_samples(folder, samples(count, seed, kind, amount))
+        written = write_samples(folder, samples(count, seed, kind, amount, split), size)
     except OSError as error:
         raise click.ClickException(f"cannot write into {folder}: {error.strerror or error}") from None
     if kind is None:
@@ -117,6 +130,7 @@ def samples_command(folder: Path, count: int, kind: str | None, amount: float | 
     else:
         strength = DRIFT_KINDS[kind].default_amount if amount is None else amount
         what = f"drifted: {kind} {strength:g} ({DRIFT_KINDS[kind].unit})"
-    click.echo(f"wrote {len(written)} held-out digits (8x8 grayscale PNGs, {what}) as {folder}/<label>/<n>.png:")
+    click.echo(f"wrote {len(written)} {split} digits ({size}x{size} grayscale PNGs, {what}) as "
+               f"{folder}/<label>/<n>.png:")
     for line in describe_written(folder, written):
         click.echo(line)

@@ -91,3 +91,18 @@ def test_samples_is_a_monitord_command() -> None:
     plugin.register_commands(group)
     assert "samples" in group.commands
     assert re.search(r"FOLDER/<label>/<n>\.png", group.commands["samples"].help or "")
+
+
+def test_training_digits_at_a_larger_size_make_a_dataset_apart_from_the_held_out_ones(
+        cli: click.Group, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["samples", "train", "--split", "training", "--count", "30", "--size", "32"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("wrote 30 training digits (32x32 grayscale PNGs, clean)")
+    held_out_images, _ = held_out_digits()
+    for path in sorted((tmp_path / "train").rglob("*.png")):
+        with Image.open(path) as image:
+            assert image.size == (32, 32) and image.mode == "L"
+            pixels = np.asarray(image)
+        small = pixels[::4, ::4]  # each digit pixel repeated 4 x 4
+        assert np.array_equal(np.kron(small, np.ones((4, 4), dtype=np.uint8)), pixels)
+        assert not any(np.array_equal(small, held) for held in held_out_images), path
