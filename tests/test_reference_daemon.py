@@ -57,6 +57,9 @@ def test_without_a_reference_the_daemon_says_so_and_monitord_reference_builds_it
     assert f"wrote the reference to {written.parent}" in done.stdout
     summary = json.loads(written.read_text())
     assert summary["samples"] == sum(counts.values()) and summary["per_class"]["3"]["images"] == counts["3"]
+    # NM-DDM's calibration on this reference was computed once, kept with the artifact.
+    cached = sorted(path.name for path in (daemon.state / "model" / "reference-cache").iterdir())
+    assert cached and all(name.endswith(".npy") for name in cached)
 
     daemon.start()
     try:
@@ -64,6 +67,8 @@ def test_without_a_reference_the_daemon_says_so_and_monitord_reference_builds_it
         assert ready["reference"]["source"] == "artifact"
         assert ready["reference"]["samples"] == sum(counts.values())
         by_name = {d["name"]: d for d in get_json(daemon.url + "/v1/detectors")["detectors"]}
+        # The daemon found the calibration there: its own cache computed nothing more.
+        assert not (daemon.state / "reference-cache").exists()
         assert by_name["pht_confidence"]["reference"] == "model"
         assert by_name["pht_confidence"]["reference_samples"] == sum(counts.values())
     finally:
