@@ -71,36 +71,50 @@ def build_reference(
     collected = _Collected([], {}, [], [], [])
     bar = _progress_bar(len(images), progress)
     threads = decode_threads or max(1, min(4, (os.cpu_count() or 2)))
+    # One task per slice of a batch, not per image: for small images the hand-over between
+    # threads costs as much as decoding.
+    step = max(1, -(-batch_size // threads))
     with ThreadPoolExecutor(threads, thread_name_prefix="reference-decode") as pool:
-        pending: deque[tuple[ReferenceImage, Future[Any]]] = deque()
-        queue = iter(images)
+        batches: deque[list[Future[list[tuple[ReferenceImage, Any]]]]] = deque()
+        starts = iter(range(0, len(images), batch_size))
 
         def top_up() -> None:
-            while len(pending) < 2 * batch_size:
-                image = next(queue, None)
-                if image is None:
+            while len(batches) < 2:  # the next batch decodes while the model runs on this one
+                start = next(starts, None)
+                if start is None:
                     return
-                pending.append((image, pool.submit(_prepare, model, image, max_pixels)))
+                batches.append([pool.submit(_prepare_all, model, images[first:min(first + step, start + batch_size)],
+                                            max_pixels)
+                                for first in range(start, min(start + batch_size, len(images)), step)])
 
         top_up()
-        while pending:
-            batch: list[tuple[ReferenceImage, Any]] = []
-            taken = 0
-            while pending and taken < batch_size:
-                image, future = pending.popleft()
-                taken += 1
-                try:
-                    batch.append((image, future.result()))
-                except ValueError as error:
-                    collected.skipped.append((image.display, str(error)))
+        while batches:
+            prepared = [row for future in batches.popleft() for row in future.result()]
             top_up()
+            batch = []
+            for image, outcome in prepared:
+                if isinstance(outcome, ValueError):
+                    collected.skipped.append((image.display, str(outcome)))
+                else:
+                    batch.append((image, outcome))
             if batch:
                 _classify(model, batch, class_index, collected)
-            bar.update(taken)
+            bar.update(len(prepared))
             if on_batch is not None:
-                on_batch(taken)
+                on_batch(len(prepared))
     bar.close()
     return _reference(model, collected, time.perf_counter() - started, components, source)
+
+
+def _prepare_all(model: Model, images: Sequence[ReferenceImage], max_pixels: int) -> list[tuple[ReferenceImage, Any]]:
+    """Each image's model input, or the ``ValueError`` that says why it cannot be used."""
+    prepared: list[tuple[ReferenceImage, Any]] = []
+    for image in images:
+        try:
+            prepared.append((image, _prepare(model, image, max_pixels)))
+        except ValueError as error:
+            prepared.append((image, error))
+    return prepared
 
 
 def _prepare(model: Model, image: ReferenceImage, max_pixels: int) -> Any:
