@@ -225,3 +225,26 @@ def test_an_embedding_of_another_width_leaves_the_signals_out_and_says_so(caplog
     result = BatchResult(np.zeros(2, np.int64), np.ones(2), {"confidence": np.ones(2)}, embedding=np.ones((2, 5)))
     assert set(derive(result).signals) == {"confidence"}
     assert "does not fit the reference's projection" in caplog.text
+
+
+def test_rows_are_stored_in_a_random_order_so_any_first_rows_sample_every_class() -> None:
+    # Sorted by class as a folder is read: 50 dark images, then 50 bright ones.
+    images = [ReferenceImage(png(20 + n % 7), "dark") for n in range(50)]
+    images += [ReferenceImage(png(230 - n % 7), "bright") for n in range(50)]
+    reference = build_reference(ShadeModel(), images, batch_size=16)
+    first = reference.signals["level"][:20]  # what a detector keeping 20 reference samples takes
+    assert (first < 0.5).any() and (first > 0.5).any()
+    assert sorted(reference.signals["level"]) == sorted(build_reference(ShadeModel(), images).signals["level"])
+    assert reference.summary["accuracy"] == 1.0
+
+
+def test_the_calibration_pairs_each_image_s_confidence_with_its_own_label() -> None:
+    model = ShadeModel()
+    images = [ReferenceImage(png(level), "dark") for level in (10, 30, 200, 220)]  # two wrong, confidently
+    images += [ReferenceImage(png(level), "bright") for level in (140, 150, 240, 250)]
+    reference = build_reference(model, images, batch_size=3)
+    arrays = np.stack([model.preprocess(Image.open(io.BytesIO(image.source))) for image in images])
+    direct = model.predict(arrays)
+    truth = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    expected = Calibration.measure(direct.confidence, direct.class_index == truth)
+    assert reference.calibration == expected

@@ -29,6 +29,8 @@ from monitord.reference.store import Reference
 DEFAULT_COMPONENTS = 8
 #: The daemon's default ``pipeline.max_image_pixels``.
 DEFAULT_MAX_PIXELS = 40_000_000
+#: Seeds the order in which the reference's rows are stored.
+ROW_ORDER_SEED = 0
 #: Skipped images named in the summary (all are counted).
 NAMED_SKIPS = 20
 
@@ -157,8 +159,14 @@ def _reference(model: Model, collected: _Collected, seconds: float, components: 
         projection = EmbeddingProjection.fit(embeddings, components)
         if projection is not None:
             signals.update(projection.project(embeddings))
+    # Rows in a seeded random order: images come sorted by class folder, and a detector
+    # that keeps the first n rows of a long reference (monitord-drift's keep
+    # ``reference_size``) must get a sample of every class, not the first classes only.
+    order = np.random.default_rng(ROW_ORDER_SEED).permutation(len(predicted))
+    signals = {name: values[order] for name, values in signals.items()}
+    predicted = predicted[order]
+    labels = [collected.labels[index] for index in order]
     names = list(model.class_names)
-    labels = collected.labels
     labelled = all(label is not None for label in labels)
     summary: dict[str, Any] = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -166,6 +174,7 @@ def _reference(model: Model, collected: _Collected, seconds: float, components: 
         "labelled": labelled,
         "skipped": len(collected.skipped),
         "skipped_examples": [{"image": name, "reason": reason} for name, reason in collected.skipped[:NAMED_SKIPS]],
+        "row_order": f"random (seed {ROW_ORDER_SEED}): the first n rows are a sample of all",
         "seconds": round(seconds, 3),
         "images_per_second": round(len(predicted) / seconds, 1) if seconds > 0 else None,
         "predicted_per_class": {names[i]: int(n) for i, n in enumerate(np.bincount(predicted, minlength=len(names)))
