@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from monitord.decode import decode_image, read_payload
+from monitord.reference import Reference, ReferenceImage, build_reference, write_reference
 from monitord.settings import ModelSettings, SettingsError, describe_validation_error
 from pydantic import ValidationError
 from torch import nn
@@ -249,50 +250,51 @@ def train_on_folder(
     with staged_folder(output) as staging:
         write_weights(staging, network.state_dict())
         write_metadata(staging, metadata)
-        # Measure through the artifact just written: proves it loads and serves.
+        # Measure through the artifact just written, in one pass over the validation
+        # files that also builds the drift reference: proves it loads and serves.
         model = load_artifact(staging, device=device)
         try:
-            predictions = _evaluate(model, val_set)
-            per_class = _per_class(dataset.class_names, predictions, val_set.labels)
-            accuracy = float(np.mean(predictions == val_set.labels))
-            report = FolderTrainingReport(
-                output=output,
-                architecture=architecture,
-                class_names=dataset.class_names,
-                dataset=dataset.describe(),
-                held_out_accuracy=accuracy,
-                held_out_samples=len(val_set),
-                per_class=per_class,
-                train_samples=len(train_set),
-                epochs=fit.epochs,
-                max_epochs=epochs,
-                best_epoch=fit.best_epoch,
-                stopped_early=fit.stopped_early,
-                seed=seed,
-                device=str(device),
-                seconds=time.perf_counter() - started,
-                skipped=skipped,
-                started_from=started_from,
-                in_memory=in_memory,
-            )
-            if accuracy < min_accuracy:
-                raise TrainingError(
-                    f"held-out accuracy {accuracy:.2%} is below the required "
-                    f"{min_accuracy:.0%} after {fit.epochs} epochs (seed {seed}); nothing was "
-                    f"written to {output}. Train for more epochs (--epochs), fine-tune from "
-                    "weights (model.weights), or lower --min-accuracy",
-                    report,
-                )
-            _write_reference(staging, model, dataset.class_names, val_set.items, progress,
-                             max_pixels, f"validation images of {data.resolve()}")
+            reference = _build_reference(model, dataset.class_names, val_set.items, progress,
+                                         max_pixels, f"validation images of {data.resolve()}")
         finally:
             model.close()
+        per_class = _per_class(dataset.class_names, reference.summary["per_class"])
+        accuracy = float(reference.summary["accuracy"])
+        report = FolderTrainingReport(
+            output=output,
+            architecture=architecture,
+            class_names=dataset.class_names,
+            dataset=dataset.describe(),
+            held_out_accuracy=accuracy,
+            held_out_samples=reference.samples,
+            per_class=per_class,
+            train_samples=len(train_set),
+            epochs=fit.epochs,
+            max_epochs=epochs,
+            best_epoch=fit.best_epoch,
+            stopped_early=fit.stopped_early,
+            seed=seed,
+            device=str(device),
+            seconds=time.perf_counter() - started,
+            skipped=skipped,
+            started_from=started_from,
+            in_memory=in_memory,
+        )
+        if accuracy < min_accuracy:
+            raise TrainingError(
+                f"held-out accuracy {accuracy:.2%} is below the required "
+                f"{min_accuracy:.0%} after {fit.epochs} epochs (seed {seed}); nothing was "
+                f"written to {output}. Train for more epochs (--epochs), fine-tune from "
+                "weights (model.weights), or lower --min-accuracy",
+                report,
+            )
+        write_reference(staging, reference)
         write_metadata(
             staging,
             metadata.model_copy(
                 update={
                     "held_out_accuracy": accuracy,
-                    "held_out_samples": len(val_set),
+                    "held_out_samples": reference.samples,
                     "held_out_per_class": {
                         result.name: {"accuracy": result.accuracy, "samples": result.samples}
                         for result in per_class
@@ -303,24 +305,18 @@ def train_on_folder(
     return report
 
 
-def _write_reference(
-    staging: Path,
+def _build_reference(
     model: TorchvisionModel,
     class_names: Sequence[str],
     items: Sequence[LabelledImage],
     progress: bool,
     max_pixels: int,
     source: str,
-) -> None:
-    """The drift reference, from the validation images, through the core's reference API
-    (``<artifact>/reference/``; the metadata's ``reference_signals`` of older artifacts
-    are not written)."""
-    from monitord.reference import ReferenceImage, build_reference, write_reference
-
-    val_items = [(item.path, class_names[item.class_index]) for item in items]
-    images = [ReferenceImage(source=path, label=class_name) for path, class_name in val_items]
-    reference = build_reference(model, images, progress=progress, max_pixels=max_pixels, source=source)
-    write_reference(staging, reference)
+) -> Reference:
+    """The drift reference from the validation images, through the core's reference API
+    (the serving path itself); its accuracy is the held-out report's."""
+    images = [ReferenceImage(source=item.path, label=class_names[item.class_index]) for item in items]
+    return build_reference(model, images, progress=progress, max_pixels=max_pixels, source=source)
 
 
 def start_from_weights(network: nn.Module, path: Path, architecture: str) -> WeightsStart:
@@ -543,26 +539,13 @@ def _validate(
     return total_loss / len(val_set), correct / len(val_set)
 
 
-def _evaluate(model: TorchvisionModel, val_set: ImageSet) -> np.ndarray:
-    """The served model's predicted class for each validation image."""
-    predictions = [
-        model.predict(inputs.numpy()).class_index
-        for inputs, _ in val_set.batches(val_set.in_order(EVAL_BATCH_SIZE), torch.Generator())
-    ]
-    return np.concatenate(predictions)
-
-
-def _per_class(
-    class_names: Sequence[str], predictions: np.ndarray, labels: np.ndarray
-) -> tuple[ClassResult, ...]:
-    return tuple(
-        ClassResult(
-            name,
-            samples=int(np.sum(labels == index)),
-            correct=int(np.sum((labels == index) & (predictions == index))),
-        )
-        for index, name in enumerate(class_names)
-    )
+def _per_class(class_names: Sequence[str], measured: dict[str, dict[str, Any]]) -> tuple[ClassResult, ...]:
+    """Each class's held-out images and hits, from the reference's ``per_class``."""
+    results = []
+    for name in class_names:
+        row = measured.get(name, {"images": 0, "accuracy": 0.0})
+        results.append(ClassResult(name, samples=row["images"], correct=round(row["accuracy"] * row["images"])))
+    return tuple(results)
 
 
 def _check_usable(

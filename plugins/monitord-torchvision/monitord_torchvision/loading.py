@@ -28,7 +28,7 @@ from .devices import resolve_device
 from .errors import ModelLoadError, TrainingError
 from .fingerprint import file_digest
 from .inference import DeviceDecodingModel, TorchvisionModel
-from .options import TorchvisionOptions, parse_options, read_classes_file
+from .options import TorchvisionOptions, parse_options
 from .weights import load_weights, read_state_dict
 
 logger = logging.getLogger("monitord.torchvision")
@@ -234,13 +234,7 @@ def load_from_options(
     if options.architecture is None or options.weights is None:
         raise ModelLoadError("model.architecture and model.weights are both needed")
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    if options.classes is not None:
-        class_names, classes_key = list(options.classes), "model.classes"
-    elif options.classes_file is not None:
-        class_names = read_classes_file(options.classes_file)
-        classes_key = f"model.classes_file ({options.classes_file})"
-    else:
-        raise ModelLoadError("model.classes (or model.classes_file) is needed")
+    class_names, classes_key = options.listed_classes()
     network = build_network(options.architecture, len(class_names), options.channels)
     state = read_state_dict(options.weights)
     load_weights(

@@ -143,6 +143,14 @@ class TorchvisionOptions(BaseModel):
             default_mean, default_std = IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD
         return (self.mean or default_mean, self.std or default_std)
 
+    def listed_classes(self) -> tuple[list[str], str]:
+        """The class names in output order, and the key that gave them (for messages)."""
+        if self.classes is not None:
+            return list(self.classes), "model.classes"
+        if self.classes_file is not None:
+            return read_classes_file(self.classes_file), f"model.classes_file ({self.classes_file})"
+        raise SettingsError("model.classes (or model.classes_file) is needed: list the class names in output order")
+
     def preprocess_spec(self) -> PreprocessSpec:
         """How inputs are preprocessed for the model these keys describe.
 

@@ -51,7 +51,7 @@ from .errors import ModelLoadError
 from .fingerprint import file_digest
 from .inference import DeviceDecodingModel, TorchvisionModel
 from .loading import acceleration_for
-from .options import TorchvisionOptions, read_classes_file
+from .options import TorchvisionOptions
 from .preprocess import PreprocessSpec
 from .signals import activation_statistics, pooled_features
 
@@ -79,7 +79,7 @@ def load_from_program(
         raise ModelLoadError("model.program is needed")
     path = Path(options.program)
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    class_names = _class_names(options)
+    class_names, _ = options.listed_classes()
     spec = options.preprocess_spec()
     network, kind = load_program(path, spec, torch_device)
     model_class = DeviceDecodingModel if options.decode_on_device else TorchvisionModel
@@ -95,14 +95,6 @@ def load_from_program(
         weights_digest=file_digest(path),
         kind=kind,
     )
-
-
-def _class_names(options: TorchvisionOptions) -> list[str]:
-    if options.classes is not None:
-        return list(options.classes)
-    if options.classes_file is not None:
-        return read_classes_file(options.classes_file)
-    raise ModelLoadError("model.classes (or model.classes_file) is needed with model.program")
 
 
 def load_program(
