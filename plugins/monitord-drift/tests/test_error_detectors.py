@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from monitord.settings import DetectorSpec
-from monitord_drift import ddm, eddm, hddm_a, hddm_w
+from monitord_drift import bernoulli_cusum, ddm, eddm, hddm_a, hddm_w
 from monitord_drift.base import build_detector
+from monitord_drift.bernoulli_cusum import BernoulliCUSUM
 from monitord_drift.ddm import DDM
 from monitord_drift.eddm import EDDM
 from monitord_drift.hddm_a import HDDMA
@@ -266,6 +267,15 @@ DETECTORS = {
         ).filter(  # settings that can reach a drift (the others are refused)
             lambda p: p["lambda_"] / (2 - p["lambda_"]) * math.log(1 / p["drift_confidence"]) < 1
         ),
+    ),    "bernoulli_cusum": (
+        BernoulliCUSUM,
+        st.fixed_dictionaries(
+            {
+                "odds_ratio": st.sampled_from([1.5, 2.0, 4.0]),
+                "threshold": st.sampled_from([1.0, 3.0, 7.0]),
+                "min_samples": st.integers(1, 40),
+            }
+        ),
     ),
 }
 
@@ -445,7 +455,9 @@ def test_statistics_thresholds_and_p_values():
     assert (ddm.state.threshold, ddm.state.warning_threshold, ddm.state.p_value) == (3.0, 2.0, None)
 
 
-@pytest.mark.parametrize("make, bad", [(DDM, 0.5), (EDDM, 2.0), (HDDMA, 1.5), (HDDMW, -0.1)])
+@pytest.mark.parametrize(
+    "make, bad", [(DDM, 0.5), (EDDM, 2.0), (HDDMA, 1.5), (HDDMW, -0.1), (BernoulliCUSUM, 0.5)]
+)
 def test_values_that_are_not_errors_are_refused_before_any_change(make, bad):
     detector = make()
     detector.update([0.0, 1.0, 0.0])
@@ -479,7 +491,10 @@ def test_bad_parameters_say_what_is_wrong(make, params, message):
         make(**params)
 
 
-@pytest.mark.parametrize("type_name, cls", [("ddm", DDM), ("eddm", EDDM), ("hddm_a", HDDMA), ("hddm_w", HDDMW)])
+@pytest.mark.parametrize(
+    "type_name, cls",
+    [("ddm", DDM), ("eddm", EDDM), ("hddm_a", HDDMA), ("hddm_w", HDDMW), ("bernoulli_cusum", BernoulliCUSUM)],
+)
 def test_built_from_settings_through_the_plugin(type_name, cls):
     assert detector_class(type_name) is cls and cls.needs_reference is False
     detector = build_detector(cls, DetectorSpec(type=type_name, signal="error"), np.zeros(10))
@@ -487,6 +502,6 @@ def test_built_from_settings_through_the_plugin(type_name, cls):
     assert json.loads(json.dumps(detector.snapshot()))["params"] == detector.params()
 
 
-@pytest.mark.parametrize("module", [ddm, eddm, hddm_a, hddm_w])
+@pytest.mark.parametrize("module", [ddm, eddm, hddm_a, hddm_w, bernoulli_cusum])
 def test_docstring_examples_hold(module):
     assert doctest.testmod(module, raise_on_error=False).failed == 0
