@@ -24,6 +24,7 @@ DETECTOR_TYPES: dict[str, str] = {
     "eddm": "eddm:EDDM",
     "hddm_a": "hddm_a:HDDMA",
     "hddm_w": "hddm_w:HDDMW",
+    "class_mix": "class_mix:ClassMix",
 }
 
 
