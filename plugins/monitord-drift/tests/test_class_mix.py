@@ -96,6 +96,14 @@ def test_calibration_is_kept_in_the_reference_cache(tmp_path) -> None:
     assert planted.threshold == 1e9 and first.threshold < 100
 
 
+def test_a_reference_of_one_class_alarms_on_any_other_class_only() -> None:
+    detector = ClassMix(window=20, reference=np.full(360, 3.0), calibration_windows=10_000)
+    assert detector.update(np.full(500, 3.0)) == [] and detector.state.level == "ok"
+    # every clean window scores exactly the calibrated constant, which is not above it
+    assert detector.state.statistic == detector.state.threshold == detector.state.warning_threshold
+    assert [(event.index, event.level) for event in detector.update([3.0] * 19 + [4.0])] == [(19, "drift")]
+
+
 # -- power and false alarms (defaults: window 200, alpha_drift 1e-4) ------------------------
 
 
