@@ -278,3 +278,25 @@ def test_docstring_example_runs() -> None:
 
     result = doctest.testmod(class_mix)
     assert result.attempted >= 5 and result.failed == 0
+
+
+def test_monitord_replay_runs_class_mix_on_recorded_predictions(tmp_path) -> None:
+    """The detector through the plugin's entry point, as a user tries it on a file."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(6)
+    proportions = class_proportions(6)
+    (tmp_path / "reference.txt").write_text("\n".join(map(str, predictions(rng, proportions, REFERENCE_SIZE))))
+    stream = np.concatenate([predictions(rng, proportions, 1000), predictions(rng, only_first_half(proportions), 300)])
+    (tmp_path / "classes.txt").write_text("\n".join(map(str, stream)) + "\n2.5\n")
+    command = [sys.executable, "-m", "monitord", "replay", "-d", "class_mix", "--reference", "reference.txt"]
+    result = subprocess.run([*command, "classes.txt"], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2 and "classes.txt, line 1301" in result.stderr and "class indices" in result.stderr
+    (tmp_path / "classes.txt").write_text("\n".join(map(str, stream)) + "\n")
+    result = subprocess.run([*command, "classes.txt"], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    *events, summary = [json.loads(line) for line in result.stdout.splitlines()]
+    drifts = [event["index"] for event in events if event["level"] == "drift"]
+    assert len(drifts) == 1 and 1000 <= drifts[0] < 1300
+    assert summary["final"]["reference_samples"] == REFERENCE_SIZE and summary["final"]["level"] == "drift"
