@@ -25,6 +25,7 @@ DETECTOR_TYPES: dict[str, str] = {
     "hddm_a": "hddm_a:HDDMA",
     "hddm_w": "hddm_w:HDDMW",
     "bernoulli_cusum": "bernoulli_cusum:BernoulliCUSUM",
+    "class_mix": "class_mix:ClassMix",
 }
 
 
