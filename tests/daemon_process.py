@@ -126,3 +126,15 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.1, message: str
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+async def post_multipart(session, url: str, pngs: list[bytes]) -> None:
+    """``POST /v1/predict`` with ``pngs`` as one multipart request; every image must be classified."""
+    import aiohttp
+
+    form = aiohttp.FormData()
+    for index, data in enumerate(pngs):
+        form.add_field("image", data, filename=f"{index}.png", content_type="image/png")
+    async with session.post(url + "/v1/predict", data=form) as response:
+        body = await response.json()
+        assert response.status == 200 and body["errors"] == 0, body

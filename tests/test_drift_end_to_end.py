@@ -13,7 +13,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from daemon_process import DaemonProcess, free_port
+from daemon_process import DaemonProcess, free_port, post_multipart
 from monitord_torchvision.digits import digit_png_bytes, held_out_digits
 
 PER_REQUEST = 20
@@ -26,15 +26,6 @@ def stream(rotate: bool, count: int) -> list[bytes]:
     if rotate:
         images = np.rot90(images, 1, axes=(1, 2))
     return [digit_png_bytes(np.ascontiguousarray(images[i])) for i in order]
-
-
-async def post_batch(session: aiohttp.ClientSession, url: str, pngs: list[bytes]) -> None:
-    form = aiohttp.FormData()
-    for index, data in enumerate(pngs):
-        form.add_field("image", data, filename=f"{index}.png", content_type="image/png")
-    async with session.post(url + "/v1/predict", data=form) as response:
-        body = await response.json()
-        assert response.status == 200 and body["errors"] == 0, body
 
 
 async def drift_levels(session: aiohttp.ClientSession, url: str) -> dict[str, str]:
@@ -55,7 +46,7 @@ async def test_default_detectors_stay_quiet_on_clean_digits_and_catch_rotation(s
     async with aiohttp.ClientSession() as session:
         for phase, pngs in (("clean", stream(False, CLEAN)), ("rotated", stream(True, ROTATED))):
             for start in range(0, len(pngs), PER_REQUEST):
-                await post_batch(session, server.url, pngs[start:start + PER_REQUEST])
+                await post_multipart(session, server.url, pngs[start:start + PER_REQUEST])
                 events = {
                     kind: server.metric("monitord_drift_events_total", detector=d["name"], type=kind,
                                         signal=d["signal"], level="drift")

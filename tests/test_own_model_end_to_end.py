@@ -20,7 +20,7 @@ import aiohttp
 import numpy as np
 from PIL import Image
 
-from daemon_process import DaemonProcess, free_port
+from daemon_process import DaemonProcess, free_port, post_multipart
 from monitord_torchvision.digits import digits_split
 
 SIZE = 32
@@ -54,15 +54,6 @@ def stream(images: list[np.ndarray], rotate: bool) -> list[bytes]:
     """``images`` in a seeded order, upright or turned 90 degrees."""
     order = np.random.default_rng(1).permutation(len(images))
     return [rendered(np.ascontiguousarray(np.rot90(images[i]) if rotate else images[i])) for i in order]
-
-
-async def post_batch(session: aiohttp.ClientSession, url: str, pngs: list[bytes]) -> None:
-    form = aiohttp.FormData()
-    for index, data in enumerate(pngs):
-        form.add_field("image", data, filename=f"{index}.png", content_type="image/png")
-    async with session.post(url + "/v1/predict", data=form) as response:
-        body = await response.json()
-        assert response.status == 200 and body["errors"] == 0, body
 
 
 async def detectors(session: aiohttp.ClientSession, url: str) -> dict[str, dict]:
@@ -105,7 +96,7 @@ async def test_a_resnet18_trained_on_a_folder_is_watched_against_its_validation_
 
             clean = stream(validation_images, rotate=False)
             for start in range(0, len(clean), PER_REQUEST):
-                await post_batch(session, server.url, clean[start:start + PER_REQUEST])
+                await post_multipart(session, server.url, clean[start:start + PER_REQUEST])
             found = await detectors(session, server.url)
             assert found["pht"]["samples"] == len(clean)
             raised = {level: events(server, found, level) for level in ("warning", "drift")}
@@ -114,7 +105,7 @@ async def test_a_resnet18_trained_on_a_folder_is_watched_against_its_validation_
 
             rotated = stream(validation_images, rotate=True)
             for start in range(0, len(rotated), PER_REQUEST):
-                await post_batch(session, server.url, rotated[start:start + PER_REQUEST])
+                await post_multipart(session, server.url, rotated[start:start + PER_REQUEST])
             found = await detectors(session, server.url)
             drifted = {kind for kind, count in events(server, found, "drift").items() if count}
             assert drifted, f"no detector reached drift on {len(rotated)} rotated images: {found}"

@@ -54,7 +54,7 @@ def reference_command() -> click.Command:
         except (SettingsError, PluginError) as error:
             raise ReferenceProblem(str(error)) from None
         try:
-            images_in_folder(folder)  # the layout is checked before the model loads (slow)
+            contents = images_in_folder(folder)  # the layout is checked before the model loads (slow)
         except ReferenceError as error:
             raise ReferenceProblem(str(error)) from None
         try:
@@ -62,7 +62,7 @@ def reference_command() -> click.Command:
         except Exception as error:  # a model plugin's own error types say what is wrong
             raise click.ClickException(f"cannot load the model: {error}") from None
         try:
-            contents = images_in_folder(folder, model.class_names)
+            contents.refuse_unknown_classes(folder, model.class_names)
             built = build_reference(model, contents.images, batch_size=batch_size, progress=progress,
                                     max_pixels=settings.pipeline.max_image_pixels, components=components,
                                     decode_threads=settings.pipeline.decode_workers, source=str(folder.resolve()))
@@ -71,7 +71,7 @@ def reference_command() -> click.Command:
         finally:
             model.close()
         written = write_reference(settings.model_artifact, built)
-        for line in describe(built.summary, built, contents.ignored):
+        for line in describe(built, contents.ignored):
             click.echo(line)
         click.echo(f"wrote the reference to {written} (the daemon uses it from its next start)")
         problem = detectors_refusing(settings, host, built.signal_lists(), settings.model_artifact)
@@ -106,8 +106,9 @@ def detectors_refusing(settings: Any, host: PluginHost, signals: dict[str, list[
     return None
 
 
-def describe(summary: Any, reference: Any, ignored: list[Path] = ()) -> list[str]:
+def describe(reference: Any, ignored: list[Path] = ()) -> list[str]:
     """The summary a person reads after a build, a line per fact."""
+    summary = reference.summary
     lines = [f"images: {reference.samples} in {summary['seconds']:.1f} s "
              f"({summary['images_per_second'] or 0:.0f} images/s), "
              f"{'labelled' if summary['labelled'] else 'unlabelled'}"]

@@ -50,6 +50,16 @@ class FolderContents:
     #: Files whose extension is not an image's (hidden files are not counted).
     ignored: list[Path]
 
+    def refuse_unknown_classes(self, folder: Path, class_names: Sequence[str]) -> None:
+        """``ReferenceError`` when a class folder names no class of the model."""
+        known = set(class_names)
+        unknown = sorted({image.label for image in self.images if image.label is not None and image.label not in known})
+        if unknown:
+            raise ReferenceError(
+                f"{folder}: folder(s) {', '.join(unknown[:5])} name no class of the model; its classes are "
+                f"{', '.join(list(class_names)[:10])}{' ...' if len(class_names) > 10 else ''} (folder names must "
+                "be class names, exactly)")
+
 
 def is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
@@ -80,13 +90,6 @@ def images_in_folder(folder: Path, class_names: Sequence[str] | None = None) -> 
         if not images:
             raise ReferenceError(_no_images(folder))
         return FolderContents(images, False, ignored)
-    if class_names is not None:
-        unknown = [path.name for path in classes if path.name not in set(class_names)]
-        if unknown:
-            raise ReferenceError(
-                f"{folder}: folder(s) {', '.join(unknown[:5])} name no class of the model; its classes are "
-                f"{', '.join(list(class_names)[:10])}{' ...' if len(class_names) > 10 else ''} (folder names must "
-                "be class names, exactly)")
     images, ignored = [], list(loose)
     for class_folder in classes:
         files = sorted(path for path in class_folder.rglob("*") if path.is_file() and not path.name.startswith("."))
@@ -94,7 +97,10 @@ def images_in_folder(folder: Path, class_names: Sequence[str] | None = None) -> 
         ignored.extend(path for path in files if not is_image_file(path))
     if not images:
         raise ReferenceError(_no_images(folder))
-    return FolderContents(images, True, ignored)
+    contents = FolderContents(images, True, ignored)
+    if class_names is not None:
+        contents.refuse_unknown_classes(folder, class_names)
+    return contents
 
 
 def _no_images(folder: Path) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from monitord.reference.images import IMAGE_SUFFIXES  # one list for training and the reference
+from monitord.reference.images import IMAGE_SUFFIXES, is_image_file  # one rule for training and the reference
 
 #: Share of each class held out for validation when the folder has no val/ split.
 VAL_FRACTION = 0.2
@@ -63,10 +63,6 @@ class ImageFolderDataset:
         else:
             how = f"{self.root}/{TRAIN_FOLDER}/<class>/ and {self.root}/{VAL_FOLDER}/<class>/"
         return f"image folder {how}, {len(self.class_names)} classes"
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def discover(root: Path, *, seed: int, val_fraction: float = VAL_FRACTION) -> ImageFolderDataset:

@@ -15,11 +15,15 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[3] / "README.md"
+CORE_TESTS = README.parent / "tests"
+if str(CORE_TESTS) not in sys.path:
+    sys.path.insert(0, str(CORE_TESTS))
+
+from daemon_process import free_port, wait_for  # noqa: E402
 
 
 def walkthrough() -> tuple[str, str, str]:
@@ -39,13 +43,6 @@ def get(url: str) -> dict:
         return json.loads(answer.read())
 
 
-def wait_until(condition, what: str, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s:\n{log.read_text(errors='replace')}"
-        time.sleep(0.2)
-
-
 def test_the_own_model_walkthrough_works_when_pasted(tmp_path: Path) -> None:
     before_run, run_line, follow_up = walkthrough()
     (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
@@ -57,11 +54,7 @@ def test_the_own_model_walkthrough_works_when_pasted(tmp_path: Path) -> None:
     assert "drift reference: the 200 validation images" in done.stdout
     assert "wrote the reference to models/digits-resnet18/reference" in done.stdout
 
-    from socket import socket
-
-    with socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "run.log"
     with log.open("wb") as output:
@@ -75,7 +68,7 @@ def test_the_own_model_walkthrough_works_when_pasted(tmp_path: Path) -> None:
             except OSError:
                 return False
 
-        wait_until(ready, "readiness", log)
+        wait_for(ready, 180, message=f"readiness:\n{log.read_text(errors='replace')}")
         reference = get(url + "/readyz")["reference"]
         assert reference["source"] == "artifact" and reference["samples"] == 300
         sent = subprocess.run(["bash", "-euo", "pipefail", "-c", follow_up], cwd=tmp_path, env=env,
@@ -86,7 +79,7 @@ def test_the_own_model_walkthrough_works_when_pasted(tmp_path: Path) -> None:
             found = {d["type"]: d for d in get(url + "/v1/detectors")["detectors"]}
             return found["pht"]["samples"] == 300
 
-        wait_until(seen_all, "300 rotated digits classified", log)
+        wait_for(seen_all, 180, message="300 rotated digits classified")
         levels = {d["name"]: d["level"] for d in get(url + "/v1/detectors")["detectors"]}
         assert levels["pht_confidence"] == "drift", levels
     finally:

@@ -12,11 +12,8 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -39,6 +36,12 @@ from monitord_torchvision.device_decode import DevicePreprocessor, read_encoded_
 from monitord_torchvision.loading import load_artifact, load_from_options, load_model
 from monitord_torchvision.options import parse_options
 from monitord_torchvision.preprocess import PreprocessSpec, preprocess_image
+
+CORE_TESTS = Path(__file__).parents[3] / "tests"
+if str(CORE_TESTS) not in sys.path:
+    sys.path.insert(0, str(CORE_TESTS))
+
+from daemon_process import free_port, wait_http_ok  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*TorchCodec:DeprecationWarning")
 
@@ -408,7 +411,7 @@ def test_the_daemon_serves_a_resnet18_with_its_weights_transforms(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, process, log_path)
+        wait_http_ok(url + "/readyz", process, lambda: log_path.read_text(errors="replace"), 120, "daemon")
         for size in ((200, 300), (300, 200)):
             data = jpeg(scene(*size))
             request = urllib.request.Request(
@@ -432,25 +435,3 @@ def test_the_daemon_serves_a_resnet18_with_its_weights_transforms(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
-    """Poll ``/readyz`` until it answers 200; fail with the log if the daemon exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the daemon exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"the daemon was not ready after {timeout} s:\n{log_path.read_text(errors='replace')}")
