@@ -67,6 +67,9 @@ class DetectorState:
     ready: bool = True
     #: Samples still needed before it is ready (0 when ready); EDDM counts errors.
     samples_needed: int = 0
+    #: The expected run time between false alarms (samples of data like the reference) its
+    #: thresholds were calibrated to; None for detectors set by a level or a raw threshold.
+    ert: float | None = None
 
 
 @runtime_checkable

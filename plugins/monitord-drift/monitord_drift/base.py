@@ -155,6 +155,8 @@ class DriftDetector(abc.ABC):
             ),
             ready=ready,
             samples_needed=needed,
+            # Detectors with an ``ert`` parameter report the run length they were calibrated to.
+            ert=getattr(self, "ert", None),
         )
 
     def params(self) -> dict[str, Any]:

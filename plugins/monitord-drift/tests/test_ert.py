@@ -1,0 +1,49 @@
+"""The ERT arithmetic every calibrated detector shares, checked where the answer is known:
+a statistic drawn independently at each sample from U(0, 1) alarms above h with probability
+1 - h per sample, so its expected run time is 1 / (1 - h)."""
+
+import math
+
+import numpy as np
+import pytest
+from monitord_drift.ert import check_ert, run_length, stream_length_for, threshold_for_ert
+
+
+def test_threshold_from_simulated_maxima_gives_the_stated_run_time():
+    rng = np.random.default_rng(0)
+    ert = 2_000.0
+    length = stream_length_for(ert)
+    maxima = rng.random((2_000, length)).max(axis=1)
+    threshold = threshold_for_ert(maxima, length, ert)
+    achieved = 1.0 / (1.0 - threshold)
+    # 2,000 streams put the median-level quantile within a few per cent; 15 % is ~5 standard errors.
+    assert ert * 0.85 < achieved < ert * 1.15
+
+
+def test_too_few_streams_for_the_tail_is_refused_with_what_to_do():
+    with pytest.raises(ValueError, match=r"simulate \d+ streams"):
+        threshold_for_ert(np.arange(20.0), 10, 100_000)
+
+
+def test_run_length_interval_covers_the_true_run_time():
+    rng = np.random.default_rng(1)
+    covered = 0
+    for _ in range(200):
+        samples = 50_000
+        alarms = int(rng.poisson(samples / 5_000))
+        estimate, low, high = run_length(alarms, samples)
+        covered += low <= 5_000 <= high
+        assert low <= estimate <= high
+    assert covered >= 180  # a 95 % interval: 190 expected
+
+
+def test_no_alarm_bounds_the_run_time_from_below_only():
+    estimate, low, high = run_length(0, 300_000)
+    assert estimate == math.inf and high == math.inf
+    assert 300_000 / 3.7 < low < 300_000 / 3.6  # -ln(0.025) = 3.69
+
+
+@pytest.mark.parametrize("bad", [0, 5, -1, float("nan"), True, "1e5"])
+def test_ert_must_be_a_run_length(bad):
+    with pytest.raises(ValueError, match="ert must be"):
+        check_ert(bad)
