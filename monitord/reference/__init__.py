@@ -6,7 +6,7 @@ embedding, the confidence calibration and the accuracy. The daemon gives detecto
 reference; without one they take the first samples of the stream, and it says so.
 """
 
-from monitord.reference.build import DEFAULT_COMPONENTS, build_reference
+from monitord.reference.build import DEFAULT_COMPONENTS, ModelOutputs, build_reference, run_model
 from monitord.reference.calibration import Calibration
 from monitord.reference.images import FolderContents, ReferenceError, ReferenceImage, images_in_folder
 from monitord.reference.projection import EmbeddingProjection
@@ -18,6 +18,7 @@ __all__ = [
     "Calibration",
     "EmbeddingProjection",
     "FolderContents",
+    "ModelOutputs",
     "Reference",
     "ServedReference",
     "reference_for",
@@ -28,5 +29,6 @@ __all__ = [
     "images_in_folder",
     "read_reference",
     "read_summary",
+    "run_model",
     "write_reference",
 ]
