@@ -61,8 +61,10 @@ def register_models(register: Register) -> None:
 def register_commands(cli: click.Group) -> None:
     from .cli import train_command
     from .demo import demo_command
+    from .evaluate_command import evaluate_command
     from .samples import samples_command
 
     cli.add_command(train_command)
     cli.add_command(demo_command)
     cli.add_command(samples_command)
+    cli.add_command(evaluate_command)
