@@ -59,6 +59,9 @@ name = "jumpy"
 delta = 0.0
 threshold = 0.5
 min_samples = 1
+[[detectors]]
+type = "iks"
+signal = "embedding_1"
 """
 
 
@@ -71,8 +74,9 @@ def test_records_per_scenario_and_detector_on_the_digits_model(isolated: Path, a
     assert "rotation 90" in result.output and "jumpy" in result.output
     document = json.loads(out.read_text())
     records = {(r["scenario"], r["detector"]): r for r in document["records"]}
+    # The embedding's signals reach the detectors as in the daemon (else iks_embedding_1 is left out).
     assert set(records) == {(s, d) for s in ("rotation 90", "class-mix 1")
-                            for d in ("nm_ddm_activation_mean_activation_std", "jumpy")}
+                            for d in ("nm_ddm_activation_mean_activation_std", "jumpy", "iks_embedding_1")}
     assert all(set(record) == FIELDS for record in records.values())
 
     caught = records[("rotation 90", "nm_ddm_activation_mean_activation_std")]
@@ -97,7 +101,7 @@ def test_json_to_standard_output_is_the_whole_output(isolated: Path, artifact_di
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["about"]["held_out"] == 360
-    assert [r["scenario"] for r in document["records"]] == ["invert 1", "invert 1"]
+    assert [r["scenario"] for r in document["records"]] == ["invert 1"] * 3
 
 
 class AboveHalf:
