@@ -14,13 +14,23 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import click
 from monitord.plugins import PluginError, PluginHost
-from monitord.settings import SettingsError, load_settings
+from monitord.settings import DetectorSpec, Settings, SettingsError, load_settings
 
 from .evaluation_images import DEFAULT_SEVERITIES, KINDS, EvaluationError, parse_kinds, parse_severities
+
+if TYPE_CHECKING:
+    from fractions import Fraction
+
+    from monitord.detectors import DetectorStage
+    from monitord.model import Model
+    from monitord.reference import FolderContents, ServedReference
+
+    from .evaluation import Scenario, ScenarioRecord, StreamPlan
+    from .evaluation_images import HeldOut, ImageSignals
 
 
 class EvaluationProblem(click.ClickException):
@@ -92,15 +102,21 @@ def evaluate_command(host: PluginHost, config: Path | None, data: Path | None, k
     if not settings.detectors:
         raise EvaluationProblem("no detectors are configured (`detectors` is empty); list the ones to evaluate "
                                 "in the settings, or leave the setting out for the default set")
+    contents = None
     if data is not None:
-        _check_layout(data)
+        from .evaluation_images import labelled_folder
+
+        try:
+            contents = labelled_folder(data)
+        except EvaluationError as error:
+            raise EvaluationProblem(str(error)) from None
     try:
         model = factory(settings.model, settings.state_dir)
     except Exception as error:  # a model plugin's own error types say what is wrong
         raise click.ClickException(f"cannot load the model: {error}") from None
     try:
-        served, clean, scenarios, held_out = _image_sets(model, settings, data, chosen_kinds, shares, mix_classes,
-                                                         seed, progress)
+        served, clean, scenarios, held_out = _image_sets(model, settings, data, contents, chosen_kinds, shares,
+                                                         mix_classes, seed, progress)
     except EvaluationError as error:
         raise EvaluationProblem(str(error)) from None
     finally:
@@ -130,21 +146,9 @@ def evaluate_command(host: PluginHost, config: Path | None, data: Path | None, k
                f"over {total} streams of {plan.length} images")
 
 
-def _check_layout(data: Path) -> None:
-    """The folder's layout, before the model loads (slow)."""
-    from monitord.reference import ReferenceError, images_in_folder
-
-    try:
-        contents = images_in_folder(data)
-    except ReferenceError as error:
-        raise EvaluationProblem(str(error)) from None
-    if not contents.labelled:
-        raise EvaluationProblem(f"{data} holds unlabelled images; an evaluation needs the true class of each "
-                                "image (DIR/<class>/*.png, the folder names being the model's class names)")
-
-
-def _image_sets(model: Any, settings: Any, data: Path | None, kinds: Sequence[str], shares: Sequence[Any],
-                mix_classes: str | None, seed: int, progress: bool) -> tuple[Any, Any, list[Any], Any]:
+def _image_sets(model: Model, settings: Settings, data: Path | None, contents: FolderContents | None,
+                kinds: Sequence[str], shares: Sequence[Fraction], mix_classes: str | None, seed: int,
+                progress: bool) -> tuple[ServedReference, ImageSignals, list[Scenario], HeldOut]:
     """The served reference, the clean set's signals, every scenario and the held-out images."""
     import numpy as np
     from monitord.reference import ReferenceError, reference_for
@@ -170,7 +174,8 @@ def _image_sets(model: Any, settings: Any, data: Path | None, kinds: Sequence[st
     max_pixels = settings.pipeline.max_image_pixels
     names = list(model.class_names)
     favoured = _mix_classes(mix_classes, names) if "class-mix" in kinds else []
-    held_out = (held_out_folder(data, names, max_pixels) if data is not None else held_out_digits_set(names))
+    held_out = (held_out_folder(data, contents, names, max_pixels) if data is not None and contents is not None
+                else held_out_digits_set(names))
     pixel_kinds = [kind for kind in kinds if kind != "class-mix"]
     bar = _progress(1 + len(pixel_kinds) * len(shares), progress, "images")
     try:
@@ -207,7 +212,7 @@ def _mix_classes(text: str | None, names: list[str]) -> list[str]:
     return chosen
 
 
-def _usable_specs(specs: Sequence[Any], available: set[str]) -> list[Any]:
+def _usable_specs(specs: Sequence[DetectorSpec], available: set[str]) -> list[DetectorSpec]:
     usable = []
     for spec in specs:
         missing = [name for name in spec.signals if name not in available]
@@ -222,7 +227,8 @@ def _usable_specs(specs: Sequence[Any], available: set[str]) -> list[Any]:
     return usable
 
 
-def _stage_maker(host: PluginHost, settings: Any, specs: list[Any], reference: dict[str, list[float]]) -> Any:
+def _stage_maker(host: PluginHost, settings: Settings, specs: list[DetectorSpec],
+                 reference: dict[str, list[float]]) -> Callable[[], DetectorStage]:
     """Builds the detectors afresh, as the daemon does, with its reference cache (what
     they compute from the reference is computed once)."""
     from monitord.detectors import DetectorStage
@@ -243,7 +249,7 @@ def _stage_maker(host: PluginHost, settings: Any, specs: list[Any], reference: d
     return make_stage
 
 
-def _write_json(target: Path, records: list[Any], about: dict[str, Any]) -> None:
+def _write_json(target: Path, records: list[ScenarioRecord], about: dict[str, Any]) -> None:
     document = {"about": about, "records": [record.to_json() for record in records]}
     text = json.dumps(document, indent=2) + "\n"
     if str(target) == "-":
@@ -252,7 +258,8 @@ def _write_json(target: Path, records: list[Any], about: dict[str, Any]) -> None
         target.write_text(text, encoding="utf-8")
 
 
-def _table(records: list[Any], plan: Any, clean: Any, source: str, model: str) -> list[str]:
+def _table(records: list[ScenarioRecord], plan: StreamPlan, clean: ImageSignals, source: str,
+           model: str) -> list[str]:
     estimated = any(record.estimated_accuracy is not None for record in records)
     lines = [f"model {model}: {clean.rows} held-out images ({source}), accuracy {clean.accuracy:.1%}",
              f"{plan.streams} streams per scenario, each {plan.clean} clean images then {plan.drifted} drifted; "

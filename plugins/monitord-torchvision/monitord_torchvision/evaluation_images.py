@@ -19,7 +19,14 @@ from typing import Sequence
 import numpy as np
 from monitord.decode import DecodeError, decode_image, read_payload
 from monitord.model import Model
-from monitord.reference import ReferenceError, ReferenceImage, ServedReference, images_in_folder, run_model
+from monitord.reference import (
+    FolderContents,
+    ReferenceError,
+    ReferenceImage,
+    ServedReference,
+    images_in_folder,
+    run_model,
+)
 from PIL import Image
 
 from .drifts import DRIFT_KINDS, drift_image, scaled_amount
@@ -111,15 +118,25 @@ def parse_kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
-def held_out_folder(folder: Path, class_names: Sequence[str], max_pixels: int) -> HeldOut:
-    """The labelled images of ``folder`` (``DIR/<class>/*``, as ``monitord reference`` reads it)."""
+def labelled_folder(folder: Path) -> FolderContents:
+    """The images of ``folder`` (``DIR/<class>/*``, as ``monitord reference`` reads it),
+    listed before the model loads (slow), so a wrong layout is said at once."""
     try:
-        contents = images_in_folder(folder, class_names)
+        contents = images_in_folder(folder)
     except ReferenceError as error:
         raise EvaluationError(str(error)) from None
     if not contents.labelled:
         raise EvaluationError(f"{folder} holds unlabelled images; an evaluation needs the true class of each "
                               "image (DIR/<class>/*.png, the folder names being the model's class names)")
+    return contents
+
+
+def held_out_folder(folder: Path, contents: FolderContents, class_names: Sequence[str], max_pixels: int) -> HeldOut:
+    """The labelled images ``labelled_folder`` found, decoded, for a model of ``class_names``."""
+    try:
+        contents.refuse_unknown_classes(folder, class_names)
+    except ReferenceError as error:
+        raise EvaluationError(str(error)) from None
     pixels, labels, files = [], [], []
     for image in contents.images:
         try:

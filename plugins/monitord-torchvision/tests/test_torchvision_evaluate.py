@@ -248,3 +248,29 @@ def test_a_model_without_a_reference_is_refused_with_what_to_do(isolated: Path, 
 def test_unknown_mix_classes_are_named(isolated: Path, artifact_dir: Path) -> None:
     result = invoke("-c", str(settings_file(isolated, artifact_dir)), "--kinds", "class-mix", "--mix-classes", "3,x")
     assert result.exit_code == 2 and "--mix-classes '3,x' names x, which is no class" in result.output
+
+
+def digits_folder(root: Path, count: int) -> Path:
+    from monitord_torchvision.digits import digit_png_bytes, held_out_digits
+
+    images, labels = held_out_digits()
+    for index in range(count):
+        folder = root / str(int(labels[index]))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{index}.png").write_bytes(digit_png_bytes(images[index]))
+    return root
+
+
+def test_a_folder_of_labelled_images_is_evaluated_and_its_classes_checked(isolated: Path, artifact_dir: Path) -> None:
+    config = settings_file(isolated, artifact_dir, DETECTORS)
+    data = digits_folder(isolated / "val", 60)
+    result = invoke("-c", str(config), "--data", str(data), "--kinds", "rotation", "--severities", "1",
+                    "--streams", "1", "--clean", "50", "--drifted", "50", "--json", "-")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["about"]["held_out"] == 60 and document["about"]["images"] == str(data)
+    assert {r["scenario"] for r in document["records"]} == {"rotation 90"}
+    (data / "cat").mkdir()
+    Image.new("L", (8, 8)).save(data / "cat" / "a.png")
+    result = invoke("-c", str(config), "--data", str(data))
+    assert result.exit_code == 2 and "folder(s) cat name no class of the model" in result.output
