@@ -39,12 +39,11 @@ CLEAN_LEAD = 300
 BATCH = 64
 
 
-def detectors(reference: np.ndarray, ert: float | None = None) -> dict[str, object]:
+def detectors(reference: np.ndarray, window: int) -> dict[str, object]:
     from monitord_drift.mmd import OnlineMMD
     from monitord_drift.nm_ddm import NMDDM
 
-    mmd = OnlineMMD(reference=reference) if ert is None else OnlineMMD(reference=reference, ert=ert)
-    return {"mmd": mmd, "nm_ddm": NMDDM(reference=reference)}
+    return {"mmd": OnlineMMD(reference=reference, window=window), "nm_ddm": NMDDM(reference=reference)}
 
 
 def feed(detector, rows: np.ndarray) -> list:
@@ -115,6 +114,7 @@ def main() -> None:
     parser.add_argument("--speed-seconds", type=float, default=3.0)
     parser.add_argument("--clean-samples", type=int, default=100_000, help="per resampled reference")
     parser.add_argument("--references", type=int, default=5)
+    parser.add_argument("--mmd-window", type=int, default=200)
     args = parser.parse_args()
 
     from monitord_drift.mmd import OnlineMMD
@@ -131,13 +131,14 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; reference {reference.shape}")
 
     began = time.perf_counter()
-    OnlineMMD(reference=reference, seed=1)  # fresh draws: the calibration's cost
+    OnlineMMD(reference=reference, window=args.mmd_window, seed=1)  # fresh draws: the calibration's cost
     print(f"mmd start-up calibration (ert 100,000): {time.perf_counter() - began:.2f} s")
-    fitted = detectors(reference)
+    fitted = detectors(reference, args.mmd_window)
     print(f"mmd thresholds (warning, drift): {fitted['mmd']._thresholds}")
     for name, detector in fitted.items():
         print(f"speed {name}: {speed(detector, clean, args.speed_seconds):,.0f} updates/s (batches of {BATCH})")
 
+    print(f"\nmmd window {args.mmd_window}, ert 100,000; nm_ddm defaults (window 100, alpha_drift 0.001)")
     print("\n| corruption | amount | mmd median / p90 delay | nm_ddm median / p90 delay |")
     print("|---|---|---|---|")
     early = {name: 0 for name in fitted}
@@ -155,8 +156,8 @@ def main() -> None:
     from monitord_drift.ert import run_length
 
     makers = {
-        "mmd (ert 2,000)": (lambda ref: OnlineMMD(reference=ref, ert=2000), 200),
-        "mmd (ert 100,000)": (lambda ref: OnlineMMD(reference=ref), 200),
+        "mmd (ert 2,000)": (lambda ref: OnlineMMD(reference=ref, window=args.mmd_window, ert=2000), args.mmd_window),
+        "mmd (ert 100,000)": (lambda ref: OnlineMMD(reference=ref, window=args.mmd_window), args.mmd_window),
         "nm_ddm (defaults)": (lambda ref: NMDDM(reference=ref), 100),
     }
     for label, (make, window) in makers.items():
