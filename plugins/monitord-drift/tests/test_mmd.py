@@ -167,3 +167,18 @@ def test_docstring_example_runs() -> None:
 
     result = doctest.testmod(mmd)
     assert result.attempted >= 6 and result.failed == 0
+
+
+def test_building_it_without_a_reference_imports_neither_numba_nor_scipy() -> None:
+    """The daemon's start-up check builds every detector before the model loads."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom monitord_drift.mmd import OnlineMMD\nOnlineMMD(ert=5000)\n"
+        "print([m for m in ('numba', 'scipy') if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
