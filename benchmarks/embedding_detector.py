@@ -39,11 +39,13 @@ CLEAN_LEAD = 300
 BATCH = 64
 
 
-def detectors(reference: np.ndarray, window: int) -> dict[str, object]:
+def detectors(reference: np.ndarray, window: int, nm_ddm_alphas: tuple[float, float]) -> dict[str, object]:
     from monitord_drift.mmd import OnlineMMD
     from monitord_drift.nm_ddm import NMDDM
 
-    return {"mmd": OnlineMMD(reference=reference, window=window), "nm_ddm": NMDDM(reference=reference)}
+    warning, drift = nm_ddm_alphas
+    return {"mmd": OnlineMMD(reference=reference, window=window),
+            "nm_ddm": NMDDM(reference=reference, alpha_warning=warning, alpha_drift=drift)}
 
 
 def feed(detector, rows: np.ndarray) -> list:
@@ -115,6 +117,7 @@ def main() -> None:
     parser.add_argument("--clean-samples", type=int, default=100_000, help="per resampled reference")
     parser.add_argument("--references", type=int, default=5)
     parser.add_argument("--mmd-window", type=int, default=200)
+    parser.add_argument("--nm-ddm-alphas", type=float, nargs=2, default=(0.01, 0.001), metavar=("WARNING", "DRIFT"))
     args = parser.parse_args()
 
     from monitord_drift.mmd import OnlineMMD
@@ -133,12 +136,13 @@ def main() -> None:
     began = time.perf_counter()
     OnlineMMD(reference=reference, window=args.mmd_window, seed=1)  # fresh draws: the calibration's cost
     print(f"mmd start-up calibration (ert 100,000): {time.perf_counter() - began:.2f} s")
-    fitted = detectors(reference, args.mmd_window)
+    fitted = detectors(reference, args.mmd_window, tuple(args.nm_ddm_alphas))
     print(f"mmd thresholds (warning, drift): {fitted['mmd']._thresholds}")
     for name, detector in fitted.items():
         print(f"speed {name}: {speed(detector, clean, args.speed_seconds):,.0f} updates/s (batches of {BATCH})")
 
-    print(f"\nmmd window {args.mmd_window}, ert 100,000; nm_ddm defaults (window 100, alpha_drift 0.001)")
+    warning, drift = args.nm_ddm_alphas
+    print(f"\nmmd window {args.mmd_window}, ert 100,000; nm_ddm window 100, alpha_warning {warning}, alpha_drift {drift}")
     print("\n| corruption | amount | mmd median / p90 delay | nm_ddm median / p90 delay |")
     print("|---|---|---|---|")
     early = {name: 0 for name in fitted}
@@ -158,7 +162,7 @@ def main() -> None:
     makers = {
         "mmd (ert 2,000)": (lambda ref: OnlineMMD(reference=ref, window=args.mmd_window, ert=2000), args.mmd_window),
         "mmd (ert 100,000)": (lambda ref: OnlineMMD(reference=ref, window=args.mmd_window), args.mmd_window),
-        "nm_ddm (defaults)": (lambda ref: NMDDM(reference=ref), 100),
+        f"nm_ddm (alpha_drift {drift})": (lambda ref: NMDDM(reference=ref, alpha_warning=warning, alpha_drift=drift), 100),
     }
     for label, (make, window) in makers.items():
         alarms, evaluated = clean_run_length(make, clean, args.references, args.clean_samples, window)
