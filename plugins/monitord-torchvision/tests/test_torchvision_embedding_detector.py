@@ -94,6 +94,7 @@ def test_its_clean_run_length_is_the_ert_it_was_calibrated_to(embeddings: dict) 
     assert high >= SHORT_ERT and estimate <= 4 * SHORT_ERT, (
         f"{alarms} false drifts in {evaluated} samples: run length {estimate:.0f} ({low:.0f}-{high:.0f})"
     )
+    print(f"ert {SHORT_ERT}: {alarms} false drifts in {evaluated} samples, run length {estimate:.0f} ({low:.0f}-{high:.0f})")
 
 
 def rotated_then_clean_pngs(count: int) -> tuple[list[bytes], list[bytes]]:
