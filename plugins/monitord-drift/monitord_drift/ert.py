@@ -29,7 +29,6 @@ import math
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
 
 #: The expected run time every default detector is calibrated to, in samples.
 DEFAULT_ERT = 100_000
@@ -87,6 +86,8 @@ def run_length(false_alarms: int, samples: int, confidence: float = 0.95) -> tup
     Returns (estimate, low, high); with no alarm the estimate and ``high`` are infinite and
     ``low`` is the run length the stream still rules out falling below.
     """
+    from scipy import stats  # here, not at the top: building a detector without a reference stays cheap
+
     if false_alarms < 0 or samples < 0:
         raise ValueError("false_alarms and samples must not be negative")
     tail = (1.0 - confidence) / 2.0

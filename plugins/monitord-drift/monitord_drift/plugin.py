@@ -26,6 +26,7 @@ DETECTOR_TYPES: dict[str, str] = {
     "hddm_w": "hddm_w:HDDMW",
     "bernoulli_cusum": "bernoulli_cusum:BernoulliCUSUM",
     "class_mix": "class_mix:ClassMix",
+    "mmd": "mmd:OnlineMMD",
 }
 
 
