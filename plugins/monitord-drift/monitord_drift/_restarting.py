@@ -147,6 +147,17 @@ def check_errors(type_name: str, values: np.ndarray, *, binary: bool) -> None:
         )
 
 
+def check_binary(type_name: str, values: np.ndarray) -> None:
+    """:func:`check_errors` for 0/1 input in one compiled pass; the message comes from it.
+
+    Why: the numpy check was a tenth of the cost of a batch of 64 for DDM and EDDM.
+    """
+    from .ddm_kernels import first_not_binary
+
+    if first_not_binary(values) >= 0:
+        check_errors(type_name, values, binary=True)
+
+
 def confidences(drift_confidence: Any, warning_confidence: Any) -> tuple[float, float]:
     """The HDDM pair of bounds, each in (0, 1), the warning's looser than the drift's."""
     drift = number("drift_confidence", drift_confidence, low=0.0, low_open=True, high=1.0, high_open=True)
