@@ -158,6 +158,14 @@ def check_binary(type_name: str, values: np.ndarray) -> None:
         check_errors(type_name, values, binary=True)
 
 
+def check_unit(type_name: str, values: np.ndarray) -> None:
+    """:func:`check_errors` for rates in [0, 1] in one compiled pass (as :func:`check_binary`)."""
+    from .hddm_kernels import first_outside_unit
+
+    if first_outside_unit(values) >= 0:
+        check_errors(type_name, values, binary=False)
+
+
 def confidences(drift_confidence: Any, warning_confidence: Any) -> tuple[float, float]:
     """The HDDM pair of bounds, each in (0, 1), the warning's looser than the drift's."""
     drift = number("drift_confidence", drift_confidence, low=0.0, low_open=True, high=1.0, high_open=True)
