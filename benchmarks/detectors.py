@@ -16,7 +16,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/detectors.py --output out.md  # also write the tables
     .venv/bin/python benchmarks/detectors.py --results benchmarks/RESULTS.md
                                                               # replace its "## Drift detectors" section
-    .venv/bin/python benchmarks/detectors.py --speed          # issue 18's speed table alone (a minute)
+    .venv/bin/python benchmarks/detectors.py --speed          # issue 18's speed table alone (minutes)
     .venv/bin/python benchmarks/detectors.py --speed --results benchmarks/RESULTS.md
                                                               # replace its "## Detector speed" section
 
@@ -1094,7 +1094,7 @@ def speed_section(fragment: str, busy_note: str | None) -> str:
 
 `benchmarks/detectors.py --speed` measures every detector type's updates per second one value
 per call and in the monitor's batches of {SPEED_BATCH}, beside river's counterpart measured in the same
-run (about a minute; the full run includes this table too).
+run (two to five minutes; the full run includes this table too).
 {note}
 {fragment}"""
 
