@@ -16,6 +16,9 @@ Run from the repository root::
     .venv/bin/python benchmarks/detectors.py --output out.md  # also write the tables
     .venv/bin/python benchmarks/detectors.py --results benchmarks/RESULTS.md
                                                               # replace its "## Drift detectors" section
+    .venv/bin/python benchmarks/detectors.py --speed          # issue 18's speed table alone (minutes)
+    .venv/bin/python benchmarks/detectors.py --speed --results benchmarks/RESULTS.md
+                                                              # replace its "## Detector speed" section
 
 Every measurement runs in a forked child with a time limit, so that a detector that
 raises, hangs or crawls shows up as a cell in the tables instead of stopping the run.
@@ -36,6 +39,7 @@ import sys
 import time
 import traceback
 import warnings
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,18 +342,21 @@ def throughput_data(type_name: str, size: int, salt: int = 0) -> np.ndarray:
 # -- throughput -----------------------------------------------------------------------------
 
 
-def rate(step: Callable[[], int], seconds: float, repeats: int) -> float:
+def rate(step: Callable[[], int], seconds: float, repeats: int,
+         clock: Callable[[], float] = time.perf_counter) -> float:
     """Best updates/s over ``repeats`` runs of ``step`` (each returns updates done) for ``seconds``.
 
     The best, not the mean: on a shared machine the other processes only ever slow a run
-    down, so the fastest run is the closest to the code's own cost.
+    down, so the fastest run is the closest to the code's own cost. ``clock`` may be
+    ``time.process_time``: the CPU time of this (single-threaded) process, which waiting
+    for a core shared with other work does not count.
     """
     best = 0.0
     for _ in range(repeats):
-        done, started = 0, time.perf_counter()
+        done, started = 0, clock()
         while True:
             done += step()
-            elapsed = time.perf_counter() - started
+            elapsed = clock() - started
             if elapsed >= seconds:
                 break
         best = max(best, done / elapsed)
@@ -578,6 +585,139 @@ def iks_speed_summary(rows: list[Row], plan: Plan) -> str:
     return "\n".join(lines) if lines else "- IKS speed targets: no measurement (see the table)"
 
 
+# -- speed in the daemon's batches (issue 18) -------------------------------------------------
+
+#: Values per ``update`` in the speed table: what the monitor applies per stream entry.
+SPEED_BATCH = 64
+#: Issue 18's goals for types without a river counterpart, in updates/s in batches of 64.
+SPEED_GOALS = {"nm_ddm": 120_000}
+#: The goal of the detectors added in issue 18 (and any type this file does not know).
+NEW_TYPE_GOAL = 50_000
+#: river's counterparts in the speed table (IKS: river's KolmogorovSmirnov slid as IKS slides).
+SPEED_RIVER = {**{name: RIVER_NAMES[name] for name in ("pht", "ddm", "eddm", "hddm_a", "hddm_w")},
+               "iks": "river.stats.KolmogorovSmirnov"}
+
+
+def speed_types() -> list[str]:
+    """Every detector type the drift plugin registers: one added later shows up by itself."""
+    from monitord_drift.plugin import DETECTOR_TYPES
+
+    return list(DETECTOR_TYPES)
+
+
+def speed_data(type_name: str, size: int, salt: int = 0) -> np.ndarray:
+    """Clean input of the signal each type watches in the daemon.
+
+    Error stream (0/1 at 16 %) for the error detectors, class indices 0-9 for
+    ``class_mix``, two N(0,1) columns for NM-DDM (the default set's activation mean and
+    spread), eight for any other multivariate type (the embedding), N(0,1) otherwise.
+    """
+    rng = rng_for(98, zlib.crc32(type_name.encode()), salt)
+    if type_name in ERROR_STREAM or type_name == "bernoulli_cusum":
+        return (rng.random(size) < 0.16).astype(np.float64)
+    if type_name == "class_mix":
+        return rng.integers(0, 10, size).astype(np.float64)
+    if our_class(type_name).signals_per_sample is None:
+        return rng.standard_normal((size, 2 if type_name == "nm_ddm" else 8))
+    return rng.standard_normal(size)
+
+
+def speed_rate(type_name: str, batch: int, plan: Plan) -> dict[str, float]:
+    """Our detector with its default settings, fed ``batch`` values per call, in CPU time."""
+    cls = our_class(type_name)
+    data = speed_data(type_name, 1 << 17)
+    reference = speed_data(type_name, reference_size_of(cls, {}), salt=1)
+    detector = build_ours(type_name, {}, reference)
+    warm = max(2_000, 4 * batch)
+    for start in range(0, warm, SPEED_BATCH):
+        detector.update(data[start:start + SPEED_BATCH])
+    position = warm
+
+    def step() -> int:
+        nonlocal position
+        if position + batch > len(data):
+            position = 0
+        detector.update(data[position:position + batch])
+        position += batch
+        return batch
+
+    return {"rate": rate(step, plan.seconds, plan.repeats, clock=time.process_time)}
+
+
+def river_speed(type_name: str, plan: Plan) -> dict[str, float]:
+    """river's counterpart with its defaults, one value per call (river's only way), in CPU time."""
+    if type_name == "iks":
+        window = int(accepted_params(our_class("iks"))["window"].default)
+        detector: Any = RiverSlidingKS(throughput_data("iks", window, salt=1))
+        values: list[Any] = throughput_data("iks", 1 << 16).tolist()
+    else:
+        detector = river_detector(type_name)
+        raw = speed_data(type_name, 1 << 16)
+        values = [bool(v) for v in raw] if type_name in ERROR_STREAM else raw.tolist()
+    position = 0
+
+    def step() -> int:
+        nonlocal position
+        if position + SPEED_BATCH > len(values):
+            position = 0
+        for value in values[position:position + SPEED_BATCH]:
+            detector.update(value)
+            detector.drift_detected  # noqa: B018 - reading the decision is part of the cost
+        position += SPEED_BATCH
+        return SPEED_BATCH
+
+    for _ in range(20):  # river's KolmogorovSmirnov must fill its window first
+        step()
+    return {"rate": rate(step, plan.seconds, plan.repeats, clock=time.process_time)}
+
+
+def speed_table(plan: Plan, broken: dict[str, str], log: Callable[[str], None]) -> str:
+    """Markdown: per type, updates/s one at a time and in batches of 64, river's rate, the goal."""
+    lines = [
+        f"| detector | 1 per call, updates/s | {SPEED_BATCH} per call, updates/s | river's counterpart "
+        f"| river, 1 per call, updates/s | ours in {SPEED_BATCH}s ÷ river | issue 18 goal | met |",
+        "|---|---:|---:|---|---:|---:|---|---|",
+    ]
+
+    def cell(outcome: Outcome) -> str:
+        return f"{outcome.value['rate']:,.0f}" if outcome.ok else outcome.problem or "?"
+
+    for type_name in speed_types():
+        outcomes = []
+        for batch in (1, SPEED_BATCH):
+            if type_name in broken:
+                outcomes.append(Outcome(problem=broken[type_name]))
+            else:
+                outcomes.append(isolated(speed_rate, type_name, batch, plan, timeout=plan.throughput_timeout))
+        river_name = SPEED_RIVER.get(type_name)
+        river = isolated(river_speed, type_name, plan, timeout=plan.throughput_timeout) if river_name else None
+        batched = outcomes[1].value["rate"] if outcomes[1].ok else None
+        if river_name:
+            goal_text = "≥ river"
+            goal = river.value["rate"] if river and river.ok else None
+        else:
+            goal = SPEED_GOALS.get(type_name, NEW_TYPE_GOAL)
+            goal_text = f"≥ {goal:,}/s"
+        ratio = f"{batched / river.value['rate']:.2f}×" if batched and river and river.ok else "—"
+        met = "—" if batched is None or goal is None else ("yes" if batched >= goal else "**no**")
+        lines.append(f"| {type_name} | {cell(outcomes[0])} | {cell(outcomes[1])} | {river_name or '—'} | "
+                     f"{cell(river) if river else '—'} | {ratio} | {goal_text} | {met} |")
+        log(f"  speed {type_name}: {cell(outcomes[0])} / {cell(outcomes[1])}; river {cell(river) if river else '-'}")
+    return "\n".join(lines)
+
+
+SPEED_NOTE = f"""\
+Every type with its default settings, on clean input of the signal it watches in the daemon
+(0/1 errors at 16 % for the error detectors, class indices for `class_mix`, two N(0,1) signals
+for NM-DDM, N(0,1) otherwise), after a warm-up; best of the runs. Rates count the CPU time
+of the measuring process (`time.process_time`), so that waiting for a core shared with other
+work is not charged to the detector; caches shared with that work still slow it, so the
+ratios to river, measured in the same run, are what compare. river's counterparts take one
+value per call with river's defaults; IKS's is river's KolmogorovSmirnov slid as IKS slides
+(window = reference = IKS's default 500). Goals (issue 18): at least river's per-sample rate
+in batches of {SPEED_BATCH}; NM-DDM ≥ 120,000 updates/s; types added in issue 18 ≥ 50,000."""
+
+
 # -- quality --------------------------------------------------------------------------------
 
 
@@ -798,14 +938,14 @@ def warm_up(log: Callable[[str], None]) -> dict[str, str]:
     import scipy.stats  # noqa: F401
 
     broken: dict[str, str] = {}
-    for type_name in OUR_TYPES:
+    for type_name in speed_types():
         started = time.perf_counter()
         try:
             cls = our_class(type_name)
             params: dict[str, Any] = {}
-            reference = throughput_data(type_name, reference_size_of(cls, params), salt=1)
+            reference = speed_data(type_name, reference_size_of(cls, params), salt=1)
             detector = build_ours(type_name, params, reference)
-            data = throughput_data(type_name, 1_500)
+            data = speed_data(type_name, 1_500)
             detector.update(data[:1_000])
             for value in data[1_000:1_010]:
                 detector.update(np.array([value]))
@@ -825,6 +965,8 @@ def report(plan: Plan, quick: bool, log: Callable[[str], None]) -> str:
     started = time.perf_counter()
     log("warming up (imports, numba compilation)")
     broken = warm_up(log)
+    log("speed (issue 18)")
+    speed = speed_table(plan, broken, log)
     log("throughput")
     rows = throughput_rows(plan, broken, log)
     setup = nm_ddm_setup_table(plan, broken, log)
@@ -837,6 +979,12 @@ def report(plan: Plan, quick: bool, log: Callable[[str], None]) -> str:
     return f"""\
 **Machine:** {machine_line(load_before)}. Run: `benchmarks/detectors.py{' --quick' if quick else ''}`, \
 {minutes:.1f} minutes in all.
+
+### Speed in the daemon's batches (issue 18)
+
+{SPEED_NOTE}
+
+{speed}
 
 ### Throughput
 
@@ -923,6 +1071,37 @@ child with a time limit, so a detector that raises or hangs shows as a cell, not
 {fragment}"""
 
 
+def speed_report(plan: Plan, log: Callable[[str], None]) -> str:
+    """The speed table alone, with the machine it ran on."""
+    load_before = os.getloadavg()
+    log("warming up (imports, numba compilation)")
+    broken = warm_up(log)
+    log("speed (issue 18)")
+    table = speed_table(plan, broken, log)
+    return f"""\
+**Machine:** {machine_line(load_before)}. Run: `benchmarks/detectors.py --speed`.
+
+{SPEED_NOTE}
+
+{table}
+"""
+
+
+def speed_section(fragment: str, busy_note: str | None) -> str:
+    """The "## Detector speed (issue 18)" section of RESULTS.md."""
+    note = f"\n> {busy_note}\n" if busy_note else ""
+    return f"""{SPEED_HEADING}
+
+`benchmarks/detectors.py --speed` measures every detector type's updates per second one value
+per call and in the monitor's batches of {SPEED_BATCH}, beside river's counterpart measured in the same
+run (two to five minutes; the full run includes this table too).
+{note}
+{fragment}"""
+
+
+SPEED_HEADING = "## Detector speed (issue 18)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run (about a minute)")
@@ -930,12 +1109,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", type=Path,
                         help="replace the '## Drift detectors' section of this file (e.g. benchmarks/RESULTS.md)")
     parser.add_argument("--note", help="a line to show above the tables in --results (e.g. 'shared machine')")
+    parser.add_argument("--speed", action="store_true",
+                        help="only the speed table (issue 18); with --results, replaces its own section")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    if args.speed:
+        fragment = speed_report(plan, log)
+        print(fragment)
+        if args.output:
+            args.output.write_text(fragment)
+        if args.results:
+            replace_section(args.results, speed_section(fragment, args.note), SPEED_HEADING)
+        return 0
     fragment = report(plan, args.quick, log)
     print(fragment)
     if args.output:

@@ -9,8 +9,8 @@ import numpy as np
 from monitord.detectors import DriftEvent
 from numpy.typing import ArrayLike
 
-from ._restarting import CARRY, Scan, check_errors, count, number, run_batch, samples_to_test
-from .base import DriftDetector, Reading
+from ._restarting import check_binary, count, number, samples_to_test
+from .base import LEVEL_CODES, DriftDetector, Reading
 
 
 class DDM(DriftDetector):
@@ -113,42 +113,20 @@ class DDM(DriftDetector):
         pass
 
     def _update(self, values: np.ndarray) -> list[DriftEvent]:
-        check_errors(self.type_name, values, binary=True)
-        return run_batch(self, values, self._scan)
+        from . import ddm_kernels as kernels  # compiled on first use, not at import
 
-    def _scan(self, values: np.ndarray) -> Scan:
-        steps = np.arange(1, len(values) + 1)
-        counts = self._count + steps
-        errors = self._errors + np.cumsum(values, dtype=np.int64)
-        p = errors / counts
-        s = np.sqrt(p * (1.0 - p) / counts)
-        level = p + s
-        tested = counts >= self.min_samples
-        eligible = tested & (s > 0.0)
-        # The minimum of p + s so far, and the sample it was recorded at (ties: the latest).
-        best = math.inf if self._p_min is None else self._p_min + self._s_min  # type: ignore[operator]
-        candidates = np.where(eligible, level, math.inf)
-        lowest_before = np.minimum.accumulate(np.concatenate(([best], candidates)))[:-1]
-        recorded = eligible & (level <= lowest_before)
-        at = np.maximum.accumulate(np.where(recorded, steps - 1, -1))
-        has_min = (at >= 0) | (self._p_min is not None)
-        p_min = np.where(at >= 0, p[np.maximum(at, 0)], np.nan if self._p_min is None else self._p_min)
-        s_min = np.where(at >= 0, s[np.maximum(at, 0)], np.nan if self._s_min is None else self._s_min)
-        with np.errstate(invalid="ignore"):
-            drift = tested & has_min & (level >= p_min + self.drift_threshold * s_min)
-            warning = tested & has_min & (level >= p_min + self.warning_threshold * s_min)
-            statistic = np.where(has_min, (level - p_min) / np.where(has_min, s_min, 1.0), 0.0)
-        stop = int(np.argmax(drift)) if drift.any() else len(values) - 1
-        codes = np.where(tested, np.where(drift, 2, np.where(warning, 1, 0)), CARRY)[: stop + 1]
-        restarted = bool(drift[stop])
-        if restarted:
-            self._restart()
-        else:
-            self._count = int(counts[stop])
-            self._errors = int(errors[stop])
-            if has_min[stop]:
-                self._p_min, self._s_min = float(p_min[stop]), float(s_min[stop])
-        return Scan(codes, statistic[: stop + 1], self.warning_threshold, self.drift_threshold, restarted)
+        check_binary(self.type_name, values)
+        codes = np.empty(len(values), dtype=np.int8)
+        statistics = np.empty(len(values))
+        has_min = self._p_min is not None
+        state = kernels.ddm_run(
+            values, self._count, self._errors, has_min, self._p_min if has_min else 0.0,
+            self._s_min if has_min else 0.0, self.min_samples, self.warning_threshold, self.drift_threshold,
+            LEVEL_CODES[self.level], codes, statistics,
+        )  # fmt: skip
+        self._count, self._errors = int(state[0]), int(state[1])
+        self._p_min, self._s_min = (float(state[3]), float(state[4])) if state[2] else (None, None)
+        return self._events_from_codes(codes, statistics, {1: self.warning_threshold, 2: self.drift_threshold})
 
     def _reading(self) -> Reading:
         statistic = 0.0

@@ -9,8 +9,8 @@ import numpy as np
 from monitord.detectors import DriftEvent
 from numpy.typing import ArrayLike
 
-from ._restarting import CARRY, Scan, check_errors, count, number, run_batch, samples_to_test
-from .base import DriftDetector, Reading
+from ._restarting import check_binary, count, number, samples_to_test
+from .base import LEVEL_CODES, DriftDetector, Reading
 
 
 class EDDM(DriftDetector):
@@ -123,54 +123,21 @@ class EDDM(DriftDetector):
         pass
 
     def _update(self, values: np.ndarray) -> list[DriftEvent]:
-        check_errors(self.type_name, values, binary=True)
-        return run_batch(self, values, self._scan)
+        from . import ddm_kernels as kernels  # compiled on first use, not at import
 
-    def _scan(self, values: np.ndarray) -> Scan:
-        size = len(values)
-        counts = self._count + np.arange(1, size + 1, dtype=np.int64)
-        where = np.flatnonzero(values == 1.0)
-        at = counts[where]
-        distances = np.diff(np.concatenate(([self._last_error], at)))
-        errors = self._errors + np.arange(1, len(where) + 1, dtype=np.int64)
-        sums = self._distance_sum + np.cumsum(distances)
-        squares = self._distance_squares + np.cumsum(distances * distances)
-        mean = sums / errors
-        sums_f = sums.astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            variance = np.where(errors > 1, (squares - sums_f * sums_f / errors) / (errors - 1), 0.0)
-        spread = mean + 2.0 * np.sqrt(np.maximum(variance, 0.0))
-        tested = errors >= self.min_errors
-        best = -math.inf if self._best is None else self._best
-        highest = np.maximum.accumulate(np.concatenate(([best], np.where(tested, spread, -math.inf))))[1:]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = np.where(tested, spread / highest, np.nan)
-        drift = tested & (ratio < self.beta)
-        error_codes = np.where(tested, np.where(drift, 2, np.where(ratio < self.alpha, 1, 0)), CARRY)
-
-        last = int(np.argmax(drift)) if drift.any() else len(where) - 1
-        stop = int(where[last]) if drift.any() else size - 1
-        codes = np.full(stop + 1, CARRY, dtype=np.int8)
-        kept = where[: last + 1]
-        codes[kept] = error_codes[: last + 1]
-        statistic = np.full(stop + 1, np.nan)
-        statistic[kept] = ratio[: last + 1]
-        statistic = _carried(statistic, self._ratio)
-
-        restarted = bool(drift.any())
-        if restarted:
-            self._restart()
-        else:
-            self._count = int(counts[-1])
-            if len(where):
-                self._errors = int(errors[-1])
-                self._last_error = int(at[-1])
-                self._distance_sum = int(sums[-1])
-                self._distance_squares = int(squares[-1])
-                if highest[-1] > -math.inf:
-                    self._best = float(highest[-1])
-            self._ratio = float(statistic[-1])
-        return Scan(codes, statistic, self.alpha, self.beta, restarted)
+        check_binary(self.type_name, values)
+        codes = np.empty(len(values), dtype=np.int8)
+        statistics = np.empty(len(values))
+        state = kernels.eddm_run(
+            values, self._count, self._errors, self._last_error, self._distance_sum, self._distance_squares,
+            -math.inf if self._best is None else self._best, self._ratio, self.min_errors, self.alpha, self.beta,
+            LEVEL_CODES[self.level], codes, statistics,
+        )  # fmt: skip
+        self._count, self._errors, self._last_error = int(state[0]), int(state[1]), int(state[2])
+        self._distance_sum, self._distance_squares = int(state[3]), int(state[4])
+        self._best = None if state[5] == -math.inf else float(state[5])
+        self._ratio = float(state[6])
+        return self._events_from_codes(codes, statistics, {1: self.alpha, 2: self.beta})
 
     def _reading(self) -> Reading:
         return Reading(self._ratio, self.beta, None, self.alpha)
@@ -198,9 +165,3 @@ class EDDM(DriftDetector):
         self._best = None if state["best"] is None else float(state["best"])
         self._ratio = float(state["ratio"])
 
-
-def _carried(values: np.ndarray, before: float) -> np.ndarray:
-    """``values`` with each NaN replaced by the last number before it (``before`` first)."""
-    known = ~np.isnan(values)
-    last = np.maximum.accumulate(np.where(known, np.arange(len(values)), -1))
-    return np.where(last >= 0, values[np.maximum(last, 0)], before)

@@ -9,8 +9,8 @@ import numpy as np
 from monitord.detectors import DriftEvent
 from numpy.typing import ArrayLike
 
-from ._restarting import CARRY, Scan, check_errors, confidences, count, run_batch, samples_to_test
-from .base import DriftDetector, Reading
+from ._restarting import check_unit, confidences, count, samples_to_test
+from .base import LEVEL_CODES, DriftDetector, Reading
 
 
 class HDDMA(DriftDetector):
@@ -118,67 +118,23 @@ class HDDMA(DriftDetector):
         pass
 
     def _update(self, values: np.ndarray) -> list[DriftEvent]:
-        check_errors(self.type_name, values, binary=False)
-        return run_batch(self, values, self._scan)
+        from . import hddm_kernels as kernels  # compiled on first use, not at import
 
-    def _bound(self, counts: np.ndarray | float) -> np.ndarray | float:
-        return np.sqrt(self._cut_log / counts)
-
-    def _cut(
-        self, counts: np.ndarray, totals: np.ndarray, means: np.ndarray, kept: tuple[int, float], sign: float
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The cut point in force at each sample: its sample count and its sum."""
-        # For increases the cut is where mean + bound is lowest; for decreases where
-        # mean - bound is highest (sign -1 turns that into a lowest too). Ties: the latest.
-        key = sign * means + self._bound(counts)
-        kept_n, kept_sum = kept
-        before = math.inf if kept_n == 0 else sign * (kept_sum / kept_n) + float(self._bound(float(kept_n)))
-        lowest = np.minimum.accumulate(np.concatenate(([before], key)))[:-1]
-        moved = key <= lowest
-        at = np.maximum.accumulate(np.where(moved, np.arange(len(key)), -1))
-        cut_n = np.where(at >= 0, counts[np.maximum(at, 0)], kept_n)
-        cut_sum = np.where(at >= 0, totals[np.maximum(at, 0)], kept_sum)
-        return cut_n, cut_sum
-
-    def _side(
-        self, counts: np.ndarray, means: np.ndarray, cut_n: np.ndarray, cut_sum: np.ndarray, sign: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The statistic and the drift and warning decisions of one side."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            m = (counts - cut_n) / cut_n * (1.0 / counts)
-            difference = sign * (means - cut_sum / cut_n)
-            open_ = cut_n != counts
-            drift = open_ & (difference >= np.sqrt(m / 2.0 * self._drift_log))
-            warning = open_ & (difference >= np.sqrt(m / 2.0 * self._warning_log))
-            statistic = np.where(open_, difference * np.sqrt(2.0 / np.where(open_, m, 1.0)), 0.0)
-        return statistic, drift, warning
-
-    def _scan(self, values: np.ndarray) -> Scan:
-        size = len(values)
-        counts = (self._count + np.arange(1, size + 1)).astype(np.float64)
-        totals = np.cumsum(np.concatenate(([self._total], values)))[1:]
-        means = totals / counts
-        low_n, low_sum = self._cut(counts, totals, means, self._low, 1.0)
-        statistic, drift, warning = self._side(counts, means, low_n, low_sum, 1.0)
-        high_n, high_sum = self._cut(counts, totals, means, self._high, -1.0)
-        if self.two_sided:
-            down, down_drift, down_warning = self._side(counts, means, high_n, high_sum, -1.0)
-            statistic = np.maximum(statistic, down)
-            drift, warning = drift | down_drift, warning | down_warning
-        tested = counts >= self.min_samples
-        drift &= tested
-        stop = int(np.argmax(drift)) if drift.any() else size - 1
-        codes = np.where(tested, np.where(drift, 2, np.where(warning, 1, 0)), CARRY)[: stop + 1]
-        restarted = bool(drift[stop])
-        if restarted:
-            self._restart()
-        else:
-            self._count = int(counts[stop])
-            self._total = float(totals[stop])
-            self._low = (int(low_n[stop]), float(low_sum[stop]))
-            self._high = (int(high_n[stop]), float(high_sum[stop]))
-            self._statistic = float(statistic[stop])
-        return Scan(codes, statistic[: stop + 1], math.sqrt(self._warning_log), math.sqrt(self._drift_log), restarted)
+        check_unit(self.type_name, values)
+        codes = np.empty(len(values), dtype=np.int8)
+        statistics = np.empty(len(values))
+        state = np.array([self._count, self._total, *self._low, *self._high, self._statistic], dtype=np.float64)
+        kernels.hddm_a_run(
+            values, state, self._cut_log, self._drift_log, self._warning_log, self.two_sided, self.min_samples,
+            LEVEL_CODES[self.level], codes, statistics,
+        )  # fmt: skip
+        self._count, self._total = int(state[0]), float(state[1])
+        self._low = (int(state[2]), float(state[3]))
+        self._high = (int(state[4]), float(state[5]))
+        self._statistic = float(state[6])
+        return self._events_from_codes(
+            codes, statistics, {1: math.sqrt(self._warning_log), 2: math.sqrt(self._drift_log)}
+        )
 
     def _reading(self) -> Reading:
         statistic = self._statistic

@@ -9,8 +9,8 @@ import numpy as np
 from monitord.detectors import DriftEvent
 from numpy.typing import ArrayLike
 
-from ._restarting import CARRY, Scan, check_errors, confidences, count, number, run_batch, samples_to_test
-from .base import DriftDetector, Reading
+from ._restarting import check_unit, confidences, count, number, samples_to_test
+from .base import LEVEL_CODES, DriftDetector, Reading
 
 
 class _Average(NamedTuple):
@@ -18,19 +18,6 @@ class _Average(NamedTuple):
 
     value: float | None = None
     weights: float = 1.0
-
-
-class _SideScan(NamedTuple):
-    """One side's test over a chunk, and what its state is after each sample."""
-
-    statistic: np.ndarray
-    drift: np.ndarray
-    warning: np.ndarray
-    cut_key: np.ndarray
-    before: np.ndarray
-    before_weights: np.ndarray
-    since: np.ndarray
-    since_weights: np.ndarray
 
 
 class HDDMW(DriftDetector):
@@ -178,87 +165,30 @@ class HDDMW(DriftDetector):
         pass
 
     def _update(self, values: np.ndarray) -> list[DriftEvent]:
-        check_errors(self.type_name, values, binary=False)
-        return run_batch(self, values, self._scan)
+        from . import hddm_kernels as kernels  # compiled on first use, not at import
 
-    # -- exponentially weighted averages ----------------------------------------------------
-
-    def _series(self, values: np.ndarray, start: _Average) -> tuple[np.ndarray, np.ndarray]:
-        """The average and its squared-weight sum after each of ``values``, from ``start``.
-
-        The recursions run in scipy's ``lfilter``, which applies them one value at a time
-        in the order written above, so any split of a batch gives the same numbers.
-        """
-        if len(values) == 0:
-            return np.empty(0), np.empty(0)
-        from scipy.signal import lfilter  # here, not at the top: importing it takes a while
-
-        head: list[np.ndarray] = []
-        if start.value is None:
-            start = _Average(float(values[0]), 1.0)
-            head, values = [np.array([start.value]), np.array([1.0])], values[1:]
-        averages = lfilter([self.lambda_], [1.0, -self._keep], values, zi=[self._keep * start.value])[0]
-        constant = np.full(len(values), self._new_square)
-        weights = lfilter([1.0], [1.0, -self._keep_square], constant, zi=[self._keep_square * start.weights])[0]
-        if head:
-            averages, weights = np.concatenate((head[0], averages)), np.concatenate((head[1], weights))
-        return averages, weights
-
-    def _side(self, side: int, values: np.ndarray, totals: np.ndarray, total_weights: np.ndarray) -> _SideScan:
-        """Cut points, both averages and the test of one side (0 increase, 1 decrease)."""
-        sign = 1.0 if side == 0 else -1.0
-        size = len(values)
-        key = sign * totals + np.sqrt(total_weights * self._drift_log / 2.0)
-        lowest = np.minimum.accumulate(np.concatenate(([self._cut_key[side]], key)))
-        moved = key < lowest[:-1]
-        cuts = np.flatnonzero(moved)
-        at = np.maximum.accumulate(np.where(moved, np.arange(size), -1))
-        kept = self._before[side]
-        before = np.where(at >= 0, totals[np.maximum(at, 0)], np.nan if kept.value is None else kept.value)
-        before_weights = np.where(at >= 0, total_weights[np.maximum(at, 0)], kept.weights)
-        # The average since the cut restarts empty at every cut: one segment per cut.
-        since = np.full(size, np.nan)
-        since_weights = np.ones(size)
-        edges = [-1, *cuts.tolist(), size]
-        start = self._since[side]
-        for left, right in zip(edges[:-1], edges[1:]):
-            if left >= 0:
-                start = _Average()
-            averages, weights = self._series(values[left + 1 : right], start)
-            since[left + 1 : right], since_weights[left + 1 : right] = averages, weights
-        ready = ~np.isnan(before) & ~np.isnan(since)
-        with np.errstate(invalid="ignore"):
-            difference = sign * (since - before)
-            weights = before_weights + since_weights
-            drift = ready & (difference > np.sqrt(weights * self._drift_log / 2.0))
-            warning = ready & (difference > np.sqrt(weights * self._warning_log / 2.0))
-            statistic = np.where(ready, difference / np.sqrt(weights / 2.0), 0.0)
-        return _SideScan(statistic, drift, warning, lowest[1:], before, before_weights, since, since_weights)
-
-    def _scan(self, values: np.ndarray) -> Scan:
-        size = len(values)
-        totals, total_weights = self._series(values, self._total)
-        sides = [self._side(0, values, totals, total_weights), self._side(1, values, totals, total_weights)]
-        statistic, drift, warning = sides[0].statistic, sides[0].drift, sides[0].warning
-        if self.two_sided:
-            statistic = np.maximum(statistic, sides[1].statistic)
-            drift, warning = drift | sides[1].drift, warning | sides[1].warning
-        tested = self._run + np.arange(1, size + 1) >= self.min_samples
-        drift = drift & tested
-        stop = int(np.argmax(drift)) if drift.any() else size - 1
-        codes = np.where(tested, np.where(drift, 2, np.where(warning, 1, 0)), CARRY)[: stop + 1]
-        restarted = bool(drift[stop])
-        if restarted:
-            self._restart()
-        else:
-            self._run += size
-            self._total = _Average(float(totals[-1]), float(total_weights[-1]))
-            for side, found in enumerate(sides):
-                self._cut_key[side] = float(found.cut_key[-1])
-                self._before[side] = _average(found.before[-1], found.before_weights[-1])
-                self._since[side] = _average(found.since[-1], found.since_weights[-1])
-            self._statistic = float(statistic[-1])
-        return Scan(codes, statistic[: stop + 1], math.sqrt(self._warning_log), math.sqrt(self._drift_log), restarted)
+        check_unit(self.type_name, values)
+        codes = np.empty(len(values), dtype=np.int8)
+        statistics = np.empty(len(values))
+        state = [float(self._run), *_plain(self._total), self._statistic]
+        for side in range(2):
+            state += [self._cut_key[side], *_plain(self._before[side]), *_plain(self._since[side])]
+        array = np.array(state, dtype=np.float64)
+        kernels.hddm_w_run(
+            values, array, self.lambda_, self._drift_log, self._warning_log, self.two_sided, self.min_samples,
+            LEVEL_CODES[self.level], codes, statistics,
+        )  # fmt: skip
+        self._run = int(array[0])
+        self._total = _average(array[1], array[2])
+        self._statistic = float(array[3])
+        for side in range(2):
+            at = 4 + 5 * side
+            self._cut_key[side] = float(array[at])
+            self._before[side] = _average(array[at + 1], array[at + 2])
+            self._since[side] = _average(array[at + 3], array[at + 4])
+        return self._events_from_codes(
+            codes, statistics, {1: math.sqrt(self._warning_log), 2: math.sqrt(self._drift_log)}
+        )
 
     # -- reading and snapshots ------------------------------------------------------------
 
@@ -287,6 +217,11 @@ class HDDMW(DriftDetector):
         self._since = [_average(*average) for average in state["since"]]
         self._cut_key = [math.inf if key is None else float(key) for key in state["cut_key"]]
         self._statistic = float(state["statistic"])
+
+
+def _plain(average: _Average) -> tuple[float, float]:
+    """An average as the compiled loop takes it: NaN for an empty one."""
+    return (math.nan if average.value is None else average.value, average.weights)
 
 
 def _average(value: float | None, weights: float) -> _Average:

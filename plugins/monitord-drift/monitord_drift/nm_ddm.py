@@ -25,9 +25,13 @@ SPREAD_FLOOR = 1e-8
 #: (near-)collinear features whiten to a finite scale.
 EIGENVALUE_FLOOR = 1e-6
 #: Bumped whenever the calibration's simulation changes, so cached draws are not reused.
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
 #: Weight ε of the defensive (Cauchy) component mixed into both densities.
 DEFENSIVE_WEIGHT = 0.01
+#: Kernel values computed at once when scoring points against the reference (8 MB).
+REFERENCE_CHUNK = 1 << 20
+#: Windows up to this size keep the kernel value of every pair of their points (8 MB).
+KERNEL_CACHE_WINDOW = 1024
 #: The statistic must exceed a threshold by this much (nats) to cross it, so that rounding
 #: in a window identical to a constant reference never alarms.
 TOLERANCE = 1e-9
@@ -324,6 +328,7 @@ class NMDDM(DriftDetector):
         )
         self._defence = (self._defence_base - 0.5 * dims * math.log1p(self._h2), 1.0 / (1.0 + self._h2), (1 + dims) / 2)
         self._reference_points = self._whiten(reference)
+        self._reference_t = np.ascontiguousarray(self._reference_points.T)
         self._calibrate(reference, kernel_log_scale - math.log(count - self.window))
         self._reset_window(dims)
         self.level = "ok"
@@ -340,9 +345,20 @@ class NMDDM(DriftDetector):
         from . import nm_ddm_kernels as kernels
 
         defence = kernels.log_defensive(points, *self._defence)
-        return kernels.log_reference_density(
-            points, self._reference_points, self._inv_two_h2, self._reference_log_scale, defence
-        )
+        # Rows at a time so that the kernel values stay within about 8 MB.
+        rows = max(1, REFERENCE_CHUNK // len(self._reference_points))
+        if len(points) <= rows:
+            return self._log_reference_rows(points, defence)
+        return np.concatenate([
+            self._log_reference_rows(points[start : start + rows], defence[start : start + rows])
+            for start in range(0, len(points), rows)
+        ])
+
+    def _log_reference_rows(self, points: np.ndarray, defence: np.ndarray) -> np.ndarray:
+        from . import nm_ddm_kernels as kernels
+
+        exponents = kernels.reference_exponents(points, self._reference_t, self._inv_two_h2)
+        return kernels.log_reference_density(np.exp(exponents), exponents, self._reference_log_scale, defence)
 
     def _calibrate(self, reference: np.ndarray, held_log_scale: float) -> None:
         windows = self.calibration_windows or max(1000, math.ceil(10 / self.alpha_drift))
@@ -380,6 +396,9 @@ class NMDDM(DriftDetector):
         self._ring_raw = np.zeros((self.window, dims))
         self._ring_sums = np.zeros(self.window)
         self._ring_log_reference = np.zeros(self.window)
+        # Kernel values between window slots, so a leaving point costs no exp (w² floats).
+        cached = self.window <= KERNEL_CACHE_WINDOW
+        self._ring_kernels = np.zeros((self.window, self.window) if cached else (0, 0))
         self._counters = np.zeros(3, dtype=np.int64)
         self._last = np.full(1, np.nan)
 
@@ -403,7 +422,7 @@ class NMDDM(DriftDetector):
             warning, drift = self._thresholds
             used = kernels.monitor(
                 points, log_reference, rest, self._ring, self._ring_raw, self._ring_sums,
-                self._ring_log_reference, self._counters, self._last, self.window_mode == "sliding",
+                self._ring_log_reference, self._ring_kernels, self._counters, self._last, self.window_mode == "sliding",
                 self.step, self._inv_two_h2, self._window_log_scale, self._defence_base, self._h2,
                 warning, drift, TOLERANCE,
                 LEVEL_CODES[self.level], adopt, codes, statistics,
@@ -483,5 +502,9 @@ class NMDDM(DriftDetector):
             self._ring[:count] = points
             self._ring_sums[:count] = window["sums"]
             self._ring_log_reference[:count] = self._log_reference_density(points)
+            if len(self._ring_kernels):
+                from . import nm_ddm_kernels as kernels
+
+                self._ring_kernels[:count, :count] = kernels.kernel_matrix(points, self._inv_two_h2)
         self._counters[:] = (0, count, int(window["since"]))
         self._last[0] = np.nan if window["last"] is None else window["last"]

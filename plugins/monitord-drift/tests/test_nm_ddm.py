@@ -353,6 +353,44 @@ def test_snapshot_restore_continue_equals_never_stopping(params, seed, dims, len
     assert vars(second.state) == vars(never_stopped.state)
 
 
+def test_kernel_cache_and_reference_chunks_change_no_number(monkeypatch) -> None:
+    # The window's pairwise kernel cache (windows up to KERNEL_CACHE_WINDOW) and scoring
+    # against the reference a few rows at a time are speed-ups only: bit for bit the same.
+    from monitord_drift import nm_ddm
+
+    rng = np.random.default_rng(11)
+    reference = rng.normal(size=(90, 2))
+    stream = np.concatenate([rng.normal(size=(300, 2)), rng.normal(size=(200, 2)) + [0.8, 0.0]])
+    params = dict(window=40, reference=reference, calibration_windows=200, alpha_drift=0.01, alpha_warning=0.05)
+    fast = NMDDM(**params)
+    expected = run_in_batches(fast, stream, list(range(64, 500, 64)))
+    monkeypatch.setattr(nm_ddm, "KERNEL_CACHE_WINDOW", 0)
+    monkeypatch.setattr(nm_ddm, "REFERENCE_CHUNK", 100)  # one row of 90 kernel values at a time
+    plain = NMDDM(**params)
+    assert len(plain._ring_kernels) == 0
+    assert run_in_batches(plain, stream, list(range(64, 500, 64))) == expected
+    assert plain.snapshot() == fast.snapshot()
+    assert any(level == "drift" for _, level, _, _ in expected)  # a statistic that mattered
+
+
+def test_restored_kernel_cache_continues_as_never_stopping() -> None:
+    # The cache is not in the snapshot: restore rebuilds it from the window, so the
+    # leaving points' kernel values must come out as they were when they entered.
+    rng = np.random.default_rng(12)
+    reference = rng.normal(size=(90, 2))
+    stream = np.concatenate([rng.normal(size=(150, 2)), rng.normal(size=(150, 2)) * 1.6])
+    params = dict(window=40, reference=reference, calibration_windows=200, alpha_drift=0.01, alpha_warning=0.05)
+    never_stopped = NMDDM(**params)
+    expected = run_in_batches(never_stopped, stream, [137])
+    first = NMDDM(**params)
+    run_in_batches(first, stream[:137], [])
+    second = NMDDM(**params)
+    second.restore(json.loads(json.dumps(first.snapshot())))
+    resumed = [(index + 137, *rest) for index, *rest in run_in_batches(second, stream[137:], [])]
+    assert resumed == [event for event in expected if event[0] >= 137]
+    assert resumed  # the variance change raised something after the restore
+
+
 def test_restore_refuses_a_snapshot_taken_with_other_parameters() -> None:
     rng = np.random.default_rng(10)
     detector = NMDDM(window=20, reference=rng.normal(size=(40, 2)))
