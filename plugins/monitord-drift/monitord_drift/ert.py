@@ -59,21 +59,6 @@ def stream_length_for(ert: float, *, at_most: int | None = None) -> int:
     return length if at_most is None else min(length, at_most)
 
 
-def pooled_stream_length(ert: float, *, at_most: int | None = None) -> int:
-    """The simulated stream length for a detector whose streams each fit their own resampled
-    reference (or rate): a quarter of the ERT, capped at ``at_most``.
-
-    Run lengths differ between references, and a user's run length is pooled over them
-    (all samples over all alarms: the mean alarm rate). At the median length of
-    ``stream_length_for`` the threshold instead sets the mean of exp(-length * rate), which
-    by Jensen's inequality lets the mean rate run high (measured on pht: 15-25 % more
-    alarms than the ERT). Over a quarter of the ERT exp(-length * rate) is nearly linear in
-    the rate, so the threshold sets the mean rate; it takes more streams to estimate.
-    """
-    length = max(1, round(ert / 4))
-    return length if at_most is None else min(length, at_most)
-
-
 def threshold_for_alarm_rate(
     passages: np.ndarray, levels: ArrayLike, length: int, ert: float, *, groups: int = 1
 ) -> float:
@@ -117,12 +102,6 @@ def threshold_for_alarm_rate(
     # Between two levels the rate falls about exponentially: interpolate its logarithm.
     share = (math.log(rates[j - 1]) + math.log(ert)) / (math.log(rates[j - 1]) - math.log(rates[j]))
     return float(levels[j - 1] + share * (levels[j] - levels[j - 1]))
-
-
-def largest_ert(streams: int, at_most: int) -> float:
-    """The largest ERT that ``streams`` simulated streams of at most ``at_most`` samples can
-    place a threshold for (``MIN_STREAMS_ABOVE`` of them must cross it)."""
-    return -at_most / math.log1p(-MIN_STREAMS_ABOVE / streams)
 
 
 def threshold_for_ert(maxima: ArrayLike, length: int, ert: float) -> float:
