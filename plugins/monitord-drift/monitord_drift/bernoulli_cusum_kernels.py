@@ -23,9 +23,10 @@ def simulate_passages(
     from ``learned_errors`` errors among ``min_samples`` samples) at which the statistic
     first reached the level; 0 if it did not within ``length`` samples.
 
-    The rate the streams really have (one draw for every ``per_rate`` consecutive streams) is drawn from what those counts say of it (the Jeffreys
-    posterior, Beta(k + 1/2, n - k + 1/2)), not taken as exact; the stream's errors are then
-    drawn at that rate, and the test renews its estimate every ``min_samples`` samples from
+    The rate the streams really have (one draw for every ``per_rate`` consecutive streams)
+    is drawn from what those counts say of it (the Jeffreys posterior,
+    Beta(k + 1/2, n - k + 1/2)), not taken as exact; the stream's errors are then drawn at
+    that rate, and the test renews its estimate every ``min_samples`` samples from
     all samples since the start, as the detector does.
     """
     np.random.seed(seed)

@@ -112,8 +112,9 @@ class IncrementalKS(DriftDetector):
         stream from one continuous distribution for each of its streams: the thresholds
         allow for the reference's own sampling error and depend on the two sizes and
         ``ert`` alone (cached per process and by the daemon). On a signal with many tied
-        values ``D`` runs lower, so false alarms come rarer than ``ert`` says. Costs about
-        1.5 s the first time a pair of sizes is seen. Give either ``ert`` or ``alpha``.
+        values ``D`` runs lower, so false alarms come rarer than ``ert`` says. Costs 1-6 s
+        (on 2 shared cores) the first time a pair of sizes is seen. Give either ``ert``
+        or ``alpha``.
     alpha
         Significance level of the drift test; ``None`` (the default) is 0.001 without
         ``ert``.
@@ -174,7 +175,9 @@ class IncrementalKS(DriftDetector):
         self.ert = None if ert is None else ert_arithmetic.check_ert(ert)
         largest = CALIBRATION_STREAMS * CALIBRATION_LENGTH / ert_arithmetic.MIN_STREAMS_ABOVE
         if self.ert is not None and self.ert > largest:
-            raise ValueError(f"iks can calibrate an ert of at most {largest:,.0f} samples, got {ert:g}; use a smaller ert")
+            raise ValueError(
+                f"iks can calibrate an ert of at most {largest:,.0f} samples, got {ert:g}; use a smaller ert"
+            )
         if alpha is None:
             alpha = 0.001
         if not 0.0 < float(alpha) < 1.0:

@@ -29,7 +29,7 @@ _Z_LIMIT = 1e12
 #: this many samples (and alpha**-block stays below e**30), then the sums are rebased.
 _LARGEST_BLOCK = 4096
 #: Clean streams simulated per ERT calibration, and the longest of them: 1,000 streams of
-#: 50,000 samples take about half a second here, and place thresholds for ERTs up to about
+#: 50,000 samples take 0.5-1 s here (1 s with the 2 cores shared), and place thresholds for ERTs up to about
 #: 2.5 million samples.
 CALIBRATION_STREAMS = 1_000
 CALIBRATION_LENGTH = 50_000
@@ -123,7 +123,7 @@ class PageHinkley(DriftDetector):
         ``ert / 10`` unless ``warning_threshold`` is given) by simulating clean streams
         drawn from the reference, the test fitted each time on a bootstrap copy of it, so
         the threshold allows for the reference's own sampling error (monitord_drift.ert).
-        Costs about half a second when the reference is fitted, cached by the daemon.
+        Costs about a second when the reference is fitted, cached by the daemon.
         Give either ``ert`` or ``threshold``.
     threshold
         Drift threshold $\lambda$ on $PH_t$, in reference standard deviations; ``None``
@@ -400,4 +400,6 @@ def _check_calibratable(ert: float) -> None:
     of them must alarm (at the ERT, about streams * length / ERT do; twice that is asked)."""
     largest = CALIBRATION_STREAMS * CALIBRATION_LENGTH / (2 * ert_arithmetic.MIN_STREAMS_ABOVE)
     if ert > largest:
-        raise ValueError(f"pht can calibrate an ert of at most {largest:,.0f} samples, got {ert:g}; use a smaller ert")
+        raise ValueError(
+            f"pht can calibrate an ert of at most {largest:,.0f} samples, got {ert:g}; use a smaller ert"
+        )
