@@ -9,9 +9,8 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 from monitord.detectors import DriftEvent
-from numpy.typing import ArrayLike
-
 from monitord.reference_cache import active_cache
+from numpy.typing import ArrayLike
 
 from . import ert as ert_arithmetic
 from ._restarting import CARRY, Scan, check_errors, count, number, run_batch, samples_to_test

@@ -10,9 +10,8 @@ from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 from monitord.detectors import DriftEvent
-from numpy.typing import ArrayLike
-
 from monitord.reference_cache import active_cache
+from numpy.typing import ArrayLike
 
 from . import ert as ert_arithmetic
 from ._restarting import CARRY, Scan, count, number, run_batch, samples_to_test
@@ -29,8 +28,8 @@ _Z_LIMIT = 1e12
 #: this many samples (and alpha**-block stays below e**30), then the sums are rebased.
 _LARGEST_BLOCK = 4096
 #: Clean streams simulated per ERT calibration, and the longest of them: 1,000 streams of
-#: 50,000 samples take 0.5-1 s here (1 s with the 2 cores shared), and place thresholds for ERTs up to about
-#: 2.5 million samples.
+#: 50,000 samples take 0.5-1 s here (1 s with the 2 cores shared), and place thresholds for
+#: ERTs up to 2.5 million samples.
 CALIBRATION_STREAMS = 1_000
 CALIBRATION_LENGTH = 50_000
 #: Streams per resampled reference: 50 references of 20 streams each.
@@ -128,8 +127,8 @@ class PageHinkley(DriftDetector):
     threshold
         Drift threshold $\lambda$ on $PH_t$, in reference standard deviations; ``None``
         (the default) is 20 without ``ert`` (three or four false alarms per million
-        samples of unit-variance noise, fewer than the ERT of 100,000 when the reference
-        is short), calibrated with ``ert``.
+        samples of unit-variance noise; ``ert=100_000`` puts it near 19 for a reference of
+        500 normal values), calibrated with ``ert``.
     warning_threshold
         Warning threshold on $PH_t$, below the drift threshold; ``None`` (the default) is
         three quarters of ``threshold`` (lower, unit-variance noise crosses it every
