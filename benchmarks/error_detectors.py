@@ -45,6 +45,9 @@ OURS: list[tuple[str, str, dict]] = [
     ("bernoulli_cusum", "bernoulli_cusum", {"threshold": 7.0}),
     ("bernoulli_cusum", "bernoulli_cusum", {"min_samples": 1000}),
     ("bernoulli_cusum", "bernoulli_cusum", {"odds_ratio": 2.0, "threshold": 7.0}),
+    ("bernoulli_cusum", "bernoulli_cusum", {"ert": 10_000}),
+    ("bernoulli_cusum", "bernoulli_cusum", {"ert": 20_000}),
+    ("bernoulli_cusum", "bernoulli_cusum", {"ert": 100_000}),
 ]
 
 
@@ -93,6 +96,7 @@ def measure(drifts: Callable[[np.ndarray], list[int]], clean_streams: int, strea
 
 
 def main() -> None:
+    global BEFORE, AFTER
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clean-streams", type=int, default=5, help="clean 100,000-sample streams per detector")
     parser.add_argument("--only", help="measure only detectors whose label starts with this")
@@ -100,7 +104,10 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="seed of the first stream with a change")
     parser.add_argument("--change", type=int, default=CLEAN_SAMPLES, help="clean samples before the change")
     parser.add_argument("--no-river", action="store_true", help="leave out river's baselines")
+    parser.add_argument("--before", type=float, default=BEFORE, help="error rate before the change (and clean)")
+    parser.add_argument("--after", type=float, default=AFTER, help="error rate after the change")
     args = parser.parse_args()
+    BEFORE, AFTER = args.before, args.after
     rows = [(f"{label}", params, ours(type_name, params)) for label, type_name, params in OURS]
     if not args.no_river:
         rows += [(f"river {name}", params, river(name, params)) for name, params in [

@@ -74,3 +74,9 @@ def test_columns_must_match_the_signals_named(tmp_path: Path) -> None:
     env = install_testplugin(tmp_path / "site")
     result = replay("-d", "over", "--signal", "a", "--signal", "b", "-", env=env, cwd=tmp_path, stdin="0.1\n")
     assert_refused(result, "line 1: 1 value(s) where --signal names 2 (a, b)")
+
+
+def test_json_without_calibrate_is_refused(tmp_path: Path) -> None:
+    env = install_testplugin(tmp_path / "site")
+    result = replay("-d", "over", "--json", "-", env=env, cwd=tmp_path, stdin="0.1\n")
+    assert_refused(result, "--json goes with --calibrate")

@@ -6,6 +6,11 @@ input is read in chunks and each chunk is one ``update`` call, as micro-batches 
 The reference can come from a file, from the start of the input, or from a model
 artifact's saved reference signals, the daemon's default.
 
+With ``--calibrate`` the input is taken as clean (no drift in it), so every drift event is
+a false alarm, and replay says how often they came: the observed run length between
+them, its 95 % interval, and whether that is consistent with the ERT the detector was
+calibrated to. It is how to check an ``ert`` setting on one's own recorded signals.
+
 Every input replay cannot use ends it with one line on standard error and exit status 2.
 """
 
@@ -169,6 +174,11 @@ def replay_command() -> click.Command:
                        "reference_signals), as the daemon does.")
     @click.option("--model-reference", is_flag=True,
                   help="Like --reference-from, with the artifact the settings name (model.artifact).")
+    @click.option("--calibrate", is_flag=True,
+                  help="FILE holds clean samples: print how often the detector raised false alarms (drift "
+                       "events) on them, the run length between them with its 95 % interval, and whether "
+                       "it is consistent with the detector's ert, instead of the events.")
+    @click.option("--json", "as_json", is_flag=True, help="With --calibrate: print the result as one JSON object.")
     @config_option
     @click.argument("input_file", metavar="FILE|-", type=click.File("r"))
     @click.pass_obj
@@ -180,6 +190,8 @@ def replay_command() -> click.Command:
         reference: IO[str] | None,
         artifact: Path | None,
         model_reference: bool,
+        calibrate: bool,
+        as_json: bool,
         config: Path | None,
         input_file: IO[str],
     ) -> None:
@@ -192,7 +204,12 @@ def replay_command() -> click.Command:
         detector takes its reference from the start of the input, as it does in the
         daemon without a model reference. Bad input stops it with one line on standard
         error and exit status 2.
+
+        With --calibrate, FILE is taken as clean: replay prints how often the detector raised
+        false alarms on it against its ert (--json: as one JSON object) instead of the events.
         """
+        if as_json and not calibrate:
+            raise ReplayError("--json goes with --calibrate (without it replay prints JSON lines already)")
         try:
             factory = host.factory("detector", detector_type)
         except PluginError as error:
@@ -242,18 +259,22 @@ def replay_command() -> click.Command:
         except ValueError as error:
             raise ReplayError(str(error)) from None
 
-        samples = events = 0
+        samples = events = drifts = exposure = 0
         spent = 0.0
         tested = False
         out = sys.stdout
         for chunk in _chain(first, chunks):
+            exposure += max(0, len(chunk.values) - detector.state.samples_needed)
             started = time.perf_counter()
             try:
                 raised = detector.update(chunk.values)
             except ValueError as error:
                 raise ReplayError(f"{input_file.name}, {_where(error, chunk.lines)}: {error}") from None
             spent += time.perf_counter() - started
+            drifts += sum(event.level == "drift" for event in raised)
             for event in raised:
+                if calibrate:
+                    continue
                 record = {"index": samples + event.index, "level": event.level,
                           "statistic": _number(event.statistic), "threshold": _number(event.threshold)}
                 out.write(json.dumps(record) + "\n")
@@ -268,6 +289,9 @@ def replay_command() -> click.Command:
                 "test anything: give a longer input, a reference (--reference FILE, --reference-from "
                 "ARTIFACT or --model-reference), or a smaller reference_size"
             )
+        if calibrate:
+            _report_calibration(detector_type, state.ert, samples, exposure, drifts, as_json)
+            return
         summary = {
             "summary": True,
             "detector": detector_type,
@@ -290,6 +314,42 @@ def replay_command() -> click.Command:
             )
 
     return replay
+
+
+def _report_calibration(
+    detector_type: str, ert: float | None, samples: int, exposure: int, false_alarms: int, as_json: bool
+) -> None:
+    """How often a detector raised false alarms on clean samples, against its ERT."""
+    try:
+        from monitord_drift.ert import run_length
+    except ImportError:  # the arithmetic lives with the calibrated detectors
+        raise ReplayError("--calibrate needs the monitord-drift plugin (pip install monitord-drift)") from None
+    estimate, low, high = run_length(false_alarms, exposure)
+    if ert is None:
+        verdict = "the detector has no ert to compare with (set ert on pht, iks or bernoulli_cusum)"
+    elif high < ert:
+        verdict = f"false alarms come more often than an ert of {ert:g} allows"
+    elif low > ert:
+        verdict = f"consistent: false alarms come less often than an ert of {ert:g} (conservative)"
+    else:
+        verdict = f"consistent with an ert of {ert:g}"
+    result = {
+        "detector": detector_type, "samples": samples, "samples_tested": exposure, "false_alarms": false_alarms,
+        "run_length": _number(estimate), "run_length_low": _number(low), "run_length_high": _number(high),
+        "ert": ert, "consistent": None if ert is None else bool(high >= ert), "verdict": verdict,
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    sys.stdout.write(
+        f"{detector_type}: {samples:,} samples, {exposure:,} tested, {false_alarms} false alarm(s)\n"
+        f"  run length {_samples(estimate)} samples (95 % interval {_samples(low)} to {_samples(high)})\n"
+        f"  ert {'not set' if ert is None else f'{ert:,.0f}'}: {verdict}\n"
+    )
+
+
+def _samples(value: float) -> str:
+    return "unbounded" if math.isinf(value) else f"{value:,.0f}"
 
 
 def _where(error: ValueError, lines: list[int]) -> str:

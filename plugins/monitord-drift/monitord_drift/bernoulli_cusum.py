@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
 from monitord.detectors import DriftEvent
+from monitord.reference_cache import active_cache
 from numpy.typing import ArrayLike
 
+from . import ert as ert_arithmetic
 from ._restarting import CARRY, Scan, check_errors, count, number, run_batch, samples_to_test
 from .base import DriftDetector, Reading
+
+#: Clean streams simulated per ERT calibration, and the longest of them: 1,000 streams of
+#: 50,000 samples take about a second here (2 shared cores) and place thresholds for ERTs
+#: up to 2.5 million samples.
+CALIBRATION_STREAMS = 1_000
+CALIBRATION_LENGTH = 50_000
+#: The thresholds tried, in log-likelihood units (1.2 % apart; interpolated).
+CALIBRATION_LEVELS = np.geomspace(0.05, 60.0, 600)
+#: Part of the cache key: a change of the simulation must not reuse old thresholds.
+CALIBRATION_VERSION = 4
 
 
 class BernoulliCUSUM(DriftDetector):
@@ -61,13 +75,28 @@ class BernoulliCUSUM(DriftDetector):
         test is quickest for (1.5: 5 % becomes about 7.3 %). Larger rises are found
         sooner still; a larger ratio finds them sooner but pays in the rate it assumes
         more for an error in the learned rate (at 2, 5 % → 10 % was missed more often).
+    ert
+        Expected run time between false alarms, in labelled samples at the learned rate:
+        when given, the drift threshold is calibrated to it (the warning threshold to
+        ``ert / 10`` unless ``warning_threshold`` is given) when the rate has been learned,
+        by simulating clean streams at rates drawn from what the first ``min_samples``
+        labels say of the rate (the Jeffreys posterior), so a rate learned from a few
+        hundred labels is not trusted as exact; the test renews its rate in the
+        simulation as it does on the stream. A fixed ``threshold`` gives very different
+        false-alarm rates at different error rates (at 1-2 % a fraction of those at 5 %,
+        so the test is slower there than the false alarms allowed need); ``ert`` gives
+        the same at any: at 1 % → 2 %, 14 of 20 rises found within 1,000 labels with
+        ``ert=10_000`` against 2 of 20 with the default threshold (benchmarks/RESULTS.md).
+        Costs up to a second each time the rate is learned (at the start and after each drift), cached per error count.
+        Give either ``ert`` or ``threshold``.
     threshold
-        $h$, the drift threshold on $S_t$ (log-likelihood units). Larger: fewer false
-        alarms (their rate falls about as $e^{-h}$), longer delays (they grow about
-        linearly in $h$).
+        $h$, the drift threshold on $S_t$ (log-likelihood units); ``None`` (the default)
+        is 6 without ``ert``. Larger: fewer false alarms (their rate falls about as
+        $e^{-h}$), longer delays (they grow about linearly in $h$).
     warning_threshold
-        Warning threshold on $S_t$, below ``threshold``; ``None`` (the default) is three
-        quarters of ``threshold`` (at half, clean 5 % streams warn every few hundred samples).
+        Warning threshold on $S_t$, below the drift threshold; ``None`` (the default) is
+        three quarters of ``threshold`` (at half, clean 5 % streams warn every few hundred
+        samples), or with ``ert`` the threshold calibrated for ``ert / 10``.
     min_samples
         Samples after the start or a restart that estimate the error rate before the
         test runs; also how often the estimate is renewed.
@@ -113,23 +142,33 @@ class BernoulliCUSUM(DriftDetector):
         self,
         *,
         odds_ratio: float = 1.5,
-        threshold: float = 6.0,
+        ert: float | None = None,
+        threshold: float | None = None,
         warning_threshold: float | None = None,
         min_samples: int = 500,
         reference: ArrayLike | None = None,
     ) -> None:
         self.odds_ratio = number("odds_ratio", odds_ratio, low=1.0, low_open=True)
-        self.threshold = number("threshold", threshold, low=0.0, low_open=True)
+        if ert is not None and threshold is not None:
+            raise ValueError(
+                f"give either ert ({ert!r}) or threshold ({threshold!r}), not both: ert calibrates the threshold"
+            )
+        self.ert = None if ert is None else ert_arithmetic.check_ert(ert)
+        if self.ert is not None:
+            _check_calibratable(self.ert)
+        self.threshold = None if threshold is None else number("threshold", threshold, low=0.0, low_open=True)
         self.warning_threshold = (
             None if warning_threshold is None else number("warning_threshold", warning_threshold, low=0.0)
         )
-        if self.warning_threshold is not None and self.warning_threshold >= self.threshold:
+        self.min_samples = count("min_samples", min_samples)
+        # The thresholds in force; with ert, calibrated each time the rate is learned.
+        self._threshold = math.nan if self.ert is not None else (6.0 if threshold is None else self.threshold)
+        if self.ert is None and self.warning_threshold is not None and self.warning_threshold >= self._threshold:
             raise ValueError(
-                f"warning_threshold ({self.warning_threshold}) must be below threshold ({self.threshold}); "
+                f"warning_threshold ({self.warning_threshold}) must be below threshold ({self._threshold}); "
                 "leave it out for three quarters of the threshold"
             )
-        self.min_samples = count("min_samples", min_samples)
-        self._warning = 0.75 * self.threshold if self.warning_threshold is None else self.warning_threshold
+        self._warning = 0.75 * self._threshold if self.warning_threshold is None else self.warning_threshold
         self._log_odds = math.log(self.odds_ratio)
         self._restart()
         super().__init__(reference=None)
@@ -175,9 +214,11 @@ class BernoulliCUSUM(DriftDetector):
             self._run += size
             self._errors += int(np.count_nonzero(values[:size]))
             if self._run == self.min_samples:
+                if self.ert is not None:
+                    self._calibrate(self._errors)
                 self._renew_rate()
             codes = np.full(size, CARRY, dtype=np.int8)
-            return Scan(codes, np.zeros(size), self._warning, self.threshold, False)
+            return Scan(codes, np.zeros(size), self._warning, self._threshold, False)
         size = min(len(values), self.min_samples - self._stretch % self.min_samples)
         errors = np.cumsum(values[:size] != 0.0) + self._stretch_errors
         samples = np.arange(1, size + 1) + self._stretch
@@ -185,7 +226,7 @@ class BernoulliCUSUM(DriftDetector):
         partial = self._start + (errors * self._log_odds - samples * self._cost)
         lowest = np.minimum(np.minimum.accumulate(partial), self._lowest)  # _lowest starts at 0
         statistic = partial - lowest
-        drift = statistic >= self.threshold
+        drift = statistic >= self._threshold
         stop = int(np.argmax(drift)) if drift.any() else size - 1
         codes = np.where(drift, 2, np.where(statistic >= self._warning, 1, 0))[: stop + 1]
         restarted = bool(drift[stop])
@@ -198,10 +239,23 @@ class BernoulliCUSUM(DriftDetector):
             self._lowest = float(lowest[stop])
             if self._stretch % self.min_samples == 0:
                 self._renew_rate()
-        return Scan(codes, statistic[: stop + 1], self._warning, self.threshold, restarted)
+        return Scan(codes, statistic[: stop + 1], self._warning, self._threshold, restarted)
+
+    def _calibrate(self, learned_errors: int) -> None:
+        """Thresholds for ``ert`` (and ``ert / 10`` for the warning), for a rate learned from
+        ``learned_errors`` errors among ``min_samples`` samples."""
+        assert self.ert is not None
+        warning_ert = max(10.0, self.ert / 10.0)
+        thresholds = _thresholds(learned_errors, self.min_samples, self.odds_ratio, self.ert, warning_ert)
+        self._threshold = float(thresholds[0])
+        if self.warning_threshold is None:
+            self._warning = min(float(thresholds[1]), self._threshold)
+        else:
+            # A warning above the calibrated drift threshold could never show.
+            self._warning = min(self.warning_threshold, self._threshold)
 
     def _reading(self) -> Reading:
-        return Reading(self._statistic(), self.threshold, None, self._warning)
+        return Reading(self._statistic(), self._threshold, None, self._warning)
 
     def _samples_to_test(self) -> int:
         return samples_to_test(self.level, self._run, self.min_samples)
@@ -215,6 +269,8 @@ class BernoulliCUSUM(DriftDetector):
             "stretch_errors": self._stretch_errors,
             "lowest": self._lowest,
             "cost": self._cost,
+            "threshold": self._threshold,
+            "warning": self._warning,
         }
 
     def _restore_state(self, state: Mapping[str, Any]) -> None:
@@ -225,3 +281,52 @@ class BernoulliCUSUM(DriftDetector):
         self._stretch_errors = int(state["stretch_errors"])
         self._lowest = float(state["lowest"])
         self._cost = float(state["cost"])
+        if self.ert is not None and "threshold" in state:
+            self._threshold, self._warning = float(state["threshold"]), float(state["warning"])
+        elif self.ert is not None and self._run >= self.min_samples:
+            # A snapshot without them: calibrate for the rate it has learned so far.
+            self._calibrate(round(self._errors * self.min_samples / self._run))
+
+
+@functools.lru_cache(maxsize=1024)
+def _thresholds(learned_errors: int, min_samples: int, odds_ratio: float, ert: float, warning_ert: float) -> np.ndarray:
+    """The drift and warning thresholds for one learned error count, kept for the process
+    (every restart of every detector with the same settings and count reuses them) and in
+    the daemon's cache.
+
+    A restart re-learns the rate, so false alarms cluster after restarts, and each run
+    between two alarms has its own learned rate: the thresholds are set by the alarm rate
+    pooled over streams that each draw their own rate (``ert.threshold_for_alarm_rate``
+    with one group: the pooled rate of a renewal process is one over its mean run)."""
+    length = ert_arithmetic.stream_length_for(ert, at_most=CALIBRATION_LENGTH)
+
+    def simulate() -> np.ndarray:
+        from . import bernoulli_cusum_kernels
+
+        seed = learned_errors * 1_000_003 + min_samples
+        passages = bernoulli_cusum_kernels.simulate_passages(
+            learned_errors, min_samples, odds_ratio, CALIBRATION_STREAMS, length, CALIBRATION_LEVELS, 1, seed
+        )
+        return np.array([
+            ert_arithmetic.threshold_for_alarm_rate(passages, CALIBRATION_LEVELS, length, target)
+            for target in (ert, warning_ert)
+        ])
+
+    settings = [learned_errors, min_samples, odds_ratio, ert, warning_ert, length, CALIBRATION_STREAMS]
+    thresholds = active_cache().array(
+        "bernoulli_cusum-calibration", (f"v{CALIBRATION_VERSION}", json.dumps(settings)), simulate
+    )
+    if thresholds.shape != (2,) or thresholds.dtype != np.float64:
+        thresholds = simulate()  # an entry of another shape is not ours to trust
+    thresholds.setflags(write=False)
+    return thresholds
+
+
+def _check_calibratable(ert: float) -> None:
+    """Refuse an ERT beyond what the simulated streams can place a threshold for: at least 10
+    of them must alarm (at the ERT, about streams * length / ERT do; twice that is asked)."""
+    largest = CALIBRATION_STREAMS * CALIBRATION_LENGTH / (2 * ert_arithmetic.MIN_STREAMS_ABOVE)
+    if ert > largest:
+        raise ValueError(
+            f"bernoulli_cusum can calibrate an ert of at most {largest:,.0f} samples, got {ert:g}; use a smaller ert"
+        )

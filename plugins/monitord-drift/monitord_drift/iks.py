@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
 from monitord.detectors import DriftEvent
+from monitord.reference_cache import active_cache
 from numpy.typing import ArrayLike
 
+from . import ert as ert_arithmetic
 from .base import LEVEL_CODES, LEVELS, DriftDetector, Reading
+
+#: Clean streams simulated per ERT calibration and their length (after a window each to
+#: fill it): 250 streams of 20,000 samples take about 1 s here through the compiled treap
+#: (3-6 s with the machine's two cores shared with five test runs), and place thresholds for
+#: ERTs up to 500,000 samples (10 alarms in all; 50 at the default ERT of 100,000).
+CALIBRATION_STREAMS = 250
+CALIBRATION_LENGTH = 20_000
+#: Part of the cache key: a change of the simulation must not reuse old thresholds.
+CALIBRATION_VERSION = 4
 
 # The compiled treap (numba) and scipy are imported where first used, not here: building
 # a detector without a reference, as the daemon's start-up check does, stays cheap.
@@ -89,11 +102,25 @@ class IncrementalKS(DriftDetector):
     ----------
     window
         Number of most recent values compared with the reference (``m``).
+    ert
+        Expected run time between false alarms, in samples of data from the reference's
+        population: when given, the drift threshold on ``D`` is calibrated to it (the
+        warning threshold to ``ert / 10``) instead of derived from ``alpha``. The windowed
+        statistic is distribution-free for continuous signals (it depends on ranks only),
+        so the simulation draws a fresh reference of the reference's size and a clean
+        stream from one continuous distribution for each of its streams: the thresholds
+        allow for the reference's own sampling error and depend on the two sizes and
+        ``ert`` alone (cached per process and by the daemon). On a signal with many tied
+        values ``D`` runs lower, so false alarms come rarer than ``ert`` says. Costs 1-6 s
+        (on 2 shared cores) the first time a pair of sizes is seen. Give either ``ert``
+        or ``alpha``.
     alpha
-        Significance level of the drift test.
+        Significance level of the drift test; ``None`` (the default) is 0.001 without
+        ``ert``.
     alpha_warning
         Significance level of the warning test, at least ``alpha``; ``None`` means
-        ``10 * alpha``. Set it equal to ``alpha`` to turn the warning level off.
+        ``10 * alpha``. Set it equal to ``alpha`` to turn the warning level off. Not
+        used with ``ert``.
     reference_size
         Values taken from the start of the stream as the reference (``n``) when the
         model provides none; a longer given reference is cut to this size.
@@ -130,7 +157,8 @@ class IncrementalKS(DriftDetector):
         self,
         *,
         window: int = 500,
-        alpha: float = 0.001,
+        ert: float | None = None,
+        alpha: float | None = None,
         alpha_warning: float | None = None,
         reference_size: int = 500,
         seed: int | None = None,
@@ -138,6 +166,19 @@ class IncrementalKS(DriftDetector):
     ) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be a positive integer, got {window!r}")
+        if ert is not None and (alpha is not None or alpha_warning is not None):
+            raise ValueError(
+                f"give either ert ({ert!r}) or alpha/alpha_warning ({alpha!r}/{alpha_warning!r}), not both: "
+                "ert calibrates the thresholds"
+            )
+        self.ert = None if ert is None else ert_arithmetic.check_ert(ert)
+        largest = CALIBRATION_STREAMS * CALIBRATION_LENGTH / ert_arithmetic.MIN_STREAMS_ABOVE
+        if self.ert is not None and self.ert > largest:
+            raise ValueError(
+                f"iks can calibrate an ert of at most {largest:,.0f} samples, got {ert:g}; use a smaller ert"
+            )
+        if alpha is None:
+            alpha = 0.001
         if not 0.0 < float(alpha) < 1.0:
             raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
         effective_warning = 10.0 * float(alpha) if alpha_warning is None else float(alpha_warning)
@@ -149,7 +190,7 @@ class IncrementalKS(DriftDetector):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
         self.window = window
-        self.alpha = alpha
+        self.alpha = None if self.ert is not None else alpha
         self.alpha_warning = alpha_warning
         self.reference_size = reference_size
         self.seed = seed
@@ -170,15 +211,7 @@ class IncrementalKS(DriftDetector):
 
         self._set_thresholds(len(reference), given=True)
         self._reference_count = len(reference)
-        keys, counts = np.unique(_treap.to_keys(reference), return_counts=True)
-        arrays = _treap.allocate(len(keys), self.window)
-        arrays["keys"][:-1] = keys
-        arrays["keys"][-1] = _treap.SENTINEL
-        priorities = self._rng.random(len(keys) + 1)
-        _treap.build(
-            arrays["table"], arrays["depth"], arrays["meta"], arrays["ring"], priorities,
-            np.append(counts, 0).astype(np.int64),
-        )  # fmt: skip
+        arrays = _treap_of(reference, self.window, self._rng)
         self._arrays = arrays
         self._slide_arrays = tuple(arrays[name] for name in ("table", "depth", "keys", "meta", "ring", "slots"))
 
@@ -263,10 +296,20 @@ class IncrementalKS(DriftDetector):
     def _set_thresholds(self, n: int, *, given: bool = False) -> None:
         """The thresholds for a reference of ``n`` values (before it is known: a full one),
         refusing ``n`` where the drift threshold is out of the statistic's reach."""
+        if self.ert is not None:
+            self._drift_threshold = self._warning_threshold = math.nan
+            if given:
+                self._calibrate(n)
+            return
         self._drift_threshold = self._c_drift * _scale(n, self.window)
         self._warning_threshold = self._c_warning * _scale(n, self.window)
         if self._drift_threshold >= 1.0:
             raise ValueError(self._never_alarms(n, given))
+
+    def _calibrate(self, n: int) -> None:
+        """Thresholds on ``D`` for ``ert`` (and ``ert / 10``) with a reference of ``n`` values."""
+        assert self.ert is not None
+        self._drift_threshold, self._warning_threshold = (float(t) for t in _thresholds(n, self.window, self.ert))
 
     def _never_alarms(self, n: int, given: bool) -> str:
         c, m = self._c_drift, self.window
@@ -283,6 +326,62 @@ class IncrementalKS(DriftDetector):
             f"threshold would be {self._drift_threshold:.3g} and the KS statistic never exceeds 1; "
             f"use {', or '.join(remedies)}"
         )
+
+
+def _treap_of(reference: np.ndarray, window: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The treap over ``reference``'s distinct values, with an empty window of ``window``."""
+    from . import _treap
+
+    keys, counts = np.unique(_treap.to_keys(reference), return_counts=True)
+    arrays = _treap.allocate(len(keys), window)
+    arrays["keys"][:-1] = keys
+    arrays["keys"][-1] = _treap.SENTINEL
+    priorities = rng.random(len(keys) + 1)
+    _treap.build(
+        arrays["table"], arrays["depth"], arrays["meta"], arrays["ring"], priorities,
+        np.append(counts, 0).astype(np.int64),
+    )  # fmt: skip
+    return arrays
+
+
+@functools.lru_cache(maxsize=64)
+def _thresholds(n: int, window: int, ert: float) -> np.ndarray:
+    """The drift and warning thresholds on ``D`` for a reference of ``n`` values, ``window``
+    and ``ert``: kept for the process and in the daemon's cache.
+
+    The simulated streams each draw a fresh reference and stream from one continuous
+    distribution (``D`` depends on ranks only), so the alarms counted over all of them
+    are pooled over references as a user's are over the references they might have had.
+    The warning threshold is the lowest with at most one rise per ``ert / 10`` samples;
+    the drift threshold the lowest with at most one drift per ``ert`` samples, a drift
+    lasting until ``D`` falls to the warning threshold, as in the detector.
+    """
+
+    def simulate() -> np.ndarray:
+        from . import _treap, iks_kernels
+
+        rng = np.random.default_rng([CALIBRATION_VERSION, n, window])
+        gaps = np.empty((CALIBRATION_STREAMS, CALIBRATION_LENGTH), dtype=np.int64)
+        statistics = np.empty(window + CALIBRATION_LENGTH - 1)
+        codes = np.empty(len(statistics), dtype=np.int8)
+        for stream in range(CALIBRATION_STREAMS):
+            arrays = _treap_of(rng.random(n), window, rng)  # a fresh reference each time
+            _treap.slide(
+                *(arrays[name] for name in ("table", "depth", "keys", "meta", "ring", "slots")), n,
+                rng.random(len(statistics)), 2.0, 2.0, 0, statistics, codes,
+            )  # fmt: skip
+            gaps[stream] = np.rint(statistics[window - 1 :] * (n * window))
+        samples = gaps.size
+        warning = iks_kernels.lowest_threshold(gaps, samples / max(10.0, ert / 10.0))
+        drift = iks_kernels.lowest_threshold(gaps, samples / ert, warning)
+        return np.array([drift, min(warning, drift)], dtype=np.float64) / (n * window)
+
+    settings = [n, window, ert, CALIBRATION_LENGTH, CALIBRATION_STREAMS]
+    thresholds = active_cache().array("iks-calibration", (f"v{CALIBRATION_VERSION}", json.dumps(settings)), simulate)
+    if thresholds.shape != (2,) or thresholds.dtype != np.float64:
+        thresholds = simulate()  # an entry of another shape is not ours to trust
+    thresholds.setflags(write=False)
+    return thresholds
 
 
 def _scale(n: int, m: int) -> float:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import zlib
 from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 from monitord.detectors import DriftEvent
+from monitord.reference_cache import active_cache
 from numpy.typing import ArrayLike
 
+from . import ert as ert_arithmetic
 from ._restarting import CARRY, Scan, count, number, run_batch, samples_to_test
 from .base import DriftDetector, Reading
 
@@ -23,6 +27,17 @@ _Z_LIMIT = 1e12
 #: The forgetting factor is applied by scaling with alpha**-j inside blocks of at most
 #: this many samples (and alpha**-block stays below e**30), then the sums are rebased.
 _LARGEST_BLOCK = 4096
+#: Clean streams simulated per ERT calibration, and the longest of them: 1,000 streams of
+#: 50,000 samples take 0.5-1 s here (1 s with the 2 cores shared), and place thresholds for
+#: ERTs up to 2.5 million samples.
+CALIBRATION_STREAMS = 1_000
+CALIBRATION_LENGTH = 50_000
+#: Streams per resampled reference: 50 references of 20 streams each.
+CALIBRATION_PER_REFERENCE = 20
+#: The thresholds tried, in reference standard deviations (1.6 % apart; interpolated).
+CALIBRATION_LEVELS = np.geomspace(0.1, 1000.0, 600)
+#: Part of the cache key: a change of the simulation must not reuse old thresholds.
+CALIBRATION_VERSION = 5
 
 
 class PageHinkley(DriftDetector):
@@ -101,12 +116,24 @@ class PageHinkley(DriftDetector):
     delta
         Magnitude tolerance, in reference standard deviations: shifts smaller than this
         are absorbed. Detection is fastest for shifts around ``2 * delta``.
+    ert
+        Expected run time between false alarms, in samples of data like the reference:
+        when given, the drift threshold is calibrated to it (and the warning threshold to
+        ``ert / 10`` unless ``warning_threshold`` is given) by simulating clean streams
+        drawn from the reference, the test fitted each time on a bootstrap copy of it, so
+        the threshold allows for the reference's own sampling error (monitord_drift.ert).
+        Costs about a second when the reference is fitted, cached by the daemon.
+        Give either ``ert`` or ``threshold``.
     threshold
-        Drift threshold $\lambda$ on $PH_t$, in reference standard deviations.
+        Drift threshold $\lambda$ on $PH_t$, in reference standard deviations; ``None``
+        (the default) is 20 without ``ert`` (three or four false alarms per million
+        samples of unit-variance noise; ``ert=100_000`` puts it near 19 for a reference of
+        500 normal values), calibrated with ``ert``.
     warning_threshold
-        Warning threshold on $PH_t$, below ``threshold``; ``None`` (the default) is three
-        quarters of ``threshold``: lower, unit-variance noise crosses it every thousand
-        samples or so and the warning says nothing.
+        Warning threshold on $PH_t$, below the drift threshold; ``None`` (the default) is
+        three quarters of ``threshold`` (lower, unit-variance noise crosses it every
+        thousand samples or so and the warning says nothing), or with ``ert`` the
+        threshold calibrated for ``ert / 10``.
     alpha
         Forgetting factor in (0, 1] applied to the accumulated evidence; 1 keeps it all
         (the classic test).
@@ -154,7 +181,8 @@ class PageHinkley(DriftDetector):
         self,
         *,
         delta: float = 0.25,
-        threshold: float = 20.0,
+        ert: float | None = None,
+        threshold: float | None = None,
         warning_threshold: float | None = None,
         alpha: float = 1.0,
         min_samples: int = 30,
@@ -163,13 +191,22 @@ class PageHinkley(DriftDetector):
         reference: ArrayLike | None = None,
     ) -> None:
         self.delta = number("delta", delta, low=0.0)
-        self.threshold = number("threshold", threshold, low=0.0, low_open=True)
+        if ert is not None and threshold is not None:
+            raise ValueError(
+                f"give either ert ({ert!r}) or threshold ({threshold!r}), not both: ert calibrates the threshold"
+            )
+        self.ert = None if ert is None else ert_arithmetic.check_ert(ert)
+        if self.ert is not None:
+            _check_calibratable(self.ert)
+        self.threshold = None if threshold is None else number("threshold", threshold, low=0.0, low_open=True)
         self.warning_threshold = (
             None if warning_threshold is None else number("warning_threshold", warning_threshold, low=0.0)
         )
-        if self.warning_threshold is not None and self.warning_threshold >= self.threshold:
+        # The thresholds in force: calibrated when the reference is fitted if ert is given.
+        self._threshold = math.nan if self.ert is not None else (20.0 if threshold is None else self.threshold)
+        if self.ert is None and self.warning_threshold is not None and self.warning_threshold >= self._threshold:
             raise ValueError(
-                f"warning_threshold ({self.warning_threshold}) must be below threshold ({self.threshold}); "
+                f"warning_threshold ({self.warning_threshold}) must be below threshold ({self._threshold}); "
                 "leave it out for three quarters of the threshold"
             )
         self.alpha = number("alpha", alpha, low=0.0, low_open=True, high=1.0)
@@ -178,7 +215,7 @@ class PageHinkley(DriftDetector):
             raise ValueError(f"direction must be one of {', '.join(_DIRECTIONS)}; got {direction!r}")
         self.direction = direction
 
-        self._warning = 0.75 * self.threshold if self.warning_threshold is None else self.warning_threshold
+        self._warning = 0.75 * self._threshold if self.warning_threshold is None else self.warning_threshold
         self._sides = {"up": (1.0,), "down": (-1.0,), "both": (1.0, -1.0)}[direction]
         if self.alpha == 1.0:
             self._block = _LARGEST_BLOCK
@@ -207,7 +244,51 @@ class PageHinkley(DriftDetector):
             if not math.isfinite(center):
                 center = 0.0
         self._center, self._scale = center, scale
+        if self.ert is not None:
+            self._calibrate(reference)
         self._restart(prior=len(reference))
+
+    def _calibrate(self, reference: np.ndarray) -> None:
+        """Thresholds for ``ert`` (and ``ert / 10`` for the warning) from simulated clean streams.
+
+        The streams run the test as it runs after a restart (the mean learned from the
+        stream alone), which is how it runs between two false alarms; its early means are
+        noisy, so alarms cluster after a restart and the threshold is set by the alarm
+        rate pooled over streams and references (``ert.threshold_for_alarm_rate``).
+        """
+        assert self.ert is not None
+        population = np.ascontiguousarray(reference, dtype=np.float64)
+        length = ert_arithmetic.stream_length_for(self.ert, at_most=CALIBRATION_LENGTH)
+        warning_ert = max(10.0, self.ert / 10.0)
+
+        def simulate() -> np.ndarray:
+            from . import pht_kernels
+
+            seed = zlib.crc32(population.tobytes())
+            up, down = self.direction in ("up", "both"), self.direction in ("down", "both")
+            passages = pht_kernels.simulate_passages(
+                population, CALIBRATION_STREAMS, length, self.delta, self.alpha, up, down, self.min_samples,
+                0, CALIBRATION_LEVELS, CALIBRATION_PER_REFERENCE, seed,
+            )  # fmt: skip
+            groups = CALIBRATION_STREAMS // CALIBRATION_PER_REFERENCE
+            return np.array([
+                ert_arithmetic.threshold_for_alarm_rate(passages, CALIBRATION_LEVELS, length, ert, groups=groups)
+                for ert in (self.ert, warning_ert)
+            ])
+
+        settings = [self.delta, self.alpha, self.direction, self.min_samples, self.ert, length, CALIBRATION_STREAMS]
+        inputs = (f"v{CALIBRATION_VERSION}", json.dumps(settings), population.tobytes())
+        thresholds = active_cache().array("pht-calibration", inputs, simulate)
+        if thresholds.shape != (2,) or thresholds.dtype != np.float64:
+            thresholds = simulate()  # an entry of another shape is not ours to trust
+        self._threshold = float(thresholds[0])
+        if self.warning_threshold is None:
+            self._warning = min(float(thresholds[1]), self._threshold)
+        elif self.warning_threshold >= self._threshold:
+            raise ValueError(
+                f"warning_threshold ({self.warning_threshold}) must be below the drift threshold calibrated for "
+                f"an ert of {self.ert:g} ({self._threshold:.4g}); leave it out for the threshold of ert / 10"
+            )
 
     def _restart(self, *, prior: int) -> None:
         # Per side: the scaled sum D since the block start and its running minimum M
@@ -244,9 +325,9 @@ class PageHinkley(DriftDetector):
         if above_warning.any():
             toward = self._toward_reference(values, mean_sums, self._mean_count + steps, above_warning)
         tested = self._run + steps >= self.min_samples
-        drift = tested & (statistic > self.threshold)
+        drift = tested & (statistic > self._threshold)
         stop = int(np.argmax(drift)) if drift.any() else size - 1
-        codes = np.where(statistic > self.threshold, 2, np.where(above_warning, 1, 0))
+        codes = np.where(statistic > self._threshold, 2, np.where(above_warning, 1, 0))
         codes = np.where(tested, codes, CARRY)[: stop + 1]
         restarted = bool(drift[stop])
         if restarted:
@@ -262,7 +343,7 @@ class PageHinkley(DriftDetector):
                 self._sums = [self._side_statistic(i) for i in range(len(self._sides))]
                 self._minima = [0.0 for _ in self._sides]
                 self._age = 0
-        return Scan(codes, statistic[: stop + 1], self._warning, self.threshold, restarted,
+        return Scan(codes, statistic[: stop + 1], self._warning, self._threshold, restarted,
                     None if toward is None else toward[: stop + 1])
 
     def _toward_reference(
@@ -288,7 +369,7 @@ class PageHinkley(DriftDetector):
 
     def _reading(self) -> Reading:
         statistic = max(self._side_statistic(i) for i in range(len(self._sides)))
-        return Reading(statistic, self.threshold, None, self._warning)
+        return Reading(statistic, self._threshold, None, self._warning)
 
     def _samples_to_test(self) -> int:
         return samples_to_test(self.level, self._run, self.min_samples)
@@ -311,3 +392,13 @@ class PageHinkley(DriftDetector):
         self._mean_count = int(state["mean_count"])
         self._run = int(state["run"])
 
+
+
+def _check_calibratable(ert: float) -> None:
+    """Refuse an ERT beyond what the simulated streams can place a threshold for: at least 10
+    of them must alarm (at the ERT, about streams * length / ERT do; twice that is asked)."""
+    largest = CALIBRATION_STREAMS * CALIBRATION_LENGTH / (2 * ert_arithmetic.MIN_STREAMS_ABOVE)
+    if ert > largest:
+        raise ValueError(
+            f"pht can calibrate an ert of at most {largest:,.0f} samples, got {ert:g}; use a smaller ert"
+        )

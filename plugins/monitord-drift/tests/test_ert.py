@@ -47,3 +47,23 @@ def test_no_alarm_bounds_the_run_time_from_below_only():
 def test_ert_must_be_a_run_length(bad):
     with pytest.raises(ValueError, match="ert must be"):
         check_ert(bad)
+
+
+def test_threshold_for_alarm_rate_recovers_a_known_hazard():
+    # A statistic whose first passage above h is geometric with rate e^-h: the mean run at
+    # h is e^h, so the threshold for an ERT of 2,000 is ln 2,000. One uniform per stream
+    # keeps the passages ordered across levels, as a real path's are.
+    from monitord_drift.ert import threshold_for_alarm_rate
+
+    rng = np.random.default_rng(3)
+    levels = np.linspace(1.0, 12.0, 300)
+    length = 3_000
+    uniforms = rng.random((4_000, 1))
+    passages = np.ceil(np.log(uniforms) / np.log1p(-np.exp(-levels)))
+    passages = np.where(passages <= length, passages, 0).astype(np.int64)
+    threshold = threshold_for_alarm_rate(passages, levels, length, 2_000)
+    assert 2_000 * 0.9 < math.exp(threshold) < 2_000 * 1.1
+    grouped = threshold_for_alarm_rate(passages, levels, length, 2_000, groups=40)
+    assert 2_000 * 0.9 < math.exp(grouped) < 2_000 * 1.1
+    with pytest.raises(ValueError, match="cannot place a threshold"):
+        threshold_for_alarm_rate(passages[:5], levels, length, 2_000)

@@ -347,7 +347,7 @@ def test_snapshot_holds_reference_and_window_in_order() -> None:
     snapshot = detector.snapshot()
     assert snapshot["reference"] == [4.0, 3.0, 2.0, 1.0]
     assert snapshot["state"] == {"window": [12.0, 13.0, 14.0]}
-    assert snapshot["params"] == {"window": 3, "alpha": 0.9, "alpha_warning": 0.95, "reference_size": 4, "seed": 0}
+    assert snapshot["params"] == {"window": 3, "ert": None, "alpha": 0.9, "alpha_warning": 0.95, "reference_size": 4, "seed": 0}
     other = IncrementalKS(window=4, reference_size=4, seed=0, **LOOSE)
     with pytest.raises(ValueError, match="parameters"):
         other.restore(snapshot)
@@ -391,7 +391,7 @@ def test_registered_as_iks_and_built_from_settings() -> None:
     spec = DetectorSpec(type="iks", signal="entropy", window=50, alpha=0.01, reference_size=80)
     detector = build_detector(IncrementalKS, spec, np.arange(200.0))
     assert isinstance(detector, IncrementalKS)
-    assert detector.params() == {"window": 50, "alpha": 0.01, "alpha_warning": None, "reference_size": 80, "seed": None}
+    assert detector.params() == {"window": 50, "ert": None, "alpha": 0.01, "alpha_warning": None, "reference_size": 80, "seed": None}
     assert detector.state.reference_samples == 80  # a longer model reference is cut
     with pytest.raises(ValueError, match="unknown parameter"):
         build_detector(IncrementalKS, DetectorSpec(type="iks", signal="entropy", lambda_=3), None)

@@ -308,7 +308,7 @@ def test_built_from_settings_through_the_plugin():
     spec = DetectorSpec(type="pht", signal="confidence", threshold=12.0, direction="down")
     detector = build_detector(PageHinkley, spec, np.linspace(0.0, 1.0, 100))
     assert detector.params() == {
-        "delta": 0.25, "threshold": 12.0, "warning_threshold": None, "alpha": 1.0,
+        "delta": 0.25, "ert": None, "threshold": 12.0, "warning_threshold": None, "alpha": 1.0,
         "min_samples": 30, "direction": "down", "reference_size": 500,
     }
     state = detector.state

@@ -158,3 +158,36 @@ def test_an_impossible_setting_is_refused_before_reading_the_input(tmp_path: Pat
     (tmp_path / "signal.txt").write_text("0.1\n")
     result = run_replay("-d", "iks", "-p", "window=3", "signal.txt", cwd=tmp_path)
     assert_refused(result, "window = 3", "never")
+
+
+def test_calibrate_reports_false_alarms_against_the_ert(tmp_path: Path) -> None:
+    rng = np.random.default_rng(21)
+    # A long reference: the run length a given reference gets varies about the ERT (which is
+    # an average over references of its size) less the longer it is.
+    write(tmp_path / "reference.txt", rng.normal(3.0, 0.5, 5000))
+    write(tmp_path / "clean.txt", rng.normal(3.0, 0.5, 100_000))
+    write(tmp_path / "wider.txt", rng.normal(3.0, 0.75, 100_000))
+    common = ("-d", "pht", "-p", "ert=2000", "-p", "reference_size=5000", "--reference", "reference.txt", "--calibrate")
+    (clean,) = replay(*common, "--json", "clean.txt", cwd=tmp_path)
+    assert clean["samples"] == 100_000 and clean["ert"] == 2000.0
+    assert clean["false_alarms"] >= 10  # an ERT of 2,000 over 100,000 samples: about 50
+    assert clean["run_length"] == clean["samples_tested"] / clean["false_alarms"]
+    assert clean["run_length_low"] < clean["run_length"] < clean["run_length_high"]
+    assert clean["run_length_high"] >= 2000 and clean["consistent"] is True
+    # Data unlike the reference (wider: PHT re-learns a mean after a drift, not a spread)
+    # alarm far more often than the ERT allows, and replay says so.
+    (wider,) = replay(*common, "--json", "wider.txt", cwd=tmp_path)
+    assert wider["false_alarms"] > 3 * clean["false_alarms"] and wider["consistent"] is False
+    assert "more often than an ert of 2000" in wider["verdict"]
+    text = run_replay(*common, "clean.txt", cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert f"{clean['false_alarms']} false alarm(s)" in text.stdout and "95 % interval" in text.stdout
+    assert "consistent" in text.stdout and "{" not in text.stdout
+
+
+def test_calibrate_without_an_ert_still_counts_the_alarms(tmp_path: Path) -> None:
+    rng = np.random.default_rng(22)
+    write(tmp_path / "clean.txt", rng.random(20_000) < 0.05)
+    (result,) = replay("-d", "bernoulli_cusum", "-p", "threshold=2", "--calibrate", "--json", "clean.txt", cwd=tmp_path)
+    assert result["ert"] is None and result["consistent"] is None and result["false_alarms"] > 0
+    assert result["samples_tested"] == 20_000 - 500  # the first min_samples labels only learn the rate
