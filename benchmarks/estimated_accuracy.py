@@ -231,7 +231,7 @@ def main() -> None:
     print(f"\nIn a stream (window {options.window}; the shipped DoC with the default detector set; "
           f"{CLEAN} clean then {CHANGED} corrupted):\n")
     print("| scenario | settled after (images) | noise (points, sd) | unreliable after the change | "
-          "|steady − true| (points) |")
+          "steady − true, absolute (points) |")
     print("|---|---|---|---|---|")
     for kind, amount, _, _, d in results:
         settled = "(step < 2 points)" if d["settled"] is None else d["settled"]
