@@ -59,7 +59,8 @@ class AccuracyEstimate:
                        window: int) -> AccuracyEstimate:
         """The estimate for a reference; ``ValueError`` saying what is missing when it cannot give one."""
         if reference_accuracy is None:
-            raise ValueError(f"the reference has no accuracy (its images had no labels); {HOW_TO_GET_ONE}")
+            raise ValueError("the reference has no accuracy (there is no reference folder, or its images had no "
+                             f"labels); {HOW_TO_GET_ONE}")
         if reference_confidences is None or len(reference_confidences) == 0:
             raise ValueError(f"the reference has no values of the {CONFIDENCE_SIGNAL!r} signal; {HOW_TO_GET_ONE}")
         confidences = np.asarray(reference_confidences, dtype=np.float64)
