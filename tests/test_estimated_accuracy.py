@@ -77,6 +77,9 @@ def test_the_checkpointed_window_continues_where_it_was() -> None:
     second.observe(last)
     assert second.value == pytest.approx(uninterrupted.value)
     assert second.predictions == 50
+    # A checkpoint that cannot be read starts an empty window rather than failing the restore.
+    second.restore({"confidences": ["x", {}]})
+    assert second.predictions == 0 and math.isnan(second.value)
 
 
 def test_without_a_labelled_reference_there_is_no_estimate_and_it_says_how_to_get_one(caplog) -> None:

@@ -102,8 +102,15 @@ class AccuracyEstimate:
     def restore(self, state: Mapping[str, Any] | None) -> None:
         self._values[:] = 0.0
         self._next = self._filled = 0
-        if state:
-            self.observe(np.asarray(state.get("confidences", []), dtype=np.float64))
+        if not state:
+            return
+        try:
+            confidences = np.asarray(state.get("confidences", []), dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            log.error("the checkpoint's estimated-accuracy window is unreadable (%s); it fills again", error)
+            return
+        if confidences.ndim == 1 and np.all(np.isfinite(confidences)):
+            self.observe(confidences)
 
 
 def watches_inputs(watched: WatchedDetector) -> bool:
