@@ -113,6 +113,15 @@ class AccuracyEstimate:
             self.observe(confidences)
 
 
+def estimate_accuracy(reference_accuracy: float | None, reference_confidences: Sequence[float] | None,
+                      confidences: np.ndarray) -> float:
+    """The estimate over all of ``confidences`` at once (``monitord evaluate``, per scenario);
+    ``ValueError`` when the reference cannot give one."""
+    estimate = AccuracyEstimate.from_reference(reference_accuracy, reference_confidences, max(1, len(confidences)))
+    estimate.observe(confidences)
+    return estimate.value
+
+
 def watches_inputs(watched: WatchedDetector) -> bool:
     """Whether a detector watches what the model sees or says (not the labels)."""
     return ERROR_SIGNAL not in watched.spec.signals
