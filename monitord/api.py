@@ -4,10 +4,10 @@ They belong to the daemon, not to a source: labels and detectors exist whichever
 are enabled, on every node. A label batch goes into the stream like a prediction batch;
 the monitor joins each label to its prediction and sends back the verdicts, which the
 client gets (or, if they take longer than ``bus.reply_timeout_seconds``, a 202: the labels
-are in the stream and will be joined). ``GET /v1/detectors`` answers from the monitor in
-this process, or from the state the active monitor last published. Routes are added
-before the server starts (aiohttp freezes its router) and answer 503 until the daemon is
-ready.
+are in the stream and will be joined). ``GET /v1/detectors`` (with the estimated accuracy
+beside the detectors) answers from the monitor in this process, or from the state the
+active monitor last published. Routes are added before the server starts (aiohttp freezes
+its router) and answer 503 until the daemon is ready.
 """
 
 from __future__ import annotations
@@ -128,6 +128,8 @@ def add_api_routes(
         body: dict[str, Any] = {"detectors": [_finite(state) for state in status.get("detectors", [])]}
         if "reference" in status:
             body["reference"] = status["reference"]
+        if "estimated_accuracy" in status:
+            body["estimated_accuracy"] = status["estimated_accuracy"]
         return web.json_response(body)
 
     app.router.add_post("/v1/feedback", post_feedback)

@@ -143,6 +143,30 @@ class Metrics:
             registry=monitor,
             multiprocess_mode="livemostrecent",
         )
+        self.estimated_accuracy = Gauge(
+            "monitord_estimated_accuracy",
+            "Accuracy estimated without labels from the latest estimated_accuracy.window predictions' confidence "
+            "(difference of confidences to the reference); NaN until the window is full or without a labelled "
+            "reference.",
+            registry=monitor,
+            multiprocess_mode="livemostrecent",
+        )
+        self.estimated_accuracy_reliable = Gauge(
+            "monitord_estimated_accuracy_reliable",
+            "1 while monitord_estimated_accuracy can be trusted, 0 while a detector on the inputs is at drift "
+            "(a shift the model is confidently wrong on does not lower its confidence) or there is no estimate.",
+            registry=monitor,
+            multiprocess_mode="livemostrecent",
+        )
+        self.reference_accuracy = Gauge(
+            "monitord_reference_accuracy",
+            "The model's accuracy on its labelled reference images (NaN without one).",
+            registry=monitor,
+            multiprocess_mode="livemostrecent",
+        )
+        if "monitor" in roles:
+            self.estimated_accuracy.set(float("nan"))
+            self.reference_accuracy.set(float("nan"))
         self.feedback = Counter(
             "monitord_feedback", "Labels received, by how they joined a prediction.", ["outcome"], registry=r
         )

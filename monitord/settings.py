@@ -235,6 +235,15 @@ class PredictionsLogSettings(_Section):
     backups: int = Field(5, ge=0)
 
 
+class EstimatedAccuracySettings(_Section):
+    """``monitord_estimated_accuracy``: accuracy without labels, from the model's confidence."""
+
+    #: The estimate is over this many latest predictions (NaN until that many came): a
+    #: smaller window follows a change sooner and is noisier (200: settled 200 images after
+    #: an abrupt change, about ±1.4 points of noise on the digits model).
+    window: int = Field(200, gt=0)
+
+
 class ModelSettings(BaseModel):
     """The model. Keys beyond these belong to the model plugin, which validates them."""
 
@@ -380,6 +389,7 @@ class Settings(BaseSettings):
     predictions_log: PredictionsLogSettings = PredictionsLogSettings()
     snapshots: SnapshotSettings = SnapshotSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+    estimated_accuracy: EstimatedAccuracySettings = EstimatedAccuracySettings()
     model: ModelSettings = ModelSettings()
     detectors: list[DetectorSpec] = Field(default_factory=default_detectors)
     alerts: AlertSettings = AlertSettings()

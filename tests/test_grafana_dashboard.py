@@ -64,6 +64,13 @@ def test_the_dashboard_shows_what_the_issue_asks_for() -> None:
         "sum by (detector, level) (increase(monitord_drift_events_total",
     ):
         assert needed in expressions, needed
+    # The accuracy estimated without labels, beside the labelled accuracy, with its reliability.
+    by_title = {panel["title"]: panel for panel in panels(load_dashboard())}
+    labelled, estimated = by_title["Accuracy"], by_title["Estimated accuracy (no labels)"]
+    assert [target["expr"].split("{")[0] for target in estimated["targets"]] == [
+        "monitord_estimated_accuracy", "monitord_reference_accuracy", "monitord_estimated_accuracy_reliable"]
+    assert estimated["gridPos"]["y"] == labelled["gridPos"]["y"]
+    assert estimated["gridPos"]["x"] == labelled["gridPos"]["x"] + labelled["gridPos"]["w"]
     statistic = next(p for p in panels(load_dashboard()) if "monitord_drift_statistic" in p["targets"][0]["expr"])
     assert statistic["repeat"] == "detector"  # one panel per detector
     assert "monitord_drift_threshold" in statistic["targets"][1]["expr"]

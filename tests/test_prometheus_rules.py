@@ -29,7 +29,7 @@ RULES = CONFIGS / "prometheus_rules.yaml"
 RULE_TESTS = CONFIGS / "prometheus_rules.test.yaml"
 REQUIRED_ALERTS = {
     "MonitordDriftDetected", "MonitordDriftWarning", "MonitordDown", "MonitordRejectedImagesHigh",
-    "MonitordQueueSaturated", "MonitordAccuracyDrop", "MonitordNoTraffic",
+    "MonitordQueueSaturated", "MonitordAccuracyDrop", "MonitordNoTraffic", "MonitordEstimatedAccuracyDrop",
 }
 # Names in PromQL that are functions, keywords or Prometheus's own series, not monitord metrics.
 PROMQL_WORDS = {

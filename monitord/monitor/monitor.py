@@ -19,11 +19,14 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
+
 from monitord.alerting.alert import Alert
 from monitord.alerting.dispatcher import AlertDispatcher
 from monitord.detectors import DetectorStage
 from monitord.feedback import Feedback
 from monitord.metrics import Metrics
+from monitord.monitor.estimated_accuracy import EstimatedAccuracy
 from monitord.predictions_log import PredictionsLog
 from monitord.snapshots import DetectorSnapshots
 from monitord.transport.entries import Entry, LabelBatch, PredictionBatch, Verdict
@@ -45,6 +48,7 @@ class Monitor:
         predictions_log: PredictionsLog | None = None,
         alerting: AlertDispatcher | None = None,
         reference: dict[str, Any] | None = None,
+        estimated_accuracy: EstimatedAccuracy | None = None,
     ) -> None:
         self.metrics = metrics
         self.detectors = detectors
@@ -54,6 +58,8 @@ class Monitor:
         self.alerting = alerting
         #: The reference detectors compare with, as the model card describes it.
         self.reference = reference
+        #: Accuracy without labels, from the predictions' confidence (None: not kept).
+        self.estimated_accuracy = estimated_accuracy
         #: Entries applied since this process started (for logs and tests).
         self.applied = 0
         self.snapshot_fitted = True
@@ -82,6 +88,9 @@ class Monitor:
         observe_confidence = self.metrics.confidence.observe
         for prediction in predictions:
             observe_confidence(prediction.confidence)
+        if self.estimated_accuracy is not None:  # after the detectors: their levels say if it is reliable
+            self.estimated_accuracy.observe(
+                np.fromiter((p.confidence for p in predictions), dtype=np.float64, count=len(predictions)))
         if self.predictions_log is not None:
             self.predictions_log.write(predictions)
 
@@ -95,6 +104,7 @@ class Monitor:
             "detectors": self.snapshots.collect(),
             "alerts": [alert.to_state() for alert in self.alerting.firing()] if self.alerting else [],
             "feedback": self.feedback.state(),
+            "estimated_accuracy": self.estimated_accuracy.state() if self.estimated_accuracy else None,
         }
 
     def restore(self, state: dict[str, Any] | None) -> None:
@@ -109,6 +119,8 @@ class Monitor:
         #: detectors, and they start fresh); its keeper may set it aside.
         self.snapshot_fitted = self.snapshots.restore_from(state.get("detectors"))
         self.feedback.restore(state.get("feedback"))
+        if self.estimated_accuracy is not None:
+            self.estimated_accuracy.restore(state.get("estimated_accuracy"))
         if self.alerting is not None:
             saved = []
             for item in state.get("alerts", []):
@@ -123,4 +135,6 @@ class Monitor:
         status: dict[str, Any] = {"detectors": self.detectors.states()}
         if self.reference is not None:
             status["reference"] = self.reference
+        if self.estimated_accuracy is not None:
+            status["estimated_accuracy"] = self.estimated_accuracy.status()
         return status

@@ -22,6 +22,7 @@ from monitord.background import BackgroundJobs
 from monitord.detectors import DetectorStage
 from monitord.feedback import Feedback
 from monitord.metrics import Metrics
+from monitord.monitor.estimated_accuracy import EstimatedAccuracy
 from monitord.monitor.monitor import Monitor
 from monitord.monitor.runner import MonitorRunner
 from monitord.predictions_log import PredictionsLog
@@ -83,8 +84,10 @@ class MonitorRole:
             source = dataclasses.replace(self.alert_source, model=card.name)
             self.alerting = AlertDispatcher(self.settings.alerts, self.sinks, source, keep_in)
             self.alerting.attach(detectors)
+        estimated_accuracy = EstimatedAccuracy.for_reference(
+            card.reference, card.reference_signals, self.settings.estimated_accuracy.window, detectors, self.metrics)
         self.monitor = Monitor(self.metrics, detectors, feedback, snapshots, self.predictions_log, self.alerting,
-                               reference=self.reference)
+                               reference=self.reference, estimated_accuracy=estimated_accuracy)
         self.runner = MonitorRunner(self.monitor, link, self._on_state, self._after_restore)
         self._task = asyncio.create_task(self.runner.run(self._stop), name="monitor")
 

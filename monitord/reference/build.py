@@ -231,6 +231,7 @@ def _reference(model: Model, outputs: ModelOutputs, components: int, source: str
                                 if n},
     }
     calibration = None
+    correct = None
     if labelled:
         truth = np.asarray(labels, dtype=np.int64)
         correct = predicted == truth
@@ -244,7 +245,8 @@ def _reference(model: Model, outputs: ModelOutputs, components: int, source: str
     else:
         summary["accuracy"] = None
     return Reference(model=model.name, class_names=tuple(names), fingerprint=getattr(model, "fingerprint", None),
-                     signals=signals, projection=projection, calibration=calibration, summary=summary)
+                     signals=signals, projection=projection, calibration=calibration, summary=summary,
+                     correct=correct)
 
 
 class _NoBar:

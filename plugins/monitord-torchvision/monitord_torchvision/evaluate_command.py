@@ -127,7 +127,8 @@ def evaluate_command(host: PluginHost, config: Path | None, data: Path | None, k
     total = plan.streams * (len(scenarios) + 1)
     bar = _progress(total, progress)
     try:
-        records = evaluate(make_stage, clean, scenarios, plan, on_stream=lambda: bar.update(1))
+        records = evaluate(make_stage, clean, scenarios, plan, estimate=_estimator(served),
+                           on_stream=lambda: bar.update(1))
     finally:
         bar.close()
     finished = time.perf_counter()
@@ -144,6 +145,17 @@ def evaluate_command(host: PluginHost, config: Path | None, data: Path | None, k
     click.echo(f"took {seconds['seconds']:.1f} s: {seconds['seconds_model']:.1f} s loading the model and running it "
                f"over {len(scenarios) + 1} image sets, {seconds['seconds_detectors']:.1f} s in {len(specs)} detectors "
                f"over {total} streams of {plan.length} images")
+
+
+def _estimator(served: ServedReference) -> Callable[[Any], float] | None:
+    """``monitord_estimated_accuracy``'s estimate of a scenario's accuracy, where the reference
+    is labelled (it needs the reference's accuracy and confidences)."""
+    from monitord.monitor.estimated_accuracy import estimate_accuracy
+
+    accuracy, confidences = served.description.get("accuracy"), served.signals.get("confidence")
+    if accuracy is None or not confidences:
+        return None
+    return lambda signals: estimate_accuracy(accuracy, confidences, signals["confidence"])
 
 
 def _image_sets(model: Model, settings: Settings, data: Path | None, contents: FolderContents | None,
