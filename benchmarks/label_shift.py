@@ -142,7 +142,7 @@ def show(value: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clean-streams", type=int, default=20, help="clean streams of 100,000 images per reference kind")
-    parser.add_argument("--shift-factor", type=float, nargs="+", default=[2.0], help="class_mix shift_factor values")
+    parser.add_argument("--shift-factor", type=float, nargs="+", default=[3.0], help="class_mix shift_factor values")
     args = parser.parse_args()
     reference, labels, predicted = digits_predictions()
     accuracy = float(np.mean(predicted == labels))
