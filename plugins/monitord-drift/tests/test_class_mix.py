@@ -97,8 +97,8 @@ def test_state_shows_the_statistic_nearer_its_drift_threshold() -> None:
     for _ in range(10):
         detector.update(predictions(rng, class_proportions(2), 50))
         statistics, thresholds, state = detector.statistics, detector.thresholds, detector.state
-        by_cusum = statistics["cusum"] / thresholds["cusum_drift"] > statistics["chi_square"] / thresholds["chi_square_drift"]
-        name = "cusum" if by_cusum else "chi_square"
+        nearness = {name: statistics[name] / thresholds[f"{name}_drift"] for name in statistics}
+        name = "cusum" if nearness["cusum"] > nearness["chi_square"] else "chi_square"
         assert (state.statistic, state.threshold, state.warning_threshold) == (
             statistics[name], thresholds[f"{name}_drift"], thresholds[f"{name}_warning"]
         )

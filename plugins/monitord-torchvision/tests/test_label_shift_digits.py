@@ -27,7 +27,9 @@ def predictions(digits_model: TorchvisionModel, held_out_inputs: tuple[np.ndarra
     return reference, labels, predicted
 
 
-def draw(labels: np.ndarray, predicted: np.ndarray, digits: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def draw(
+    labels: np.ndarray, predicted: np.ndarray, digits: np.ndarray, size: int, rng: np.random.Generator
+) -> np.ndarray:
     """Predicted classes of held-out images whose true digit is among ``digits``."""
     rows = np.flatnonzero(np.isin(labels, digits))
     return predicted[rng.choice(rows, size=size)]
