@@ -40,7 +40,7 @@ def test_without_a_reference_the_daemon_says_so_and_monitord_reference_builds_it
         assert "monitord reference DIR" in ready["reference"]["note"]
         detectors = get_json(daemon.url + "/v1/detectors")
         by_name = {d["name"]: d for d in detectors["detectors"]}
-        assert by_name["pht_confidence"]["reference"] == "stream" and by_name["hddm_a_error"]["reference"] is None
+        assert by_name["pht_confidence"]["reference"] == "stream" and by_name["bernoulli_cusum_error"]["reference"] is None
         assert detectors["reference"]["source"] == "stream"
         assert "WARNING" in daemon.log() and "no reference for model digits_cnn" in daemon.log()
     finally:

@@ -31,7 +31,8 @@ def test_defaults_match_the_public_contract() -> None:
         ("pht", ["confidence"]),
         ("iks", ["entropy"]),
         ("nm_ddm", ["activation_mean", "activation_std"]),
-        ("hddm_a", ["error"]),
+        ("class_mix", ["predicted_class"]),
+        ("bernoulli_cusum", ["error"]),
     ]
 
 

@@ -76,34 +76,36 @@ def reference_command() -> click.Command:
         click.echo(f"wrote the reference to {written} (the daemon uses it from its next start)")
         problem = detectors_refusing(settings, host, built.signal_lists(), settings.model_artifact)
         if problem is not None:
-            click.echo(f"warning: the configured detectors cannot start on this reference: {problem}; "
-                       "build it from more images, or change that detector's settings", err=True)
+            click.echo(f"warning: the configured detectors cannot start on this reference:\n{problem}\n"
+                       "build it from more images, or change those detectors' settings", err=True)
 
     return reference
 
 
 def detectors_refusing(settings: Any, host: PluginHost, signals: dict[str, list[float]],
                        artifact: Path) -> str | None:
-    """Why the configured detectors would not start on ``signals`` (a reference too short
-    for a window, say), or None: better said now than when the daemon starts. What they
-    compute from the reference (NM-DDM's calibration) is kept in the artifact's
+    """Why configured detectors would not start on ``signals`` (a reference too short for a
+    window, say), one line per detector, or None: better said now than when the daemon
+    starts. What they compute from the reference (calibrations) is kept in the artifact's
     reference cache, where the daemon finds it instead of computing it again."""
     from monitord.detectors import DetectorStage
     from monitord.metrics import Metrics
     from monitord.reference_cache import FOLDER_NAME, ReferenceCache, using
 
     cache = Path(artifact) / FOLDER_NAME
-    try:
-        with using(ReferenceCache([cache], cache)):
-            stage = DetectorStage.build(settings.detectors, lambda kind: host.factory("detector", kind), signals,
-                                        Metrics())
-    except (ValueError, PluginError) as error:
-        return str(error)
-    for watched in stage.detectors:
-        close = getattr(watched.detector, "close", None)
-        if callable(close):
-            close()
-    return None
+    refusals = []
+    with using(ReferenceCache([cache], cache)):
+        for spec in settings.detectors:  # each alone, so that every refusal is said at once
+            try:
+                stage = DetectorStage.build([spec], lambda kind: host.factory("detector", kind), signals, Metrics())
+            except (ValueError, PluginError) as error:
+                refusals.append(str(error))
+                continue
+            for watched in stage.detectors:
+                close = getattr(watched.detector, "close", None)
+                if callable(close):
+                    close()
+    return "\n".join(refusals) or None
 
 
 def describe(reference: Any, ignored: list[Path] = ()) -> list[str]:
