@@ -1,12 +1,12 @@
 """What the detectors that restart after a drift share (PHT, Bernoulli CUSUM, the DDM family).
 
 Their papers restart the statistic at the sample where drift is declared. A batch may hold
-several drifts. PHT and the CUSUM scan a chunk vectorised from their current state, stop
-at the first drift, restart, and scan the rest (:func:`run_batch`); chunks start small
-after a restart and double while no drift turns up, so a batch with many drifts costs
-little more than one with none. The DDM family runs one compiled loop over the batch
-instead (``ddm_kernels``, ``hddm_kernels``): in the daemon's batches of 64 the fixed cost
-of the numpy calls made them slower than river's per-sample loop.
+several drifts. The CUSUM scans a chunk vectorised from its current state, stops at the
+first drift, restarts, and scans the rest (:func:`run_batch`); chunks start small after a
+restart and double while no drift turns up, so a batch with many drifts costs little more
+than one with none. PHT and the DDM family run one compiled loop over the batch instead
+(``pht_kernels``, ``ddm_kernels``, ``hddm_kernels``): in the daemon's batches of 64 the
+fixed cost of the numpy calls made them slower than river's per-sample loop.
 
 What a detector reports at a sample where it runs no test (too few samples since a
 restart, or for EDDM a sample that is not an error) is the level it had before: ``ok``

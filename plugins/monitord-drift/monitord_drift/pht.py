@@ -14,16 +14,13 @@ from monitord.reference_cache import active_cache
 from numpy.typing import ArrayLike
 
 from . import ert as ert_arithmetic
-from ._restarting import CARRY, Scan, count, number, run_batch, samples_to_test
-from .base import DriftDetector, Reading
+from ._restarting import count, number, samples_to_test
+from .base import LEVEL_CODES, DriftDetector, Reading
 
 log = logging.getLogger("monitord.drift.pht")
 
 Direction = Literal["up", "down", "both"]
 _DIRECTIONS: tuple[str, ...] = ("up", "down", "both")
-#: Standardised values are clipped to this magnitude, so that one absurd input cannot
-#: overflow the sums; it is drift by any threshold anyway.
-_Z_LIMIT = 1e12
 #: The forgetting factor is applied by scaling with alpha**-j inside blocks of at most
 #: this many samples (and alpha**-block stays below e**30), then the sums are rebased.
 _LARGEST_BLOCK = 4096
@@ -87,10 +84,11 @@ class PageHinkley(DriftDetector):
       so that after a restart the test settles on the new regime instead of alarming
       again and again for as long as the shift lasts.
 
-    A batch is computed at once: $U_t$ is a cumulative sum minus its running minimum
-    (with 0), and scaling the increments by $\alpha^{-j}$ makes the forgetting a
-    cumulative sum too. The sums run in sample order and their blocks restart at fixed
-    sample counts, so any split of a stream into batches gives bit-identical results.
+    A batch runs as one compiled loop (``pht_kernels.pht_run``): $U_t$ is kept as a sum
+    minus its running minimum (with 0), and scaling the increments by $\alpha^{-j}$ makes
+    the forgetting part of that sum too. The sums run in sample order and their blocks
+    restart at fixed sample counts, so any split of a stream into batches gives
+    bit-identical results.
 
     What a restart does not do: it restarts the mean, not the scale. After a drift the
     test needs a few hundred samples of the new regime before it can see the next
@@ -301,66 +299,26 @@ class PageHinkley(DriftDetector):
         self._run = 0
 
     def _update(self, values: np.ndarray) -> list[DriftEvent]:
-        return run_batch(self, values, self._scan)
+        from . import pht_kernels as kernels  # compiled on first use, not at import
 
-    def _scan(self, values: np.ndarray) -> Scan:
-        size = min(len(values), self._block - self._age)
-        z = np.clip((values[:size] - self._center) / self._scale, -_Z_LIMIT, _Z_LIMIT)
-        steps = np.arange(1, size + 1)
-        mean_sums = np.cumsum(np.concatenate(([self._mean_sum], z)))[1:]
-        deviation = z - mean_sums / (self._mean_count + steps)
-        ages = self._age + steps
-        growth, decay = self._growth[ages], self._decay[ages]
-        sums, minima, values = [], [], []
-        for side, sum0, min0 in zip(self._sides, self._sums, self._minima):
-            scaled = (side * deviation - self.delta) * growth
-            running = np.cumsum(np.concatenate(([sum0], scaled)))[1:]
-            lowest = np.minimum.accumulate(np.concatenate(([min0], running)))[1:]
-            values.append((running - lowest) * decay)
-            sums.append(running)
-            minima.append(lowest)
-        statistic = values[0] if len(values) == 1 else np.maximum(values[0], values[1])
-        above_warning = statistic > self._warning
-        toward = None  # no sample at a level: no event to say it of
-        if above_warning.any():
-            toward = self._toward_reference(values, mean_sums, self._mean_count + steps, above_warning)
-        tested = self._run + steps >= self.min_samples
-        drift = tested & (statistic > self._threshold)
-        stop = int(np.argmax(drift)) if drift.any() else size - 1
-        codes = np.where(statistic > self._threshold, 2, np.where(above_warning, 1, 0))
-        codes = np.where(tested, codes, CARRY)[: stop + 1]
-        restarted = bool(drift[stop])
-        if restarted:
-            self._restart(prior=0)
-        else:
-            self._sums = [float(running[stop]) for running in sums]
-            self._minima = [float(lowest[stop]) for lowest in minima]
-            self._age += stop + 1
-            self._mean_sum = float(mean_sums[stop])
-            self._mean_count += stop + 1
-            self._run += stop + 1
-            if self._age == self._block:
-                self._sums = [self._side_statistic(i) for i in range(len(self._sides))]
-                self._minima = [0.0 for _ in self._sides]
-                self._age = 0
-        return Scan(codes, statistic[: stop + 1], self._warning, self._threshold, restarted,
-                    None if toward is None else toward[: stop + 1])
-
-    def _toward_reference(
-        self, values: list[np.ndarray], mean_sums: np.ndarray, counts: np.ndarray, above_warning: np.ndarray
-    ) -> np.ndarray:
-        """Per sample, whether the shift found there points back toward the reference: the
-        mean since the last restart (0 being the reference's) lies more than ``delta`` off
-        it, and the side that leads points back. Worked out only where a level can rise."""
-        toward = np.zeros(len(above_warning), dtype=bool)
-        rising = np.flatnonzero(above_warning)
-        regime = mean_sums[rising] / counts[rising]
-        if len(values) == 1:
-            leading = np.full(len(rising), self._sides[0])
-        else:
-            leading = np.where(values[1][rising] > values[0][rising], self._sides[1], self._sides[0])
-        toward[rising] = (np.abs(regime) > self.delta) & (leading * regime < 0)
-        return toward
+        codes = np.empty(len(values), dtype=np.int8)
+        statistics = np.empty(len(values))
+        toward = np.empty(len(values), dtype=np.bool_)
+        up, down = self.direction != "down", self.direction != "up"
+        # The kernel keeps both sides; a one-sided test stores only its own.
+        rise = (self._sums[0], self._minima[0]) if up else (0.0, 0.0)
+        fall = (self._sums[-1], self._minima[-1]) if down else (0.0, 0.0)
+        state = kernels.pht_run(
+            values, self._center, self._scale, self.delta, up, down, self._warning, self._threshold,
+            self.min_samples, self._growth, self._decay, rise[0], rise[1], fall[0], fall[1], self._age,
+            self._mean_sum, self._mean_count, self._run, LEVEL_CODES[self.level], codes, statistics, toward,
+        )  # fmt: skip
+        sides = ([(state[0], state[1])] if up else []) + ([(state[2], state[3])] if down else [])
+        self._sums = [float(total) for total, _ in sides]
+        self._minima = [float(lowest) for _, lowest in sides]
+        self._age, self._mean_sum = int(state[4]), float(state[5])
+        self._mean_count, self._run = int(state[6]), int(state[7])
+        return self._events_from_codes(codes, statistics, {1: self._warning, 2: self._threshold}, toward)
 
     def _side_statistic(self, side: int) -> float:
         return float((self._sums[side] - self._minima[side]) * self._decay[self._age])

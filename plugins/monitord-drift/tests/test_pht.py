@@ -25,8 +25,9 @@ LEVEL = {"ok": 0, "warning": 1, "drift": 2}
 
 
 def oracle(values, reference, *, delta=0.25, threshold=20.0, warning_threshold=None, alpha=1.0,
-           min_samples=30, direction="both"):
-    """PageHinkley's docstring, one sample at a time: (index, level, statistic) per rise."""
+           min_samples=30, direction="both", with_toward=False):
+    """PageHinkley's docstring, one sample at a time: (index, level, statistic) per rise, and
+    with ``with_toward`` whether the shift found there points back toward the reference."""
     warning = 0.75 * threshold if warning_threshold is None else warning_threshold
     mu = sum(reference) / len(reference)
     sigma = math.sqrt(sum((r - mu) ** 2 for r in reference) / (len(reference) - 1))
@@ -47,7 +48,10 @@ def oracle(values, reference, *, delta=0.25, threshold=20.0, warning_threshold=N
         if run >= min_samples:  # otherwise the level carries over
             new = 2 if ph > threshold else 1 if ph > warning else 0
             if new > level:
-                events.append((index, new, ph))
+                regime = mean_sum / mean_count  # the mean since the restart, in z units
+                leading_up = direction == "up" or (direction == "both" and up >= down)
+                toward = abs(regime) > delta and (regime < 0 if leading_up else regime > 0)
+                events.append((index, new, ph, toward) if with_toward else (index, new, ph))
             level = new
             if new == 2:
                 up = down = mean_sum = 0.0
@@ -85,6 +89,19 @@ def test_matches_the_documented_formula(params):
     assert [(e.index, LEVEL[e.level]) for e in got] == [(i, code) for i, code, _ in expected]
     np.testing.assert_allclose([e.statistic for e in got], [s for _, _, s in expected], rtol=1e-9, atol=1e-9)
     assert LEVEL[detector.level] == level
+
+
+@pytest.mark.parametrize("direction", ["both", "up", "down"])
+def test_toward_reference_follows_the_documented_rule(direction):
+    reference = np.random.default_rng(1).normal(2.0, 3.0, 300)
+    # Away from the reference and back, both ways.
+    stream = shifted(3, [(2.0, 800), (5.0, 700), (2.0, 900), (-1.0, 700), (2.0, 900)], sigma=3.0)
+    params = {"direction": direction}
+    expected, _ = oracle(stream.tolist(), reference.tolist(), with_toward=True, **params)
+    got = PageHinkley(reference=reference, **params).update(stream)
+    assert [(e.index, LEVEL[e.level], e.toward_reference) for e in got] == [(i, c, t) for i, c, _, t in expected]
+    if direction == "both":  # a one-sided test restarts only on its own side
+        assert {t for *_, t in expected} == {True, False}, "the stream should go away and come back"
 
 
 # -- batch, sample by sample, snapshots ----------------------------------------------------
