@@ -126,9 +126,14 @@ def evaluate_command(host: PluginHost, config: Path | None, data: Path | None, k
     make_stage = _stage_maker(host, settings, specs, served.signals)
     total = plan.streams * (len(scenarios) + 1)
     bar = _progress(total, progress)
+    from monitord.reference_cache import ReferenceCache, using
+
+    # Detectors that calibrate while running (bernoulli_cusum, each time it learns its
+    # rate) find what earlier streams and runs computed.
     try:
-        records = evaluate(make_stage, clean, scenarios, plan, estimate=_estimator(served),
-                           on_stream=lambda: bar.update(1))
+        with using(ReferenceCache.for_daemon(settings.model_artifact, settings.state_dir)):
+            records = evaluate(make_stage, clean, scenarios, plan, estimate=_estimator(served),
+                               on_stream=lambda: bar.update(1))
     finally:
         bar.close()
     finished = time.perf_counter()

@@ -136,7 +136,7 @@ def evaluate(
                       for name in clean.signals if name in scenario.images.signals}
             stage = make_stage()
             detectors = {w.spec.label: (w.spec.type, w.spec.signal_label) for w in stage.detectors}
-            found = _drift_indices(stage, stream, plan.batch)
+            found = _drift_indices(stage, stream, plan.batch, stop_from=plan.clean)
             for label in detectors:
                 first = next((i for i in found.get(label, []) if i >= plan.clean), None)
                 delays.setdefault(label, []).append(None if first is None else first - plan.clean + 1)
@@ -167,18 +167,29 @@ def _take(images: ImageSignals, rows: np.ndarray) -> ImageSignals:
     return ImageSignals({name: values[rows] for name, values in images.signals.items()}, images.labels[rows])
 
 
-def _drift_indices(stage: DetectorStage, stream: Mapping[str, np.ndarray], batch: int) -> dict[str, list[int]]:
-    """Each detector's drift events, as indices into the stream, fed ``batch`` at a time."""
+def _drift_indices(stage: DetectorStage, stream: Mapping[str, np.ndarray], batch: int,
+                   stop_from: int | None = None) -> dict[str, list[int]]:
+    """Each detector's drift events, as indices into the stream, fed ``batch`` at a time.
+
+    A detector is fed no further once it drifted at or after ``stop_from`` (the change):
+    its delay is known, and what it does after a restart on drifted data (re-learning, for
+    an error detector a new calibration) would cost time and change nothing reported.
+    """
     length = len(stream[ERROR_SIGNAL])
     found: dict[str, list[int]] = {w.spec.label: [] for w in stage.detectors}
+    watching = list(stage.detectors)
     try:
         for start in range(0, length, batch):
             chunk = {name: values[start:start + batch] for name, values in stream.items()}
             for watched, event in stage.update(chunk):
                 if event.level == "drift":
                     found[watched.spec.label].append(start + event.index)
+                    if stop_from is not None and start + event.index >= stop_from and watched in stage.detectors:
+                        stage.detectors.remove(watched)
+            if not stage.detectors:
+                break
     finally:
-        for watched in stage.detectors:
+        for watched in watching:
             close = getattr(watched.detector, "close", None)
             if callable(close):
                 close()
