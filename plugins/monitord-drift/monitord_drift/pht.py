@@ -276,9 +276,19 @@ class PageHinkley(DriftDetector):
 
         settings = [self.delta, self.alpha, self.direction, self.min_samples, self.ert, length, CALIBRATION_STREAMS]
         inputs = (f"v{CALIBRATION_VERSION}", json.dumps(settings), population.tobytes())
-        thresholds = active_cache().array("pht-calibration", inputs, simulate)
-        if thresholds.shape != (2,) or thresholds.dtype != np.float64:
-            thresholds = simulate()  # an entry of another shape is not ours to trust
+        try:
+            thresholds = active_cache().array("pht-calibration", inputs, simulate)
+            if thresholds.shape != (2,) or thresholds.dtype != np.float64:
+                thresholds = simulate()  # an entry of another shape is not ours to trust
+        except ValueError as error:
+            # Small or lumpy references do this: a redrawn copy that misses its few outlying
+            # values fits a scale those values then exceed by far, at once.
+            raise ValueError(
+                f"pht cannot set a threshold for an ert of {self.ert:g} on this reference of "
+                f"{len(population)} values ({error}); some redrawn copies of the reference fit a detector "
+                "that alarms at once, which a reference with more values (or fewer far-out ones) avoids: "
+                "build the reference from more images, lower ert, or set a fixed threshold instead of ert"
+            ) from None
         self._threshold = float(thresholds[0])
         if self.warning_threshold is None:
             self._warning = min(float(thresholds[1]), self._threshold)

@@ -121,3 +121,14 @@ def test_without_ert_the_raw_defaults_stand() -> None:
     reference = np.random.default_rng(2).normal(size=500)
     alpha_threshold = math.sqrt(-0.5 * math.log(0.001 / 2)) * math.sqrt(2 / 500)
     assert IncrementalKS(reference=reference).state.threshold == pytest.approx(alpha_threshold)
+
+
+def test_pht_on_a_small_lumpy_reference_says_what_to_change() -> None:
+    # 100 confidences of an overconfident model: nearly all at 1, a few far below. A redrawn
+    # copy without those few fits a scale they exceed at once, so no threshold gives the ERT.
+    rng = np.random.default_rng(0)
+    reference = np.where(rng.random(100) < 0.02, rng.uniform(0.4, 0.9, 100), 1 - rng.exponential(1e-4, 100))
+    with pytest.raises(ValueError, match=r"reference of 100 values.*build the reference from more images"):
+        PageHinkley(ert=100_000, reference=reference)
+    bigger = np.where(rng.random(360) < 0.02, rng.uniform(0.4, 0.9, 360), 1 - rng.exponential(1e-4, 360))
+    assert PageHinkley(ert=100_000, reference=bigger).state.threshold > 0
