@@ -94,7 +94,7 @@ def test_a_real_daemon_exports_every_known_counter_series_at_zero_before_any_ima
     samples = process.metrics()
     with urllib.request.urlopen(process.url + "/v1/detectors", timeout=10) as response:
         detectors = json.loads(response.read())["detectors"]
-    assert len(detectors) == 4  # the default set: pht, iks, nm_ddm, hddm_a
+    assert len(detectors) == 5  # the default set: pht, iks, nm_ddm, class_mix, bernoulli_cusum
 
     expected: list[tuple[str, dict[str, str]]] = []
     for source in ("folder", "http"):

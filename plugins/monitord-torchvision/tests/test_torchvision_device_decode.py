@@ -409,7 +409,7 @@ def test_the_daemon_classifies_a_batch_around_a_corrupt_jpeg(artifact_dir: Path,
         # Every detector of a model signal saw each classified image once (no labels: the
         # error detector saw none).
         watching_model_signals = [d for d in detectors if d["signal"] != "error"]
-        assert len(watching_model_signals) == 3
+        assert len(watching_model_signals) == 4
         assert all(d["samples"] == 25 for d in watching_model_signals), watching_model_signals
         assert "JPEGs decoded on the device" in log_path.read_text(errors="replace")
     finally:

@@ -69,6 +69,7 @@ def test_clean_digits_enlarged_by_whole_factors_raise_no_warning(digits_model: T
         "pht_confidence": 0,
         "iks_entropy": 0,
         "nm_ddm_activation_mean_activation_std": 0,
+        "class_mix_predicted_class": 0,
     }
     inputs = np.stack([digits_model.preprocess(decode_image(data, MAX_PIXELS)) for data in files])
     assert float(np.mean(digits_model.predict(inputs).class_index == labels)) >= 0.97
