@@ -71,8 +71,26 @@ class DaemonProcess:
             self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 120) -> None:
+        """Ready, and its monitor has built its detectors: ``/readyz`` says the daemon takes
+        images, while detectors that calibrate on their reference may still be at it (the
+        monitor applies what came meanwhile afterwards), and tests read their state."""
         assert self.process is not None
+        started = time.monotonic()
         wait_http_ok(self.url + "/readyz", self.process, self.log, timeout, "daemon")
+        wait_for(lambda: self._detectors_published(), max(1.0, timeout - (time.monotonic() - started)),
+                 message=f"the monitor to publish its detectors:\n{self.log()}")
+
+    def _detectors_published(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(self.url + "/v1/detectors", timeout=2):
+                return True
+        except urllib.error.HTTPError as error:
+            return error.code != 503  # 401 behind a token: the route answers, nothing to wait for
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

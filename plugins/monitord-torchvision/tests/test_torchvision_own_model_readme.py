@@ -81,7 +81,7 @@ def test_the_own_model_walkthrough_works_when_pasted(tmp_path: Path) -> None:
 
         wait_for(seen_all, 180, message="300 rotated digits classified")
         levels = {d["name"]: d["level"] for d in get(url + "/v1/detectors")["detectors"]}
-        assert levels["pht_confidence"] == "drift", levels
+        assert levels["nm_ddm_activation_mean_activation_std"] == "drift", levels
     finally:
         daemon.terminate()
         daemon.wait(60)
