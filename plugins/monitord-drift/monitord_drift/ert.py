@@ -143,9 +143,14 @@ def threshold_for_ert_extrapolated(maxima: ArrayLike, length: int, ert: float) -
     hundred blocks of a couple of thousand samples places the quantile with a modest
     extrapolation. When: the statistic forgets its past within a block (a windowed test,
     not a CUSUM that restarts at alarms) and its tail is not heavier than exponential (a
-    heavier one, Fréchet, would be understated). Where the maxima themselves place the
-    quantile (``threshold_for_ert``'s condition) the higher of the two is returned, so the
-    fit never claims a threshold the simulation already shows too low.
+    heavier one, Fréchet, would be understated). The fitted quantile is raised by one
+    standard error (the Gumbel maximum-likelihood quantile's asymptotic variance,
+    β²/n · (1.1087 + 0.5140·y + 0.6079·y²) at y = -ln(-ln p)): the alarm rate is convex in
+    the threshold, so an unbiased but noisy threshold alarms more often than stated, and
+    sampling error should lean toward fewer alarms, as ``threshold_for_ert``'s higher order
+    statistic does. Where the maxima themselves place the quantile (``threshold_for_ert``'s
+    condition) the higher of the two is returned, so the fit never claims a threshold the
+    simulation already shows too low.
     """
     from scipy import stats  # here, not at the top: building a detector without a reference stays cheap
 
@@ -158,7 +163,9 @@ def threshold_for_ert_extrapolated(maxima: ArrayLike, length: int, ert: float) -
     if np.ptp(maxima) == 0.0:
         return float(maxima[0])  # a statistic that never varies: nothing to extrapolate
     location, scale = stats.gumbel_r.fit(maxima)
-    threshold = float(stats.gumbel_r.ppf(level, location, scale))
+    y = -math.log(-math.log(level))
+    error = scale * math.sqrt((1.1087 + 0.5140 * y + 0.6079 * y * y) / maxima.size)
+    threshold = float(location + y * scale + error)
     if maxima.size * (1.0 - level) >= MIN_STREAMS_ABOVE:
         threshold = max(threshold, threshold_for_ert(maxima, length, ert))
     return threshold

@@ -30,9 +30,9 @@ CALIBRATION_VERSION = 2
 #: Bumped whenever the ``ert`` calibration's simulation changes, so cached maxima are not reused.
 ERT_CALIBRATION_VERSION = 1
 #: ``ert`` calibration: resampled copies of the reference, one simulated stream each ...
-ERT_REFERENCES = 20
+ERT_REFERENCES = 100
 #: ... of this many evaluated samples, cut into blocks whose maxima a Gumbel law is fitted to.
-ERT_STREAM = 20_000
+ERT_STREAM = 4_000
 #: Longest block (samples); shorter (ERT·ln 2) for a small ERT, so the quantile stays central.
 ERT_BLOCK = 2_000
 #: The warning is calibrated to this fraction of ``ert``.
@@ -141,6 +141,22 @@ class NMDDM(DriftDetector):
     but 25 times that for w = 500 (there, consider fewer ``calibration_windows`` with a
     larger ``alpha_drift``).
 
+    **Calibration to an ERT** (``ert`` given instead of the alphas). A per-window level says
+    little about a test repeated at every sample on overlapping windows: on the digits
+    model's activation statistics ``alpha_drift = 1e-4`` ran 31,000–48,000 clean samples
+    between false drifts. With ``ert`` the drift threshold is set so that a false drift
+    comes once in ``ert`` samples on average on data like the reference, the warning once
+    in ``ert / 10`` (:mod:`monitord_drift.ert`). 100 resampled copies of the reference
+    each serve as the detector's reference for a clean stream of 4,000 samples resampled
+    from the reference itself (a threshold fitted on the very sample it is tested against
+    is optimistic); the streams are cut into blocks of 2,000 samples (or ERT·ln 2 if
+    shorter) and a Gumbel law fitted to the blocks' maxima gives the quantile
+    exp(-block / ert) (``ert.threshold_for_ert_extrapolated``). Reading that quantile
+    straight off simulated maxima would need about 10 × ERT simulated samples (1.4 million
+    updates, 8 s of one core, for a rough threshold at ERT 100,000); the fit needs 410,000
+    updates, about 2 s, once per reference (kept in the daemon's reference cache). There
+    is no per-window null distribution then, so the p-value is ``None``.
+
     **Window.** ``sliding``: the window holds the last w samples and T is evaluated when it
     is full and ``step`` samples have entered since the last evaluation. The per-point
     leave-one-out sums Σ_{j∈W, j≠i} K(x_i, x_j) are kept current as points enter and
@@ -176,11 +192,16 @@ class NMDDM(DriftDetector):
     ----------
     window
         Samples in the window (w).
+    ert
+        Expected run time between false drifts on data like the reference, in samples (at
+        least 100: the warning is calibrated to ``ert / 10``); ``None`` (the default): the
+        thresholds come from the alphas. Give either ``ert`` or the alphas.
     alpha_warning
-        Alarm rate per evaluated clean window at which the level becomes ``warning``.
+        Alarm rate per evaluated clean window at which the level becomes ``warning``
+        (0.01 unless given). Not used with ``ert``.
     alpha_drift
         Alarm rate per evaluated clean window at which the level becomes ``drift``;
-        smaller than ``alpha_warning``.
+        smaller than ``alpha_warning`` (0.001 unless given). Not used with ``ert``.
     window_mode
         ``"sliding"`` or ``"tumbling"``.
     step
@@ -199,7 +220,8 @@ class NMDDM(DriftDetector):
         B, the reference windows drawn to calibrate; ``None``:
         ``max(1000, ⌈10 / alpha_drift⌉)``. The level of a Monte-Carlo test does not
         depend on B (the threshold is an order statistic of draws exchangeable with the
-        monitored statistic); a larger B sharpens the threshold and the p-value.
+        monitored statistic); a larger B sharpens the threshold and the p-value. Not used
+        with ``ert``.
 
     Examples
     --------
