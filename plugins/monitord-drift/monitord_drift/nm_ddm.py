@@ -143,10 +143,12 @@ class NMDDM(DriftDetector):
 
     **Calibration to an ERT** (``ert`` given instead of the alphas). A per-window level says
     little about a test repeated at every sample on overlapping windows: on the digits
-    model's activation statistics ``alpha_drift = 1e-4`` ran 31,000–48,000 clean samples
-    between false drifts. With ``ert`` the drift threshold is set so that a false drift
-    comes once in ``ert`` samples on average on data like the reference, the warning once
-    in ``ert / 10`` (:mod:`monitord_drift.ert`). 100 resampled copies of the reference
+    model's activation statistics ``alpha_drift = 1e-4`` ran 31,000–61,000 clean samples
+    between false drifts, ``ert = 100_000`` 95,000 (95 %: 62,000–154,000; detectors fitted
+    on bootstrap copies of the reference, streams resampled from it; benchmarks/RESULTS.md,
+    "NM-DDM with ert"), 1–3 samples slower to a pixel corruption. With ``ert`` the drift
+    threshold is set so that a false drift comes once in ``ert`` samples on average on
+    data like the reference, the warning once in ``ert / 10`` (:mod:`monitord_drift.ert`). 100 resampled copies of the reference
     each serve as the detector's reference for a clean stream of 4,000 samples resampled
     from the reference itself (a threshold fitted on the very sample it is tested against
     is optimistic); the streams are cut into blocks of 2,000 samples (or ERT·ln 2 if
@@ -154,8 +156,10 @@ class NMDDM(DriftDetector):
     exp(-block / ert) (``ert.threshold_for_ert_extrapolated``). Reading that quantile
     straight off simulated maxima would need about 10 × ERT simulated samples (1.4 million
     updates, 8 s of one core, for a rough threshold at ERT 100,000); the fit needs 410,000
-    updates, about 2 s, once per reference (kept in the daemon's reference cache). There
-    is no per-window null distribution then, so the p-value is ``None``.
+    updates, about 2 s (window 100, a reference of 360, on a loaded 2-core machine), once
+    per reference (kept in the daemon's reference cache; ``on_drift = "adopt"`` pays it
+    again at each adopted reference). There is no per-window null distribution then, so
+    the p-value is ``None``.
 
     **Window.** ``sliding``: the window holds the last w samples and T is evaluated when it
     is full and ``step`` samples have entered since the last evaluation. The per-point
