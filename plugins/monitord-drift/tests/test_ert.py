@@ -84,8 +84,9 @@ def test_extrapolated_threshold_places_a_tail_the_block_maxima_cannot():
         threshold_for_ert(maxima, length, ert)  # about 8 of 400 blocks above: too few to read off
     achieved = math.exp(threshold_for_ert_extrapolated(maxima, length, ert))
     # 400 Gumbel maxima place the 98 % quantile to about 0.2 nats (one standard error, which the
-    # function adds on purpose); a factor of 1.6 is about 2.5 of them (0.77-1.82 over 20 seeds).
-    assert ert / 1.6 < achieved < ert * 1.6
+    # function adds on purpose); a factor of 2 is about 3.5 of them (0.77-1.82 over 20 seeds),
+    # where the largest of the 400 maxima would give 8 and the median level 1/50.
+    assert ert / 2 < achieved < ert * 2
 
 
 def test_extrapolated_threshold_never_falls_below_what_the_maxima_show():
