@@ -13,6 +13,7 @@ from monitord.detectors import DriftEvent
 from monitord.reference_cache import active_cache
 from numpy.typing import ArrayLike
 
+from . import ert as ert_arithmetic
 from .base import LEVEL_CODES, DriftDetector, Reading
 
 # The compiled kernels (numba) are imported where first used, not here: building a
@@ -26,6 +27,16 @@ SPREAD_FLOOR = 1e-8
 EIGENVALUE_FLOOR = 1e-6
 #: Bumped whenever the calibration's simulation changes, so cached draws are not reused.
 CALIBRATION_VERSION = 2
+#: Bumped whenever the ``ert`` calibration's simulation changes, so cached maxima are not reused.
+ERT_CALIBRATION_VERSION = 1
+#: ``ert`` calibration: resampled copies of the reference, one simulated stream each ...
+ERT_REFERENCES = 100
+#: ... of this many evaluated samples, cut into blocks whose maxima a Gumbel law is fitted to.
+ERT_STREAM = 4_000
+#: Longest block (samples); shorter (ERT·ln 2) for a small ERT, so the quantile stays central.
+ERT_BLOCK = 2_000
+#: The warning is calibrated to this fraction of ``ert``.
+WARNING_FRACTION = 0.1
 #: Weight ε of the defensive (Cauchy) component mixed into both densities.
 DEFENSIVE_WEIGHT = 0.01
 #: Kernel values computed at once when scoring points against the reference (8 MB).
@@ -52,6 +63,12 @@ def bandwidth_factor(rule: str | float, points: int, dims: int) -> float:
 
 def _is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def ert_block_length(ert: float) -> int:
+    """Samples per block whose maxima calibrate for ``ert``: ``ERT_BLOCK``, or ERT·ln 2 if
+    shorter, so that the quantile sought, exp(-block / ert), stays within the maxima."""
+    return ert_arithmetic.stream_length_for(ert, at_most=ERT_BLOCK)
 
 
 def minimum_reference(window: int) -> int:
@@ -124,6 +141,26 @@ class NMDDM(DriftDetector):
     but 25 times that for w = 500 (there, consider fewer ``calibration_windows`` with a
     larger ``alpha_drift``).
 
+    **Calibration to an ERT** (``ert`` given instead of the alphas). A per-window level says
+    little about a test repeated at every sample on overlapping windows: on the digits
+    model's activation statistics ``alpha_drift = 1e-4`` ran 31,000–61,000 clean samples
+    between false drifts, ``ert = 100_000`` 95,000 (95 %: 62,000–154,000; detectors fitted
+    on bootstrap copies of the reference, streams resampled from it; benchmarks/RESULTS.md,
+    "NM-DDM with ert"), 1–3 samples slower to a pixel corruption. With ``ert`` the drift
+    threshold is set so that a false drift comes once in ``ert`` samples on average on
+    data like the reference, the warning once in ``ert / 10`` (:mod:`monitord_drift.ert`). 100 resampled copies of the reference
+    each serve as the detector's reference for a clean stream of 4,000 samples resampled
+    from the reference itself (a threshold fitted on the very sample it is tested against
+    is optimistic); the streams are cut into blocks of 2,000 samples (or ERT·ln 2 if
+    shorter) and a Gumbel law fitted to the blocks' maxima gives the quantile
+    exp(-block / ert) (``ert.threshold_for_ert_extrapolated``). Reading that quantile
+    straight off simulated maxima would need about 10 × ERT simulated samples (1.4 million
+    updates, 8 s of one core, for a rough threshold at ERT 100,000); the fit needs 410,000
+    updates, about 2 s (window 100, a reference of 360, on a loaded 2-core machine), once
+    per reference (kept in the daemon's reference cache; ``on_drift = "adopt"`` pays it
+    again at each adopted reference). There is no per-window null distribution then, so
+    the p-value is ``None``.
+
     **Window.** ``sliding``: the window holds the last w samples and T is evaluated when it
     is full and ``step`` samples have entered since the last evaluation. The per-point
     leave-one-out sums Σ_{j∈W, j≠i} K(x_i, x_j) are kept current as points enter and
@@ -159,11 +196,16 @@ class NMDDM(DriftDetector):
     ----------
     window
         Samples in the window (w).
+    ert
+        Expected run time between false drifts on data like the reference, in samples (at
+        least 100: the warning is calibrated to ``ert / 10``); ``None`` (the default): the
+        thresholds come from the alphas. Give either ``ert`` or the alphas.
     alpha_warning
-        Alarm rate per evaluated clean window at which the level becomes ``warning``.
+        Alarm rate per evaluated clean window at which the level becomes ``warning``
+        (0.01 unless given). Not used with ``ert``.
     alpha_drift
         Alarm rate per evaluated clean window at which the level becomes ``drift``;
-        smaller than ``alpha_warning``.
+        smaller than ``alpha_warning`` (0.001 unless given). Not used with ``ert``.
     window_mode
         ``"sliding"`` or ``"tumbling"``.
     step
@@ -182,7 +224,8 @@ class NMDDM(DriftDetector):
         B, the reference windows drawn to calibrate; ``None``:
         ``max(1000, ⌈10 / alpha_drift⌉)``. The level of a Monte-Carlo test does not
         depend on B (the threshold is an order statistic of draws exchangeable with the
-        monitored statistic); a larger B sharpens the threshold and the p-value.
+        monitored statistic); a larger B sharpens the threshold and the p-value. Not used
+        with ``ert``.
 
     Examples
     --------
@@ -222,8 +265,9 @@ class NMDDM(DriftDetector):
         self,
         *,
         window: int = 100,
-        alpha_warning: float = 0.01,
-        alpha_drift: float = 0.001,
+        ert: float | None = None,
+        alpha_warning: float | None = None,
+        alpha_drift: float | None = None,
         window_mode: str = "sliding",
         step: int = 1,
         on_drift: str = "keep",
@@ -233,9 +277,16 @@ class NMDDM(DriftDetector):
         calibration_windows: int | None = None,
         reference: ArrayLike | None = None,
     ) -> None:
+        if ert is not None and (alpha_warning is not None or alpha_drift is not None):
+            raise ValueError(
+                f"give either ert ({ert!r}) or alpha_warning/alpha_drift ({alpha_warning!r}/{alpha_drift!r}), "
+                "not both: ert calibrates the thresholds"
+            )
         self.window = window
-        self.alpha_warning = alpha_warning
-        self.alpha_drift = alpha_drift
+        self.ert = ert
+        # Without ert the per-window levels (defaults 0.01 and 0.001) set the thresholds.
+        self.alpha_warning = None if ert is not None else (0.01 if alpha_warning is None else alpha_warning)
+        self.alpha_drift = None if ert is not None else (0.001 if alpha_drift is None else alpha_drift)
         self.window_mode = window_mode
         self.step = step
         self.on_drift = on_drift
@@ -254,11 +305,24 @@ class NMDDM(DriftDetector):
     def _validate(self) -> None:
         if not _is_integer(self.window) or self.window < 2:
             raise ValueError(f"window must be an integer of at least 2, got {self.window!r}")
-        for name in ("alpha_warning", "alpha_drift"):
+        if self.ert is not None:
+            ert_arithmetic.check_ert(self.ert)
+            if self.ert * WARNING_FRACTION < 10:
+                raise ValueError(
+                    f"ert must be at least 100 samples (the warning is calibrated to ert / 10, itself at least 10), "
+                    f"got {self.ert!r}"
+                )
+            if self.calibration_windows is not None:
+                raise ValueError(
+                    "calibration_windows sets the per-window calibration of alpha_drift; it does not apply with "
+                    f"ert (got {self.calibration_windows!r}): leave it out"
+                )
+            self.ert = float(self.ert)
+        for name in ("alpha_warning", "alpha_drift") if self.ert is None else ():
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0.0 < value < 1.0:
                 raise ValueError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
-        if not self.alpha_drift < self.alpha_warning:
+        if self.ert is None and not self.alpha_drift < self.alpha_warning:
             raise ValueError(
                 f"alpha_drift ({self.alpha_drift}) must be smaller than alpha_warning ({self.alpha_warning}): "
                 "drift is the rarer, stronger alarm"
@@ -285,7 +349,7 @@ class NMDDM(DriftDetector):
         if not _is_integer(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         windows = self.calibration_windows
-        if windows is not None and (not _is_integer(windows) or windows * self.alpha_drift < 1):
+        if self.ert is None and windows is not None and (not _is_integer(windows) or windows * self.alpha_drift < 1):
             raise ValueError(
                 f"calibration_windows must be an integer of at least 1 / alpha_drift = "
                 f"{math.ceil(1 / self.alpha_drift)} (or unset), got {windows!r}"
@@ -301,6 +365,19 @@ class NMDDM(DriftDetector):
                 f"the reference holds {count} samples; a window of {self.window} needs at least {needed} "
                 f"(1.5 × window): lower `window` or give a longer reference"
             )
+        kernel_log_scale = self._fit_density(reference)
+        if self.ert is None:
+            self._calibrate(reference, kernel_log_scale - math.log(count - self.window))
+        else:
+            self._calibrate_ert(reference)
+        self._reset_window(dims)
+        self.level = "ok"
+        self._statistic = None
+        self._p_value = None
+
+    def _fit_density(self, reference: np.ndarray) -> float:
+        """Whitening, bandwidth and p̂_R for ``reference``; returns the kernel's log scale."""
+        count, dims = reference.shape
         scale = np.max(np.abs(reference), axis=0)
         scale[scale == 0] = 1.0
         scaled = reference / scale
@@ -329,11 +406,7 @@ class NMDDM(DriftDetector):
         self._defence = (self._defence_base - 0.5 * dims * math.log1p(self._h2), 1.0 / (1.0 + self._h2), (1 + dims) / 2)
         self._reference_points = self._whiten(reference)
         self._reference_t = np.ascontiguousarray(self._reference_points.T)
-        self._calibrate(reference, kernel_log_scale - math.log(count - self.window))
-        self._reset_window(dims)
-        self.level = "ok"
-        self._statistic = None
-        self._p_value = None
+        return kernel_log_scale
 
     def _whiten(self, values: np.ndarray) -> np.ndarray:
         from . import nm_ddm_kernels as kernels
@@ -385,6 +458,68 @@ class NMDDM(DriftDetector):
             calibration = simulate()  # an entry of another shape is not ours to trust
         self._calibration = calibration
         self._thresholds = (self._quantile(self.alpha_warning), self._quantile(self.alpha_drift))
+
+    def _calibrate_ert(self, reference: np.ndarray) -> None:
+        """Thresholds for ``ert`` (drift) and ``ert / 10`` (warning) from simulated clean streams.
+
+        Each of ``ERT_REFERENCES`` resampled copies of the reference is the detector's
+        reference for one stream of ``ERT_STREAM`` samples resampled from the reference
+        itself (a threshold fitted on the very sample it is tested against is optimistic);
+        the streams are cut into blocks whose maxima give the thresholds through a fitted
+        Gumbel law (``ert.threshold_for_ert_extrapolated``).
+        """
+        assert self.ert is not None
+        reference_bytes = np.ascontiguousarray(reference, dtype=np.float64).tobytes()
+        targets = (self.ert * WARNING_FRACTION, self.ert)
+        blocks = [ert_block_length(target) for target in targets]
+        per_stream = [ERT_STREAM // block for block in blocks]
+
+        def simulate() -> np.ndarray:
+            rng = np.random.default_rng([self.seed, zlib.crc32(reference_bytes)])
+            maxima: list[list[np.ndarray]] = [[], []]
+            for _ in range(ERT_REFERENCES):
+                statistics = self._simulated_statistics(reference, rng)
+                for which, (block, count) in enumerate(zip(blocks, per_stream)):
+                    maxima[which].append(statistics[: block * count].reshape(count, block).max(axis=1))
+            return np.concatenate([np.concatenate(parts) for parts in maxima])
+
+        # The maxima depend on these alone; the daemon keeps them across restarts.
+        settings = [self.window, self.window_mode, self.step, self.bandwidth, self.seed, self.ert,
+                    ERT_REFERENCES, ERT_STREAM, ERT_BLOCK, list(reference.shape)]  # fmt: skip
+        inputs = (f"v{ERT_CALIBRATION_VERSION}", json.dumps(settings), reference_bytes)
+        maxima = active_cache().array("nm_ddm-ert-calibration", inputs, simulate)
+        expected = ERT_REFERENCES * sum(per_stream)
+        if maxima.shape != (expected,) or maxima.dtype != np.float64:
+            maxima = simulate()  # an entry of another shape is not ours to trust
+        split = ERT_REFERENCES * per_stream[0]
+        warning, drift = (
+            ert_arithmetic.threshold_for_ert_extrapolated(part, block, target)
+            for part, block, target in zip((maxima[:split], maxima[split:]), blocks, targets)
+        )
+        self._calibration = np.empty(0)
+        self._thresholds = (min(warning, drift), drift)
+
+    def _simulated_statistics(self, reference: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """T at each of ``ERT_STREAM`` samples after the window fills, of a clean stream
+        resampled from ``reference``, the detector fitted on a resampled copy of it."""
+        from . import nm_ddm_kernels as kernels
+
+        copy = ert_arithmetic.resample(reference, len(reference), rng)
+        stream = np.ascontiguousarray(ert_arithmetic.resample(reference, self.window - 1 + ERT_STREAM, rng))
+        twin = NMDDM(window=self.window, window_mode=self.window_mode, step=self.step, bandwidth=self.bandwidth,
+                     reference_size=self.reference_size)  # fmt: skip
+        twin._fit_density(copy)
+        twin._reset_window(reference.shape[1])
+        points = twin._whiten(stream)
+        codes = np.empty(len(stream), dtype=np.int64)
+        statistics = np.empty(len(stream))
+        kernels.monitor(
+            points, twin._log_reference_density(points), stream, twin._ring, twin._ring_raw, twin._ring_sums,
+            twin._ring_log_reference, twin._ring_kernels, twin._counters, twin._last, self.window_mode == "sliding",
+            self.step, twin._inv_two_h2, twin._window_log_scale, twin._defence_base, twin._h2,
+            math.inf, math.inf, TOLERANCE, 0, False, codes, statistics,
+        )  # fmt: skip
+        return statistics[self.window - 1 :]
 
     def _quantile(self, alpha: float) -> float:
         size = len(self._calibration)
@@ -445,8 +580,10 @@ class NMDDM(DriftDetector):
         self._ring = None
         self._warmup, self._warmup_count = [window], len(window)
 
-    def _p_value_of(self, statistic: float) -> float:
+    def _p_value_of(self, statistic: float) -> float | None:
         size = len(self._calibration)
+        if size == 0:
+            return None  # calibrated to an ERT: no per-window null distribution to rank T in
         above = size - int(np.searchsorted(self._calibration, statistic, side="left"))
         return (1 + above) / (size + 1)
 

@@ -6,7 +6,13 @@ import math
 
 import numpy as np
 import pytest
-from monitord_drift.ert import check_ert, run_length, stream_length_for, threshold_for_ert
+from monitord_drift.ert import (
+    check_ert,
+    run_length,
+    stream_length_for,
+    threshold_for_ert,
+    threshold_for_ert_extrapolated,
+)
 
 
 def test_threshold_from_simulated_maxima_gives_the_stated_run_time():
@@ -67,3 +73,31 @@ def test_threshold_for_alarm_rate_recovers_a_known_hazard():
     assert 2_000 * 0.9 < math.exp(grouped) < 2_000 * 1.1
     with pytest.raises(ValueError, match="cannot place a threshold"):
         threshold_for_alarm_rate(passages[:5], levels, length, 2_000)
+
+
+def test_extrapolated_threshold_places_a_tail_the_block_maxima_cannot():
+    # Exp(1) values alarm above h with probability e^-h per sample: a run time of e^h.
+    rng = np.random.default_rng(3)
+    ert, length = 100_000.0, 2_000
+    maxima = rng.exponential(size=(400, length)).max(axis=1)
+    with pytest.raises(ValueError, match="cannot place a threshold"):
+        threshold_for_ert(maxima, length, ert)  # about 8 of 400 blocks above: too few to read off
+    achieved = math.exp(threshold_for_ert_extrapolated(maxima, length, ert))
+    # 400 Gumbel maxima place the 98 % quantile to about 0.2 nats (one standard error, which the
+    # function adds on purpose); a factor of 2 is about 3.5 of them (0.77-1.82 over 20 seeds),
+    # where the largest of the 400 maxima would give 8 and the median level 1/50.
+    assert ert / 2 < achieved < ert * 2
+
+
+def test_extrapolated_threshold_never_falls_below_what_the_maxima_show():
+    rng = np.random.default_rng(4)
+    # Uniform maxima have a bounded tail, lighter than Gumbel's: where the maxima place the
+    # quantile themselves, the fit may not undercut them.
+    maxima = rng.random((2_000, 100)).max(axis=1)
+    direct = threshold_for_ert(maxima, 100, 500.0)
+    assert threshold_for_ert_extrapolated(maxima, 100, 500.0) >= direct
+
+
+def test_extrapolation_needs_enough_blocks():
+    with pytest.raises(ValueError, match="at least 50 finite numbers"):
+        threshold_for_ert_extrapolated(np.arange(20.0), 10, 1_000)

@@ -13,6 +13,7 @@ from monitord.settings import DetectorSpec
 from scipy.stats import gaussian_kde, multivariate_t
 
 from monitord_drift.base import build_detector
+from monitord_drift.ert import run_length
 from monitord_drift.nm_ddm import DEFENSIVE_WEIGHT, NMDDM, bandwidth_factor
 from monitord_drift.plugin import detector_class
 
@@ -494,3 +495,92 @@ def test_docstring_example_runs() -> None:
 
     result = doctest.testmod(nm_ddm)
     assert result.attempted >= 5 and result.failed == 0
+
+
+# -- ert -------------------------------------------------------------------------------------
+
+
+def skewed_population(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Two correlated signals, one log-normal: the shape of an activation mean and spread."""
+    z = rng.normal(size=(size, 2))
+    return np.column_stack([np.exp(0.5 * z[:, 0]), 0.6 * z[:, 0] + 0.8 * z[:, 1]])
+
+
+def test_ert_gives_the_stated_run_length_on_clean_streams() -> None:
+    # Each detector gets its own reference from the population and a fresh stream from it:
+    # the calibration only saw the reference, resampled.
+    ert, references, length = 2_000, 5, 40_000
+    alarms = 0
+    for index in range(references):
+        rng = np.random.default_rng(300 + index)
+        detector = NMDDM(window=100, ert=ert, seed=index, reference=skewed_population(rng, 360))
+        alarms += sum(event.level == "drift" for event in detector.update(skewed_population(rng, length)))
+    estimate, low, high = run_length(alarms, references * length)
+    assert high >= ert, (alarms, estimate, low, high)
+    assert estimate <= 4 * ert, (alarms, estimate, low, high)
+
+
+def test_ert_shows_in_the_state_and_sets_both_thresholds() -> None:
+    reference = np.random.default_rng(31).normal(size=(300, 2))
+    detector = NMDDM(window=100, ert=5_000, reference=reference)
+    stricter = NMDDM(window=100, ert=50_000, reference=reference)
+    state = detector.state
+    assert state.ert == 5_000.0 and detector.params()["ert"] == 5_000.0
+    assert detector.params()["alpha_drift"] is None and NMDDM(window=100).state.ert is None
+    warning, drift = detector._thresholds
+    assert 0.0 < warning < drift == state.threshold
+    assert stricter._thresholds[1] > drift  # a longer run time needs a higher threshold
+    detector.update(np.random.default_rng(32).normal(size=(150, 2)))
+    assert detector.state.p_value is None and math.isfinite(detector.state.statistic)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"ert": 10_000, "alpha_drift": 1e-4}, r"give either ert \(10000\) or alpha_warning/alpha_drift"),
+        ({"ert": 10_000, "alpha_warning": 0.01}, "not both: ert calibrates the thresholds"),
+        ({"ert": 50}, "ert must be at least 100 samples"),
+        ({"ert": 5}, "ert must be a number of samples of at least 10"),
+        ({"ert": 10_000, "calibration_windows": 5_000}, "calibration_windows .* does not apply with ert"),
+    ],
+)
+def test_ert_with_alpha_or_out_of_range_is_refused(params: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        NMDDM(**params)
+
+
+def test_snapshot_restore_keeps_the_ert_thresholds(tmp_path) -> None:
+    from monitord.reference_cache import ReferenceCache, using
+
+    rng = np.random.default_rng(33)
+    reference = rng.normal(size=(300, 2))
+    with using(ReferenceCache([tmp_path], tmp_path)):  # the restored detector reads the maxima back
+        detector = NMDDM(window=100, ert=5_000, reference=reference)
+        detector.update(rng.normal(size=(250, 2)))
+        snapshot = json.loads(json.dumps(detector.snapshot()))
+        restored = NMDDM(window=100, ert=5_000, reference=reference)
+        restored.restore(snapshot)
+    assert restored._thresholds == detector._thresholds
+    tail = rng.normal(size=(300, 2)) + [1.5, 0.0]
+    assert [(e.index, e.level, e.statistic) for e in restored.update(tail)] == [
+        (e.index, e.level, e.statistic) for e in detector.update(tail)
+    ]
+    with pytest.raises(ValueError, match="snapshot was taken with parameters"):
+        NMDDM(window=100, ert=6_000).restore(snapshot)
+
+
+def test_ert_calibration_is_cached_with_the_reference(tmp_path, monkeypatch) -> None:
+    from monitord.reference_cache import ReferenceCache, using
+
+    reference = np.random.default_rng(34).normal(size=(300, 2))
+    cache = ReferenceCache([tmp_path], tmp_path)
+    with using(cache):
+        first = NMDDM(window=100, ert=5_000, reference=reference)._thresholds
+    assert [path.name.startswith("nm_ddm-ert-calibration-") for path in tmp_path.iterdir()] == [True]
+
+    def no_simulation(*args, **kwargs):
+        raise AssertionError("simulated again although the cache holds the maxima")
+
+    monkeypatch.setattr(NMDDM, "_simulated_statistics", no_simulation)
+    with using(cache):
+        assert NMDDM(window=100, ert=5_000, reference=reference)._thresholds == first
