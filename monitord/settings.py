@@ -356,7 +356,7 @@ def default_detectors() -> list[DetectorSpec]:
     meaning depends on how often the detector tests (benchmarks/RESULTS.md, issue 18).
     Page-Hinkley on the confidence catches a shift of its mean; IKS on the entropy any
     change of its distribution; NM-DDM the joint distribution of the activation
-    statistics (set by a per-window level: its ERT calibration costs too much at start-up);
+    statistics;
     the class mix on the predicted class a label shift no input signal shows;
     the Bernoulli CUSUM on the error rate, once labels arrive, a rise from the rate it
     learns from the first 500 labels (HDDM_A, the default before, found 5 % → 10 % within
@@ -365,7 +365,7 @@ def default_detectors() -> list[DetectorSpec]:
     return [
         DetectorSpec(type="pht", signal="confidence", ert=100_000),
         DetectorSpec(type="iks", signal="entropy", ert=100_000),
-        DetectorSpec(type="nm_ddm", signal=["activation_mean", "activation_std"], alpha_drift=1e-4),
+        DetectorSpec(type="nm_ddm", signal=["activation_mean", "activation_std"], ert=100_000),
         DetectorSpec(type="class_mix", signal="predicted_class", ert=100_000),
         DetectorSpec(type="bernoulli_cusum", signal="error", ert=100_000),
     ]

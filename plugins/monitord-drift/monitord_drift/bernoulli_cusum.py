@@ -149,11 +149,7 @@ class BernoulliCUSUM(DriftDetector):
         reference: ArrayLike | None = None,
     ) -> None:
         self.odds_ratio = number("odds_ratio", odds_ratio, low=1.0, low_open=True)
-        if ert is not None and threshold is not None:
-            raise ValueError(
-                f"give either ert ({ert!r}) or threshold ({threshold!r}), not both: ert calibrates the threshold"
-            )
-        self.ert = None if ert is None else ert_arithmetic.check_ert(ert)
+        self.ert = ert_arithmetic.ert_instead_of(ert, threshold=threshold)
         if self.ert is not None:
             _check_calibratable(self.ert)
         self.threshold = None if threshold is None else number("threshold", threshold, low=0.0, low_open=True)

@@ -46,6 +46,16 @@ def check_ert(ert: float | int) -> float:
     return float(ert)
 
 
+def ert_instead_of(ert: float | int | None, **raw: object) -> float | None:
+    """``ert`` checked, or None; a ValueError when a raw setting it replaces (``raw``, by
+    name) is given too, since the two would say different things about the threshold."""
+    given = {name: value for name, value in raw.items() if value is not None}
+    if ert is not None and given:
+        settings = ", ".join(f"{name} ({value!r})" for name, value in given.items())
+        raise ValueError(f"give either ert ({ert!r}) or {settings}, not both: ert calibrates the thresholds")
+    return None if ert is None else check_ert(ert)
+
+
 def no_alarm_probability(length: int, ert: float) -> float:
     """The chance that a clean stream of ``length`` samples raises no false alarm."""
     return math.exp(-length / ert)

@@ -166,12 +166,7 @@ class IncrementalKS(DriftDetector):
     ) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be a positive integer, got {window!r}")
-        if ert is not None and (alpha is not None or alpha_warning is not None):
-            raise ValueError(
-                f"give either ert ({ert!r}) or alpha/alpha_warning ({alpha!r}/{alpha_warning!r}), not both: "
-                "ert calibrates the thresholds"
-            )
-        self.ert = None if ert is None else ert_arithmetic.check_ert(ert)
+        self.ert = ert_arithmetic.ert_instead_of(ert, alpha=alpha, alpha_warning=alpha_warning)
         largest = CALIBRATION_STREAMS * CALIBRATION_LENGTH / ert_arithmetic.MIN_STREAMS_ABOVE
         if self.ert is not None and self.ert > largest:
             raise ValueError(

@@ -277,11 +277,7 @@ class NMDDM(DriftDetector):
         calibration_windows: int | None = None,
         reference: ArrayLike | None = None,
     ) -> None:
-        if ert is not None and (alpha_warning is not None or alpha_drift is not None):
-            raise ValueError(
-                f"give either ert ({ert!r}) or alpha_warning/alpha_drift ({alpha_warning!r}/{alpha_drift!r}), "
-                "not both: ert calibrates the thresholds"
-            )
+        ert_arithmetic.ert_instead_of(ert, alpha_warning=alpha_warning, alpha_drift=alpha_drift)  # _validate checks ert's range
         self.window = window
         self.ert = ert
         # Without ert the per-window levels (defaults 0.01 and 0.001) set the thresholds.

@@ -189,11 +189,7 @@ class PageHinkley(DriftDetector):
         reference: ArrayLike | None = None,
     ) -> None:
         self.delta = number("delta", delta, low=0.0)
-        if ert is not None and threshold is not None:
-            raise ValueError(
-                f"give either ert ({ert!r}) or threshold ({threshold!r}), not both: ert calibrates the threshold"
-            )
-        self.ert = None if ert is None else ert_arithmetic.check_ert(ert)
+        self.ert = ert_arithmetic.ert_instead_of(ert, threshold=threshold)
         if self.ert is not None:
             _check_calibratable(self.ert)
         self.threshold = None if threshold is None else number("threshold", threshold, low=0.0, low_open=True)

@@ -537,7 +537,7 @@ def test_ert_shows_in_the_state_and_sets_both_thresholds() -> None:
 @pytest.mark.parametrize(
     "params, message",
     [
-        ({"ert": 10_000, "alpha_drift": 1e-4}, r"give either ert \(10000\) or alpha_warning/alpha_drift"),
+        ({"ert": 10_000, "alpha_drift": 1e-4}, r"give either ert \(10000\) or alpha_drift \(0.0001\)"),
         ({"ert": 10_000, "alpha_warning": 0.01}, "not both: ert calibrates the thresholds"),
         ({"ert": 50}, "ert must be at least 100 samples"),
         ({"ert": 5}, "ert must be a number of samples of at least 10"),
