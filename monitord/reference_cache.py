@@ -48,15 +48,22 @@ class ReferenceCache:
         in_state = Path(state_dir) / FOLDER_NAME
         return cls([Path(artifact) / FOLDER_NAME, in_state], in_state)
 
-    def array(self, name: str, inputs: Sequence[bytes | str], compute: Callable[[], np.ndarray]) -> np.ndarray:
+    def array(self, name: str, inputs: Sequence[bytes | str], compute: Callable[[], np.ndarray],
+              shape: tuple[int, ...] | None = None) -> np.ndarray:
         """The array stored for ``name`` and ``inputs``, or ``compute()``'s, stored now.
 
         ``inputs`` must hold everything the result depends on (parameters, the reference's
         bytes, a version of the computation), since the digest of them is the only key.
+        With ``shape``, a stored entry must be float64 of that shape; another is computed
+        again, not trusted.
         """
         file_name = f"{name}-{_digest(inputs)}.npy"
         for folder in self.folders:
             found = self._read(folder / file_name)
+            if found is not None and shape is not None and (found.shape != shape or found.dtype != np.float64):
+                log.warning("reference cache entry %s holds %s %s, not float64 %s; computing it again",
+                            folder / file_name, found.dtype, found.shape, shape)
+                found = None
             if found is not None:
                 return found
         result = np.asarray(compute())

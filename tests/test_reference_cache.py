@@ -49,6 +49,19 @@ def test_an_unreadable_entry_is_computed_again_and_replaced(tmp_path: Path) -> N
     assert np.array_equal(np.load(entry), np.ones(3))
 
 
+def test_an_entry_of_another_shape_or_type_is_computed_again(tmp_path: Path) -> None:
+    cache = ReferenceCache([tmp_path], tmp_path)
+    calls: list[int] = []
+    cache.array("x", ["k"], counting(np.ones(3), calls))
+    entry = next(tmp_path.glob("x-*.npy"))
+    for planted in (np.ones(4), np.ones(3, dtype=np.float32)):
+        np.save(entry, planted)
+        assert np.array_equal(cache.array("x", ["k"], counting(np.ones(3), calls), shape=(3,)), np.ones(3))
+        assert np.load(entry).shape == (3,) and np.load(entry).dtype == np.float64
+    assert calls == [1, 1, 1]
+    assert cache.array("x", ["k"], counting(np.ones(3), calls), shape=(3,)) is not None and calls == [1, 1, 1]
+
+
 def test_the_daemon_reads_beside_the_artifact_but_writes_only_in_its_state(tmp_path: Path) -> None:
     """An artifact is an input: shared, versioned, maybe read-only; serving it changes nothing."""
     artifact, state = tmp_path / "artifact", tmp_path / "state"

@@ -151,7 +151,8 @@ class BernoulliCUSUM(DriftDetector):
         self.odds_ratio = number("odds_ratio", odds_ratio, low=1.0, low_open=True)
         self.ert = ert_arithmetic.ert_instead_of(ert, threshold=threshold)
         if self.ert is not None:
-            _check_calibratable(self.ert)
+            # Twice the streams asked: the restarting statistic's alarms cluster.
+            ert_arithmetic.refuse_out_of_reach("bernoulli_cusum", self.ert, CALIBRATION_STREAMS, CALIBRATION_LENGTH, margin=2)
         self.threshold = None if threshold is None else number("threshold", threshold, low=0.0, low_open=True)
         self.warning_threshold = (
             None if warning_threshold is None else number("warning_threshold", warning_threshold, low=0.0)
@@ -310,19 +311,7 @@ def _thresholds(learned_errors: int, min_samples: int, odds_ratio: float, ert: f
 
     settings = [learned_errors, min_samples, odds_ratio, ert, warning_ert, length, CALIBRATION_STREAMS]
     thresholds = active_cache().array(
-        "bernoulli_cusum-calibration", (f"v{CALIBRATION_VERSION}", json.dumps(settings)), simulate
+        "bernoulli_cusum-calibration", (f"v{CALIBRATION_VERSION}", json.dumps(settings)), simulate, shape=(2,)
     )
-    if thresholds.shape != (2,) or thresholds.dtype != np.float64:
-        thresholds = simulate()  # an entry of another shape is not ours to trust
     thresholds.setflags(write=False)
     return thresholds
-
-
-def _check_calibratable(ert: float) -> None:
-    """Refuse an ERT beyond what the simulated streams can place a threshold for: at least 10
-    of them must alarm (at the ERT, about streams * length / ERT do; twice that is asked)."""
-    largest = CALIBRATION_STREAMS * CALIBRATION_LENGTH / (2 * ert_arithmetic.MIN_STREAMS_ABOVE)
-    if ert > largest:
-        raise ValueError(
-            f"bernoulli_cusum can calibrate an ert of at most {largest:,.0f} samples, got {ert:g}; use a smaller ert"
-        )

@@ -387,9 +387,7 @@ class ClassMix(DriftDetector):
             return simulate_maxima(bin_counts, self.window, self.smoothing, self.shift_factor, lengths, streams, rng)
 
         inputs = (f"v{CALIBRATION_VERSION}", json.dumps(settings), summary)
-        maxima = active_cache().array("class_mix-calibration", inputs, simulate)
-        if maxima.shape != (streams, 4) or maxima.dtype != np.float64:
-            maxima = simulate()  # an entry of another shape is not ours to trust
+        maxima = active_cache().array("class_mix-calibration", inputs, simulate, shape=(streams, 4))
         warning_length, drift_length = lengths
         self._thresholds = np.array([
             *joint_thresholds(maxima[:, 0], maxima[:, 1], warning_length, self.ert / 10),

@@ -56,6 +56,16 @@ def ert_instead_of(ert: float | int | None, **raw: object) -> float | None:
     return None if ert is None else check_ert(ert)
 
 
+def refuse_out_of_reach(detector: str, ert: float, streams: int, length: int, *, margin: float = 1.0) -> None:
+    """Refuse an ERT beyond what ``streams`` simulated streams of ``length`` samples can place
+    a threshold for: at the ERT about streams * length / ERT of them alarm, and at least
+    ``MIN_STREAMS_ABOVE`` times ``margin`` must."""
+    largest = streams * length / (margin * MIN_STREAMS_ABOVE)
+    if ert > largest:
+        raise ValueError(f"{detector} can calibrate an ert of at most {largest:,.0f} samples, got {ert:g}; "
+                         "use a smaller ert")
+
+
 def no_alarm_probability(length: int, ert: float) -> float:
     """The chance that a clean stream of ``length`` samples raises no false alarm."""
     return math.exp(-length / ert)

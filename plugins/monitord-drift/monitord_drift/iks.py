@@ -167,11 +167,8 @@ class IncrementalKS(DriftDetector):
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"window must be a positive integer, got {window!r}")
         self.ert = ert_arithmetic.ert_instead_of(ert, alpha=alpha, alpha_warning=alpha_warning)
-        largest = CALIBRATION_STREAMS * CALIBRATION_LENGTH / ert_arithmetic.MIN_STREAMS_ABOVE
-        if self.ert is not None and self.ert > largest:
-            raise ValueError(
-                f"iks can calibrate an ert of at most {largest:,.0f} samples, got {ert:g}; use a smaller ert"
-            )
+        if self.ert is not None:
+            ert_arithmetic.refuse_out_of_reach("iks", self.ert, CALIBRATION_STREAMS, CALIBRATION_LENGTH)
         if alpha is None:
             alpha = 0.001
         if not 0.0 < float(alpha) < 1.0:
@@ -372,9 +369,9 @@ def _thresholds(n: int, window: int, ert: float) -> np.ndarray:
         return np.array([drift, min(warning, drift)], dtype=np.float64) / (n * window)
 
     settings = [n, window, ert, CALIBRATION_LENGTH, CALIBRATION_STREAMS]
-    thresholds = active_cache().array("iks-calibration", (f"v{CALIBRATION_VERSION}", json.dumps(settings)), simulate)
-    if thresholds.shape != (2,) or thresholds.dtype != np.float64:
-        thresholds = simulate()  # an entry of another shape is not ours to trust
+    thresholds = active_cache().array(
+        "iks-calibration", (f"v{CALIBRATION_VERSION}", json.dumps(settings)), simulate, shape=(2,)
+    )
     thresholds.setflags(write=False)
     return thresholds
 

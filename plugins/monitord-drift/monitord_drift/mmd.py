@@ -264,9 +264,7 @@ class OnlineMMD(DriftDetector):
         # The maxima depend on these alone; the daemon keeps them across restarts.
         inputs = (f"v{CALIBRATION_VERSION}", json.dumps([self.window, self.bandwidth, self.seed, streams, length,
                                                          list(reference.shape)]), reference_bytes)
-        maxima = active_cache().array("mmd-calibration", inputs, simulate)
-        if maxima.shape != (streams,) or maxima.dtype != np.float64:
-            maxima = simulate()  # an entry of another shape is not ours to trust
+        maxima = active_cache().array("mmd-calibration", inputs, simulate, shape=(streams,))
         evaluated = length - self.window + 1
         try:
             warning = ert_module.threshold_for_ert(maxima, evaluated, self.ert * WARNING_FRACTION)

@@ -449,10 +449,7 @@ class NMDDM(DriftDetector):
         # The draws depend on these alone; the daemon keeps them across restarts.
         inputs = (f"v{CALIBRATION_VERSION}", json.dumps([self.window, self.bandwidth, self.seed, windows,
                                                          list(reference.shape)]), reference_bytes)
-        calibration = active_cache().array("nm_ddm-calibration", inputs, simulate)
-        if calibration.shape != (windows,) or calibration.dtype != np.float64:
-            calibration = simulate()  # an entry of another shape is not ours to trust
-        self._calibration = calibration
+        self._calibration = active_cache().array("nm_ddm-calibration", inputs, simulate, shape=(windows,))
         self._thresholds = (self._quantile(self.alpha_warning), self._quantile(self.alpha_drift))
 
     def _calibrate_ert(self, reference: np.ndarray) -> None:
@@ -483,10 +480,8 @@ class NMDDM(DriftDetector):
         settings = [self.window, self.window_mode, self.step, self.bandwidth, self.seed, self.ert,
                     ERT_REFERENCES, ERT_STREAM, ERT_BLOCK, list(reference.shape)]  # fmt: skip
         inputs = (f"v{ERT_CALIBRATION_VERSION}", json.dumps(settings), reference_bytes)
-        maxima = active_cache().array("nm_ddm-ert-calibration", inputs, simulate)
-        expected = ERT_REFERENCES * sum(per_stream)
-        if maxima.shape != (expected,) or maxima.dtype != np.float64:
-            maxima = simulate()  # an entry of another shape is not ours to trust
+        maxima = active_cache().array("nm_ddm-ert-calibration", inputs, simulate,
+                                      shape=(ERT_REFERENCES * sum(per_stream),))
         split = ERT_REFERENCES * per_stream[0]
         warning, drift = (
             ert_arithmetic.threshold_for_ert_extrapolated(part, block, target)

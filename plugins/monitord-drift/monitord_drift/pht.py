@@ -191,7 +191,8 @@ class PageHinkley(DriftDetector):
         self.delta = number("delta", delta, low=0.0)
         self.ert = ert_arithmetic.ert_instead_of(ert, threshold=threshold)
         if self.ert is not None:
-            _check_calibratable(self.ert)
+            # Twice the streams asked: the restarting statistic's alarms cluster.
+            ert_arithmetic.refuse_out_of_reach("pht", self.ert, CALIBRATION_STREAMS, CALIBRATION_LENGTH, margin=2)
         self.threshold = None if threshold is None else number("threshold", threshold, low=0.0, low_open=True)
         self.warning_threshold = (
             None if warning_threshold is None else number("warning_threshold", warning_threshold, low=0.0)
@@ -273,9 +274,7 @@ class PageHinkley(DriftDetector):
         settings = [self.delta, self.alpha, self.direction, self.min_samples, self.ert, length, CALIBRATION_STREAMS]
         inputs = (f"v{CALIBRATION_VERSION}", json.dumps(settings), population.tobytes())
         try:
-            thresholds = active_cache().array("pht-calibration", inputs, simulate)
-            if thresholds.shape != (2,) or thresholds.dtype != np.float64:
-                thresholds = simulate()  # an entry of another shape is not ours to trust
+            thresholds = active_cache().array("pht-calibration", inputs, simulate, shape=(2,))
         except ValueError as error:
             # Small or lumpy references do this: a redrawn copy that misses its few outlying
             # values fits a scale those values then exceed by far, at once.
@@ -355,14 +354,3 @@ class PageHinkley(DriftDetector):
         self._mean_sum = float(state["mean_sum"])
         self._mean_count = int(state["mean_count"])
         self._run = int(state["run"])
-
-
-
-def _check_calibratable(ert: float) -> None:
-    """Refuse an ERT beyond what the simulated streams can place a threshold for: at least 10
-    of them must alarm (at the ERT, about streams * length / ERT do; twice that is asked)."""
-    largest = CALIBRATION_STREAMS * CALIBRATION_LENGTH / (2 * ert_arithmetic.MIN_STREAMS_ABOVE)
-    if ert > largest:
-        raise ValueError(
-            f"pht can calibrate an ert of at most {largest:,.0f} samples, got {ert:g}; use a smaller ert"
-        )
