@@ -363,6 +363,22 @@ def rate(step: Callable[[], int], seconds: float, repeats: int,
     return best
 
 
+def cycling_step(length: int, batch: int, feed: Callable[[int, int], None], start: int = 0) -> Callable[[], int]:
+    """A ``rate`` step feeding items ``[position, position + batch)`` of ``length``, from
+    ``start`` on, wrapping round to 0 at the end."""
+    position = start
+
+    def step() -> int:
+        nonlocal position
+        if position + batch > length:
+            position = 0
+        feed(position, position + batch)
+        position += batch
+        return batch
+
+    return step
+
+
 def ours_rate(type_name: str, window: int | None, batch: int, plan: Plan) -> dict[str, float]:
     """Our detector's updates/s, fed ``batch`` values per ``update`` call after a warm-up."""
     cls = our_class(type_name)
@@ -375,16 +391,7 @@ def ours_rate(type_name: str, window: int | None, batch: int, plan: Plan) -> dic
     warm = max(2 * (window or 0), 2 * batch, 1_000)
     for start in range(0, warm, batch):
         detector.update(data[start:start + batch])
-    position = warm
-
-    def step() -> int:
-        nonlocal position
-        if position + batch > len(data):
-            position = 0
-        detector.update(data[position:position + batch])
-        position += batch
-        return batch
-
+    step = cycling_step(len(data), batch, lambda a, b: detector.update(data[a:b]), start=warm)
     return {"rate": rate(step, plan.seconds, plan.repeats), "setup": setup}
 
 
@@ -393,20 +400,15 @@ def river_rate(type_name: str, plan: Plan) -> dict[str, float]:
     detector = river_detector(type_name)
     values = throughput_data(type_name, 1 << 16)
     values = [bool(v) for v in values] if type_name in ERROR_STREAM else values.tolist()
-    position = 0
-    chunk = 256
-
-    def step() -> int:
-        nonlocal position
-        if position + chunk > len(values):
-            position = 0
-        for value in values[position:position + chunk]:
-            detector.update(value)
-            detector.drift_detected  # noqa: B018 - reading the decision is part of the cost
-        position += chunk
-        return chunk
-
+    step = cycling_step(len(values), 256, lambda a, b: feed_river(detector, values[a:b]))
     return {"rate": rate(step, plan.seconds, plan.repeats)}
+
+
+def feed_river(detector: Any, values: list[Any]) -> None:
+    """One value per ``update``, the decision read after each (river's only way; both cost)."""
+    for value in values:
+        detector.update(value)
+        detector.drift_detected  # noqa: B018 - reading the decision is part of the cost
 
 
 def river_ks_rate(window: int, plan: Plan) -> dict[str, float]:
@@ -415,17 +417,12 @@ def river_ks_rate(window: int, plan: Plan) -> dict[str, float]:
     detector = RiverSlidingKS(throughput_data("iks", window, salt=1))
     for value in data[:2 * window]:
         detector.update(value)
-    position = 2 * window
 
-    def step() -> int:
-        nonlocal position
-        if position + 64 > len(data):
-            position = 0
-        for value in data[position:position + 64]:
+    def feed(first: int, end: int) -> None:
+        for value in data[first:end]:
             detector.update(value)
-        position += 64
-        return 64
 
+    step = cycling_step(len(data), 64, feed, start=2 * window)
     return {"rate": rate(step, plan.seconds, plan.repeats)}
 
 
@@ -631,15 +628,7 @@ def speed_rate(type_name: str, batch: int, plan: Plan) -> dict[str, float]:
     warm = max(2_000, 4 * batch)
     for start in range(0, warm, SPEED_BATCH):
         detector.update(data[start:start + SPEED_BATCH])
-    position = warm
-
-    def step() -> int:
-        nonlocal position
-        if position + batch > len(data):
-            position = 0
-        detector.update(data[position:position + batch])
-        position += batch
-        return batch
+    step = cycling_step(len(data), batch, lambda a, b: detector.update(data[a:b]), start=warm)
 
     return {"rate": rate(step, plan.seconds, plan.repeats, clock=time.process_time)}
 
@@ -654,17 +643,7 @@ def river_speed(type_name: str, plan: Plan) -> dict[str, float]:
         detector = river_detector(type_name)
         raw = speed_data(type_name, 1 << 16)
         values = [bool(v) for v in raw] if type_name in ERROR_STREAM else raw.tolist()
-    position = 0
-
-    def step() -> int:
-        nonlocal position
-        if position + SPEED_BATCH > len(values):
-            position = 0
-        for value in values[position:position + SPEED_BATCH]:
-            detector.update(value)
-            detector.drift_detected  # noqa: B018 - reading the decision is part of the cost
-        position += SPEED_BATCH
-        return SPEED_BATCH
+    step = cycling_step(len(values), SPEED_BATCH, lambda a, b: feed_river(detector, values[a:b]))
 
     for _ in range(20):  # river's KolmogorovSmirnov must fill its window first
         step()
