@@ -123,19 +123,20 @@ def evaluate_command(host: PluginHost, config: Path | None, data: Path | None, k
         model.close()
     images_done = time.perf_counter()
     specs = _usable_specs(settings.detectors, set(clean.signals))
-    make_stage = _stage_maker(host, settings, specs, served.signals)
-    total = plan.streams * (len(scenarios) + 1)
-    bar = _progress(total, progress)
     from monitord.reference_cache import ReferenceCache, using
 
-    # Detectors that calibrate while running (bernoulli_cusum, each time it learns its
-    # rate) find what earlier streams and runs computed.
-    try:
-        with using(ReferenceCache.for_daemon(settings.model_artifact, settings.state_dir)):
+    # The daemon's reference cache, for building the detectors and while they run (a
+    # bernoulli_cusum calibrates each time it learns its rate): what earlier streams and
+    # runs computed is read, not computed again.
+    total = plan.streams * (len(scenarios) + 1)
+    with using(ReferenceCache.for_daemon(settings.model_artifact, settings.state_dir)):
+        make_stage = _stage_maker(host, specs, served.signals)
+        bar = _progress(total, progress)
+        try:
             records = evaluate(make_stage, clean, scenarios, plan, estimate=_estimator(served),
                                on_stream=lambda: bar.update(1))
-    finally:
-        bar.close()
+        finally:
+            bar.close()
     finished = time.perf_counter()
     seconds = {"seconds": round(finished - started, 1), "seconds_model": round(images_done - started, 1),
                "seconds_detectors": round(finished - images_done, 1)}
@@ -244,20 +245,16 @@ def _usable_specs(specs: Sequence[DetectorSpec], available: set[str]) -> list[De
     return usable
 
 
-def _stage_maker(host: PluginHost, settings: Settings, specs: list[DetectorSpec],
+def _stage_maker(host: PluginHost, specs: list[DetectorSpec],
                  reference: dict[str, list[float]]) -> Callable[[], DetectorStage]:
-    """Builds the detectors afresh, as the daemon does, with its reference cache (what
-    they compute from the reference is computed once)."""
+    """Builds the detectors afresh, as the daemon does (under the caller's reference cache)."""
     from monitord.detectors import DetectorStage
     from monitord.metrics import Metrics
-    from monitord.reference_cache import ReferenceCache, using
 
-    cache = ReferenceCache.for_daemon(settings.model_artifact, settings.state_dir)
     metrics = Metrics()
 
     def make_stage() -> DetectorStage:
-        with using(cache):
-            return DetectorStage.build(specs, lambda kind: host.factory("detector", kind), reference, metrics)
+        return DetectorStage.build(specs, lambda kind: host.factory("detector", kind), reference, metrics)
 
     try:
         make_stage()  # a bad detector setting fails here, once, with its message
