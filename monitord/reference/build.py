@@ -231,7 +231,6 @@ def _reference(model: Model, outputs: ModelOutputs, components: int, source: str
                                 if n},
     }
     calibration = None
-    correct = None
     if labelled:
         truth = np.asarray(labels, dtype=np.int64)
         correct = predicted == truth
@@ -245,8 +244,7 @@ def _reference(model: Model, outputs: ModelOutputs, components: int, source: str
     else:
         summary["accuracy"] = None
     return Reference(model=model.name, class_names=tuple(names), fingerprint=getattr(model, "fingerprint", None),
-                     signals=signals, projection=projection, calibration=calibration, summary=summary,
-                     correct=correct)
+                     signals=signals, projection=projection, calibration=calibration, summary=summary)
 
 
 class _NoBar:

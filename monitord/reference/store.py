@@ -30,8 +30,6 @@ FOLDER_NAME = "reference"
 SUMMARY_FILE = "reference.json"
 ARRAYS_FILE = "signals.npz"
 FORMAT_VERSION = 1
-#: Not a signal (detectors never get it): the per-row correctness of a labelled reference.
-_CORRECT_KEY = "row.correct"
 _PROJECTION_KEYS = ("projection.mean", "projection.components", "projection.explained_variance_ratio")
 
 
@@ -50,9 +48,6 @@ class Reference:
     calibration: Calibration | None = None
     #: What a person reads: images, per-class counts, accuracy, source, time (JSON-able).
     summary: Mapping[str, Any] = field(default_factory=dict)
-    #: Per image (rows as in ``signals``), whether the model was right; None when the
-    #: images had no labels (and in references written before it was kept).
-    correct: np.ndarray | None = None
 
     @property
     def samples(self) -> int:
@@ -77,8 +72,6 @@ def write_reference(artifact: Path, reference: Reference) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{FOLDER_NAME}.", suffix=".tmp", dir=target.parent))
     try:
         arrays = {f"signal.{name}": np.asarray(values, dtype=np.float64) for name, values in reference.signals.items()}
-        if reference.correct is not None:
-            arrays[_CORRECT_KEY] = np.asarray(reference.correct, dtype=bool)
         if reference.projection is not None:
             arrays.update(zip(_PROJECTION_KEYS, (reference.projection.mean, reference.projection.components,
                                                  reference.projection.explained_variance_ratio)))
@@ -166,9 +159,6 @@ def read_reference(artifact: Path) -> Reference | None:
         if all(key in arrays for key in _PROJECTION_KEYS):
             projection = EmbeddingProjection(*(arrays[key] for key in _PROJECTION_KEYS))
         calibration = Calibration.from_json(summary["calibration"]) if summary.get("calibration") else None
-        correct = arrays.get(_CORRECT_KEY)
-        if correct is not None and (correct.ndim != 1 or lengths and len(correct) != next(iter(lengths))):
-            raise ValueError(f"{_CORRECT_KEY} does not have one value per row")
         known = {"format_version", "model", "class_names", "fingerprint", "samples", "signals", "calibration",
                  "embedding"}
         return Reference(
@@ -179,7 +169,6 @@ def read_reference(artifact: Path) -> Reference | None:
             projection=projection,
             calibration=calibration,
             summary={key: value for key, value in summary.items() if key not in known},
-            correct=None if correct is None else correct.astype(bool),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise ReferenceError(f"{reference_folder(artifact)} is not a usable reference ({error}); build it again "
