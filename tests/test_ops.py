@@ -1,7 +1,8 @@
-"""ops/: the Dockerfile and the compose file, checked without a Docker engine (none runs on
-our machines): every file they copy or mount exists, and service names, ports and paths
-agree with configs/prometheus.yml, configs/alertmanager.yml, the Grafana provisioning and the
-daemon's container settings."""
+"""ops/: the Dockerfile and the compose files, checked without a Docker engine: every file
+they copy or mount exists, and service names, ports and paths agree with
+configs/prometheus.yml, configs/alertmanager.yml, the Grafana provisioning and the daemon's
+container settings. ops/smoke.py builds the images and runs the stacks for real (.ci/run
+runs it); these checks fail fast and run where no engine does."""
 
 from __future__ import annotations
 
@@ -170,8 +171,12 @@ def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck_on_healthz() -> N
     assert set(volumes) == set(k for k, v in mounts("monitord").items() if isinstance(v, str))
 
 
+def dockerfile_args() -> dict[str, str]:
+    return dict(arg.split("=", 1) for name, arg in dockerfile_instructions() if name == "ARG" and "=" in arg)
+
+
 def test_dockerfile_installs_the_pinned_cpu_torch_by_default() -> None:
-    args = dict(arg.split("=", 1) for name, arg in dockerfile_instructions() if name == "ARG" and "=" in arg)
+    args = dockerfile_args()
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     pins = dict(re.findall(r"^(torch|torchvision)==(\S+)$", (ROOT / "requirements.txt").read_text(), re.MULTILINE))
     assert (args["TORCH_VERSION"], args["TORCHVISION_VERSION"]) == (pins["torch"], pins["torchvision"])
@@ -184,7 +189,7 @@ def copy_sources() -> list[str]:
             words = shlex.split(args)
             if any(word.startswith("--from") for word in words):
                 continue
-            sources += [word for word in words[:-1] if not word.startswith("--")]
+            sources += [word for word in words[:-1] if not word.startswith(("--", "$"))]
     return sources
 
 
@@ -199,6 +204,47 @@ def test_every_copy_source_exists_and_is_not_dockerignored() -> None:
         for pattern in ignored:
             for depth in range(1, len(parts) + 1):
                 assert not fnmatch.fnmatch("/".join(parts[:depth]), pattern), f".dockerignore {pattern} hides {source}"
+
+
+def test_both_stages_start_from_the_base_image_argument_default_python_slim() -> None:
+    froms = [args.split()[0] for name, args in dockerfile_instructions() if name == "FROM"]
+    assert froms and all(image == "${BASE_IMAGE}" for image in froms), froms
+    assert dockerfile_args()["BASE_IMAGE"] == "python:3.11-slim"
+
+
+def test_the_wheelhouse_is_optional_and_when_given_the_only_source() -> None:
+    # Unset, the COPY takes pyproject.toml alone; set, every pip install is --no-index.
+    assert dockerfile_args()["WHEELHOUSE"] == ""
+    copies = [shlex.split(args) for name, args in dockerfile_instructions() if name == "COPY"]
+    assert ["pyproject.toml", "${WHEELHOUSE}", "/tmp/wheelhouse/"] in copies
+    installs = [args for name, args in dockerfile_instructions() if name == "RUN" and "pip install" in args]
+    assert len(installs) == 2
+    for run in installs:
+        assert '[ -n "${WHEELHOUSE}" ]' in run and "--no-index --find-links /tmp/wheelhouse" in run
+    assert "wheelhouse" not in (ROOT / ".dockerignore").read_text()
+    assert "/wheelhouse/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+@pytest.mark.parametrize("base, override", [("docker-compose.yml", "docker-compose.local.yml"),
+                                            ("docker-compose.scale.yml", "docker-compose.scale.local.yml")])
+def test_the_local_override_builds_every_pulled_image_from_the_local_base(base: str, override: str) -> None:
+    base_services = yaml.safe_load((OPS / base).read_text())["services"]
+    local = yaml.safe_load((OPS / override).read_text())["services"]
+    assert set(local) == set(base_services)
+    for name, service in base_services.items():
+        if name == "grafana":  # no Debian package: started only when asked
+            assert local[name] == {"profiles": ["grafana"]}
+            continue
+        build = local[name]["build"]
+        assert build["args"]["BASE_IMAGE"] == "monitord-base:bookworm"
+        if "build" in service:  # monitord itself: from the wheelhouse
+            assert build["args"]["WHEELHOUSE"] == "wheelhouse"
+            assert (build.get("context"), build.get("dockerfile")) in {(None, None), ("..", "ops/Dockerfile")}
+        else:
+            context = OPS / build["context"]
+            assert (context / "Dockerfile").is_file()
+            assert local[name]["image"].startswith("monitord-local/")
+            assert "ARG BASE_IMAGE=monitord-base:bookworm" in (context / "Dockerfile").read_text()
 
 
 @pytest.mark.parametrize("plugin", ["monitord-torchvision", "monitord-drift", "monitord-redis"])
