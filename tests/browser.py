@@ -19,12 +19,21 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
-def require_browser() -> None:
+def missing_browser() -> str | None:
+    """Why the browser cannot run here (None: it can); a failure under ``MONITORD_REQUIRE_BROWSER``."""
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
-    if missing:
-        message = f"{' and '.join(missing)} not installed (apt-get install chromium chromium-driver)"
-        if os.environ.get("MONITORD_REQUIRE_BROWSER"):
-            pytest.fail(message)
+    if not missing:
+        return None
+    message = f"{' and '.join(missing)} not installed (apt-get install chromium chromium-driver)"
+    if os.environ.get("MONITORD_REQUIRE_BROWSER"):
+        pytest.fail(message)
+    return message
+
+
+def require_browser() -> None:
+    """Skip the test (fail it under ``MONITORD_REQUIRE_BROWSER``) without the browser."""
+    message = missing_browser()
+    if message is not None:
         pytest.skip(message)
 
 
