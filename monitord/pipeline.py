@@ -45,7 +45,7 @@ from monitord.items import Outcome, Prediction, Rejection, WorkItem
 from monitord.metrics import Metrics
 from monitord.model import BatchResult, EncodedInputModel, Model
 from monitord.settings import PipelineSettings
-from monitord.status_page.thumbnails import Thumbnails
+from monitord.status_page.thumbnails import Thumbnails, shrink
 from monitord.transport.contract import TransportUnavailable
 from monitord.transport.entries import PredictionBatch
 
@@ -394,18 +394,27 @@ class Pipeline:
         return results
 
     def _prepare(self, item: WorkItem) -> tuple[Any, bytes | None]:
-        """The model's input for ``item``, and a thumbnail if the status page takes one now
-        (none for an image the model decodes itself: it is never decoded here)."""
+        """The model's input for ``item``, and a thumbnail if the status page takes one now."""
         assert self.model is not None
         data = read_payload(item.payload)
         if self._takes_encoded:
             # The model may take the encoded bytes itself (decoding on its GPU).
             taken = self.model.prepare_encoded(data, self.settings.max_image_pixels)
             if taken is not None:
-                return taken, None
+                return taken, self._thumbnail_of_encoded(data)
         image = decode_image(data, self.settings.max_image_pixels)
         thumbnail = self.thumbnails.sample(image) if self.thumbnails is not None else None
         return self.model.preprocess(image), thumbnail
+
+    def _thumbnail_of_encoded(self, data: bytes) -> bytes | None:
+        """A thumbnail of an image the model decodes itself: decoded here with Pillow only
+        for the few a second the status page takes."""
+        if self.thumbnails is None or not self.thumbnails.take():
+            return None
+        try:
+            return shrink(decode_image(data, self.settings.max_image_pixels))
+        except DecodeError:  # the model's decoder read it; the page goes without
+            return None
 
     async def _batch_worker(self) -> None:
         while True:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 
+from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
-from monitord.http_server import Readiness
+from monitord.http_server import Readiness, build_app
 from monitord.metrics import Metrics
 from monitord.settings import StatusPageSettings
 from monitord.status_page import thumbnails as thumbnails_module
@@ -121,3 +122,27 @@ async def test_the_one_process_daemon_has_everything() -> None:
     assert {"detectors", "alerts", "accuracy", "estimated_accuracy", "traffic", "thumbnails"} <= set(body)
     assert len(body["history"]["samples"]) == 1
     assert (await page.document(since=body["history"]["samples"][0]["time"]))["history"]["samples"] == []
+
+
+async def test_over_http_the_page_is_open_its_data_needs_the_token_and_bad_queries_say_why() -> None:
+    page = page_for("all", STATUS)
+    app = build_app(page.metrics, page.readiness, 1 << 20, token="t" * 16)
+    page.add_routes(app)
+    async with TestClient(TestServer(app)) as client:
+        index = await client.get("/")
+        assert index.status == 200 and "script-src 'self'" in index.headers["Content-Security-Policy"]
+        assert 'src="status-page/status.js"' in await index.text()
+        script = await client.get("/status-page/status.js")
+        assert script.status == 200 and script.content_type == "text/javascript"
+        missing = await client.get("/status-page/other.js")
+        assert missing.status == 404 and "status.js" in (await missing.json())["error"]
+        assert (await client.get("/v1/status")).status == 401
+        auth = {"Authorization": "Bearer " + "t" * 16}
+        answer = await client.get("/v1/status", headers=auth)
+        assert answer.status == 200 and (await answer.json())["detectors"][0]["name"] == "pht_confidence"
+        bad = (("since=yesterday", "since"), ("since=nan", "since"), ("thumbnails_after=-1", "thumbnails_after"),
+               ("thumbnails_after=1.5", "thumbnails_after"))
+        for query, word in bad:
+            refused = await client.get("/v1/status?" + query, headers=auth)
+            reason = (await refused.json())["error"]
+            assert refused.status == 400 and reason.startswith(f"query {word} must be a number >= 0"), reason

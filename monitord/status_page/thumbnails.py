@@ -71,11 +71,12 @@ class Thumbnails:
 
     def sample(self, image: Image.Image) -> bytes | None:
         """A thumbnail of ``image`` if the rate allows one now, else None (the usual case)."""
-        if self.per_class == 0 or not self._take_token():
-            return None
-        return shrink(image)
+        return shrink(image) if self.take() else None
 
-    def _take_token(self) -> bool:
+    def take(self) -> bool:
+        """Whether to make a thumbnail of the image at hand (the rate allows one now)."""
+        if self.per_class == 0:
+            return False
         with self._lock:
             now = self._clock()
             self._tokens = min(BURST, self._tokens + (now - self._filled_at) * RATE)

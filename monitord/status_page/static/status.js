@@ -150,8 +150,8 @@
     const y = (v) => H - ((v - low) / (high - low)) * H;
     const nodes = [];
     for (const band of options.bands || []) {
-      nodes.push(svg("rect", { x: x(band[0]).toFixed(1), y: H - 4, width: Math.max(1, x(band[1]) - x(band[0])).toFixed(1),
-                               height: 4, class: "band-" + band[2] }));
+      const left = x(band[0]), width = Math.max(1, x(band[1]) - left);
+      nodes.push(svg("rect", { x: left.toFixed(1), y: H - 4, width: width.toFixed(1), height: 4, class: "band-" + band[2] }));
     }
     for (const mark of options.markLines || []) {
       if (mark.y !== null && Number.isFinite(mark.y)) {
@@ -243,7 +243,8 @@
     $("images-total").textContent = String(traffic.images);
     $("images-refused").textContent = String(traffic.refused);
     $("images-rate").textContent = number(traffic.images_per_second);
-    $("latency").textContent = traffic.latency_seconds === null ? "—" : number(1000 * traffic.latency_seconds) + " ms";
+    const latency = traffic.latency_seconds;
+    $("latency").textContent = latency === null ? "—" : number(1000 * latency) + " ms";
     const points = page.samples.filter((s) => "images_per_second" in s).map((s) => [s.time, s.images_per_second]);
     chart($("traffic-chart"), [{ points, cls: "series" }], { now });
   }

@@ -43,7 +43,8 @@ def test_each_role_shows_what_it_has_and_notes_what_it_lacks(
             status = get_json(inference.url + "/v1/status")
             return status["detectors"][0]["samples"] if "detectors" in status else 0
 
-        wait_for(lambda: published_samples() == IMAGES, 30, message="the inference node to show the published detectors")
+        wait_for(lambda: published_samples() == IMAGES, 30,
+                 message="the inference node to show the published detectors")
         shown = get_json(inference.url + "/v1/status")
         assert shown["role"] == "inference" and shown["notes"] == {}
         assert shown["traffic"]["images"] == IMAGES and shown["thumbnails"]
@@ -71,10 +72,11 @@ def page_says_what_the_monitor_lacks(url: str) -> None:
         driver.get(url + "/")
         wait_until(lambda: driver.execute_script("return document.body.dataset.painted === 'true'"),
                    message="the page's first paint with data")
-        visible = driver.execute_script("""return ['traffic', 'thumbnails', 'detectors'].map(panel => [
-            document.getElementById(panel + '-note').hidden ? null : document.getElementById(panel + '-note').textContent,
-            [...document.getElementById(panel + '-panel').children].filter(c => !c.hidden && !c.matches('h2, .note'))
-                .length])""")
+        visible = driver.execute_script("""return ['traffic', 'thumbnails', 'detectors'].map(panel => {
+            const note = document.getElementById(panel + '-note');
+            const shown = [...document.getElementById(panel + '-panel').children]
+                .filter(c => !c.hidden && !c.matches('h2, .note'));
+            return [note.hidden ? null : note.textContent, shown.length]; })""")
         assert visible == [[MONITOR_ONLY_TRAFFIC, 0], [MONITOR_ONLY_IMAGES, 0], [None, 1]], visible
         assert driver.execute_script("return document.querySelectorAll('#detectors .card').length") == 1
         assert console_errors(driver) == []
