@@ -125,15 +125,20 @@ def add_api_routes(
         if status is None:
             return unavailable("no monitor has published the detectors' state yet (starting, or none is "
                                "running on this stream); retry shortly")
-        body: dict[str, Any] = {"detectors": [_finite(state) for state in status.get("detectors", [])]}
-        if "reference" in status:
-            body["reference"] = status["reference"]
-        if "estimated_accuracy" in status:
-            body["estimated_accuracy"] = status["estimated_accuracy"]
-        return web.json_response(body)
+        return web.json_response(detectors_body(status))
 
     app.router.add_post("/v1/feedback", post_feedback)
     app.router.add_get("/v1/detectors", get_detectors)
+
+
+def detectors_body(status: dict[str, Any]) -> dict[str, Any]:
+    """The body of ``GET /v1/detectors`` from a monitor's status (the status page shows the same)."""
+    body: dict[str, Any] = {"detectors": [_finite(state) for state in status.get("detectors", [])]}
+    if "reference" in status:
+        body["reference"] = status["reference"]
+    if "estimated_accuracy" in status:
+        body["estimated_accuracy"] = status["estimated_accuracy"]
+    return body
 
 
 _ACCEPTED = ("in the stream; the monitor did not answer within bus.reply_timeout_seconds, so its verdict "

@@ -44,6 +44,7 @@ from monitord.monitor.role import MonitorRole
 from monitord.plugins import PluginHost
 from monitord.settings import Settings, SinkSpec
 from monitord.state_files import prepare_state_dir
+from monitord.status_page.page import StatusPage
 from monitord.transport.contract import Transport, TransportContext, TransportUnavailable
 
 log = logging.getLogger("monitord")
@@ -83,9 +84,15 @@ class Daemon:
         self.monitor: MonitorRole | None = None
         self._inference_state = "starting"
         self._monitor_state = (False, "starting")
+        self.status_page: StatusPage | None = None
+        if settings.status_page.enabled:
+            self.status_page = StatusPage(settings.status_page, role, self.metrics, self.readiness,
+                                          self._detector_status)
+            self.status_page.add_routes(self.app)
+        thumbnails = self.status_page.thumbnails if self.status_page is not None else None
         if role in ("all", "inference"):
             self.inference = InferenceRole(settings, self.metrics, self.app, plugins, self.transport, self.background,
-                                           self.instance, self._inference_says)
+                                           self.instance, self._inference_says, thumbnails)
         self.sinks: list[Sink] = []
         add_api_routes(self.app, settings, self.metrics, self.readiness, self.transport, self._detector_status,
                        self.instance)
@@ -246,6 +253,8 @@ class Daemon:
             await self._listen()
         # The collection before the freeze takes ~0.1 s with torch loaded: after readiness.
         asyncio.get_running_loop().call_later(1.0, freeze_startup_objects)
+        if self.status_page is not None:
+            self._tasks.append(asyncio.create_task(self.status_page.sample_forever(), name="status-page-history"))
         if self.metrics.multiprocess:  # another process may answer the scrape: keep values current
             self._tasks.append(asyncio.create_task(self._refresh_metrics(), name="metrics-refresh"))
         log.info("state: %s", Path(self.settings.state_dir).resolve())

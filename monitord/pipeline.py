@@ -45,6 +45,7 @@ from monitord.items import Outcome, Prediction, Rejection, WorkItem
 from monitord.metrics import Metrics
 from monitord.model import BatchResult, EncodedInputModel, Model
 from monitord.settings import PipelineSettings
+from monitord.status_page.thumbnails import Thumbnails, shrink
 from monitord.transport.contract import TransportUnavailable
 from monitord.transport.entries import PredictionBatch
 
@@ -95,6 +96,8 @@ def payload_bytes(item: WorkItem) -> int:
 class _Prepared:
     pending: _Pending
     array: np.ndarray
+    #: A PNG thumbnail of the image for the status page, when one was sampled.
+    thumbnail: bytes | None = None
 
 
 class Pipeline:
@@ -108,8 +111,11 @@ class Pipeline:
         origin: str = "",
         lag: Callable[[], int | None] = lambda: None,
         max_lag: int | None = None,
+        thumbnails: Thumbnails | None = None,
     ) -> None:
         self.settings = settings
+        #: Where sampled images go, for the status page (None: nowhere).
+        self.thumbnails = thumbnails
         self.metrics = metrics
         #: This process, as its batches name it in the stream.
         self.origin = origin
@@ -370,16 +376,16 @@ class Pipeline:
                 if isinstance(result, Exception):
                     self._resolve(pending, _unprepared(pending.item, result))
                 else:
-                    await self._ready.put(_Prepared(pending, result))
+                    await self._ready.put(_Prepared(pending, *result))
             self._note_if_nothing_coming()
 
     def _note_if_nothing_coming(self) -> None:
         if self._at_model == 0 and self._decoding == 0:
             self._nothing_coming.set()
 
-    def _prepare_group(self, items: list[WorkItem]) -> list[np.ndarray | Exception]:
-        """Each item's array, or the exception that stopped it (runs in a decode thread)."""
-        results: list[np.ndarray | Exception] = []
+    def _prepare_group(self, items: list[WorkItem]) -> list[tuple[Any, bytes | None] | Exception]:
+        """Each item's array and thumbnail, or the exception that stopped it (runs in a decode thread)."""
+        results: list[tuple[Any, bytes | None] | Exception] = []
         for item in items:
             try:
                 results.append(self._prepare(item))
@@ -387,16 +393,28 @@ class Pipeline:
                 results.append(error)
         return results
 
-    def _prepare(self, item: WorkItem) -> Any:
+    def _prepare(self, item: WorkItem) -> tuple[Any, bytes | None]:
+        """The model's input for ``item``, and a thumbnail if the status page takes one now."""
         assert self.model is not None
         data = read_payload(item.payload)
         if self._takes_encoded:
             # The model may take the encoded bytes itself (decoding on its GPU).
             taken = self.model.prepare_encoded(data, self.settings.max_image_pixels)
             if taken is not None:
-                return taken
+                return taken, self._thumbnail_of_encoded(data)
         image = decode_image(data, self.settings.max_image_pixels)
-        return self.model.preprocess(image)
+        thumbnail = self.thumbnails.sample(image) if self.thumbnails is not None else None
+        return self.model.preprocess(image), thumbnail
+
+    def _thumbnail_of_encoded(self, data: bytes) -> bytes | None:
+        """A thumbnail of an image the model decodes itself: decoded here with Pillow only
+        for the few a second the status page takes."""
+        if self.thumbnails is None or not self.thumbnails.take():
+            return None
+        try:
+            return shrink(decode_image(data, self.settings.max_image_pixels))
+        except DecodeError:  # the model's decoder read it; the page goes without
+            return None
 
     async def _batch_worker(self) -> None:
         while True:
@@ -517,6 +535,8 @@ class Pipeline:
 
     def _resolve_batch(self, batch: list[_Prepared], predictions: list[Prediction]) -> None:
         for prediction, prepared in zip(predictions, batch):
+            if prepared.thumbnail is not None and self.thumbnails is not None:
+                self.thumbnails.add(prediction.class_name, prediction.confidence, prediction.time, prepared.thumbnail)
             self._resolve(prepared.pending, prediction)
 
     def _count(self, item: WorkItem, outcome: Outcome) -> None:

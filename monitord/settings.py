@@ -244,6 +244,18 @@ class EstimatedAccuracySettings(_Section):
     window: int = Field(200, gt=0)
 
 
+class StatusPageSettings(_Section):
+    """The status page (``GET /``) and its data (``GET /v1/status``), kept in memory only."""
+
+    enabled: bool = True
+    #: Seconds between two samples of the page's history (the detectors, throughput,
+    #: latency, accuracy); the history holds the last ``history_seconds``.
+    sample_seconds: float = Field(10.0, ge=0.1)
+    history_seconds: float = Field(3600.0, gt=0)
+    #: Recent images kept per predicted class, as small thumbnails (0: none).
+    thumbnails_per_class: int = Field(4, ge=0, le=32)
+
+
 class ModelSettings(BaseModel):
     """The model. Keys beyond these belong to the model plugin, which validates them."""
 
@@ -393,6 +405,7 @@ class Settings(BaseSettings):
     snapshots: SnapshotSettings = SnapshotSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     estimated_accuracy: EstimatedAccuracySettings = EstimatedAccuracySettings()
+    status_page: StatusPageSettings = StatusPageSettings()
     model: ModelSettings = ModelSettings()
     detectors: list[DetectorSpec] = Field(default_factory=default_detectors)
     alerts: AlertSettings = AlertSettings()

@@ -24,6 +24,7 @@ from monitord.reference import ReferenceError, ServedReference, reference_for
 from monitord.reference.serving import STREAM
 from monitord.settings import Settings
 from monitord.sources import Partition, Source, SourceContext
+from monitord.status_page.thumbnails import Thumbnails
 from monitord.transport.contract import Transport
 from monitord.transport.entries import ModelCard
 
@@ -37,7 +38,7 @@ class StartupError(Exception):
 class InferenceRole:
     def __init__(self, settings: Settings, metrics: Metrics, app: web.Application, plugins: PluginHost,
                  transport: Transport, background: BackgroundJobs, origin: str,
-                 on_state: Callable[[str], None]) -> None:
+                 on_state: Callable[[str], None], thumbnails: Thumbnails | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.plugins = plugins
@@ -47,7 +48,7 @@ class InferenceRole:
         self.model: Model | None = None
         #: The reference the detectors get, once the model is loaded.
         self.reference: ServedReference | None = None
-        self.pipeline = Pipeline(settings.pipeline, metrics, origin, transport.lag, settings.bus.max_lag)
+        self.pipeline = Pipeline(settings.pipeline, metrics, origin, transport.lag, settings.bus.max_lag, thumbnails)
         self.sources = [self._build_source(name, app) for name in settings.sources]
         metrics.declare_sources(settings.sources)
 

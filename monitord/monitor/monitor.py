@@ -131,10 +131,14 @@ class Monitor:
             self.alerting.reopen(saved)
 
     def status(self) -> dict[str, Any]:
-        """What ``GET /v1/detectors`` shows, on this node or (published) on every other."""
+        """What ``GET /v1/detectors`` shows, on this node or (published) on every other; the
+        status page (``GET /v1/status``) also shows the labelled accuracy and open alerts."""
         status: dict[str, Any] = {"detectors": self.detectors.states()}
         if self.reference is not None:
             status["reference"] = self.reference
         if self.estimated_accuracy is not None:
             status["estimated_accuracy"] = self.estimated_accuracy.status()
+        status["accuracy"] = {"value": self.feedback.accuracy, "labels": self.feedback.accuracy_labels}
+        if self.alerting is not None:
+            status["alerts"] = [alert.to_webhook() for alert in self.alerting.firing()]
         return status
