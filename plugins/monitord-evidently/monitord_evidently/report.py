@@ -182,9 +182,11 @@ def _page(document: dict[str, Any], drift_frame: str, quality_frame: str | None)
                     f"{quality['labelled']} labelled predictions, accuracy {quality['accuracy']:.3f}")
     verdict = f"drift in {len(drifted)} of {len(document['signals'])} columns: {', '.join(drifted)}" if drifted \
         else f"no drift in any of {len(document['signals'])} columns"
-    sections = [f"<h2>Data drift: window against reference</h2>{drift_frame}"]
+    # Evidently's embeddable form leaves its <iframe> open (it expects to end a notebook
+    # cell): closed here, or the rest of the page would be taken for the frame's fallback.
+    sections = [f"<h2>Data drift: window against reference</h2>{drift_frame}</iframe>"]
     if quality_frame is not None:
-        sections.append(f"<h2>Classification quality: labelled predictions of the window</h2>{quality_frame}")
+        sections.append(f"<h2>Classification quality: labelled predictions of the window</h2>{quality_frame}</iframe>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>monitord report</title>
 <style>
