@@ -4,6 +4,11 @@ The monitor writes ``<state_dir>/predictions.jsonl`` and rotates it to ``.1``, `
 (``monitord.predictions_log``); a window may reach into the rotated files. Reading starts
 at the end of the live file and stops as soon as the window is full, so a report on the
 last thousand predictions reads a thousand lines, not the whole log.
+
+With ``pipeline.workers`` the supervisor gives each process a state folder of its own
+under ``<state_dir>/processes/`` and the log is the monitor's
+(``processes/monitor/predictions.jsonl``): it is found there from the configured
+``state_dir`` (``monitord report``) and from an inference process's own folder (the route).
 """
 
 from __future__ import annotations
@@ -33,9 +38,25 @@ class LoggedPredictions:
     newest: str | None = field(default=None)
 
 
+#: The monitor's state folder under ``<state_dir>/processes/`` (``monitord.supervisor``).
+WORKERS_FOLDER, MONITOR_FOLDER = "processes", "monitor"
+
+
+def live_log(state_dir: Path) -> Path:
+    """Where the monitor of a daemon with this ``state_dir`` writes its predictions log."""
+    state_dir = Path(state_dir)
+    candidates = [state_dir, state_dir / WORKERS_FOLDER / MONITOR_FOLDER]
+    if state_dir.parent.name == WORKERS_FOLDER:  # one of the supervisor's inference processes
+        candidates.append(state_dir.parent / MONITOR_FOLDER)
+    for folder in candidates:
+        if predictions_log_path(folder).is_file():
+            return predictions_log_path(folder)
+    return predictions_log_path(state_dir)
+
+
 def log_files(state_dir: Path) -> list[Path]:
     """The live log and the rotated ones that exist, newest first."""
-    live = predictions_log_path(state_dir)
+    live = live_log(state_dir)
     files = [live] if live.is_file() else []
     number = 1
     while (rotated := live.with_name(f"{live.name}.{number}")).is_file():
@@ -47,7 +68,7 @@ def log_files(state_dir: Path) -> list[Path]:
 def read_window(state_dir: Path, window: Window, now: datetime | None = None) -> LoggedPredictions:
     """The predictions of ``window`` in the log of ``state_dir``; ``ReportError`` if none."""
     files = log_files(state_dir)
-    live = predictions_log_path(state_dir)
+    live = live_log(state_dir)
     if not files:
         raise ReportError(f"there is no predictions log at {live}: the daemon's monitor writes it "
                           "(predictions_log.enabled, on by default) once images arrive; point --config or "

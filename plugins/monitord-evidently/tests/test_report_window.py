@@ -66,3 +66,12 @@ def test_unreadable_lines_are_left_out_and_counted(tmp_path: Path) -> None:
         handle.write('{"id": "cut short", "sig\nnot json at all\n')
     taken = read_window(tmp_path, parse_window("1000"))
     assert len(taken.records) == 40 and taken.unreadable == 2
+
+
+def test_with_workers_the_monitors_log_is_found_from_either_folder(tmp_path: Path) -> None:
+    monitor = tmp_path / "processes" / "monitor"
+    write_predictions(monitor, 40)
+    (tmp_path / "processes" / "inference-0").mkdir()
+    for state_dir in (tmp_path, tmp_path / "processes" / "inference-0"):
+        taken = read_window(state_dir, parse_window("1000"))
+        assert len(taken.records) == 40 and taken.files == [predictions_log_path(monitor)]
