@@ -26,14 +26,20 @@ SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "images" / "evidentl
 COLOURS = 48
 
 
+def no_browser(why: str) -> None:
+    if os.environ.get("MONITORD_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{why} (MONITORD_REQUIRE_BROWSER=1)")
+    pytest.skip(why)
+
+
 def browser():
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
     if missing:
-        why = f"{' and '.join(missing)} missing: install Debian's chromium and chromium-driver"
-        if os.environ.get("MONITORD_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"{why} (MONITORD_REQUIRE_BROWSER=1)")
-        pytest.skip(why)
-    from selenium import webdriver
+        no_browser(f"{' and '.join(missing)} missing: install Debian's chromium and chromium-driver")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        no_browser("selenium is not installed: pip install -r requirements-test.txt")
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -47,14 +53,14 @@ def browser():
 
 def test_the_report_page_draws_offline_and_matches_its_json(
         tmp_path: Path, digits_artifact: Path, rotated_rows: DigitRows) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
     write_log(tmp_path / "state", rotated_rows, rotated_rows.stream(500, seed=21), labelled=True)
     report = report_for(tmp_path / "state", digits_artifact, parse_window("500"))
     page = tmp_path / "report.html"
     page.write_text(report.html, encoding="utf-8")
     driver = browser()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
     try:
         driver.get(page.as_uri())
         verdict = driver.find_element(By.ID, "verdict").text
