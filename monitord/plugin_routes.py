@@ -18,7 +18,8 @@ from monitord.settings import Settings
 
 #: Public routes served by an optional plugin: path → (distribution, how to install it).
 OPTIONAL_ROUTES: dict[str, tuple[str, str]] = {
-    "/v1/report": ("monitord-evidently", "pip install -e ./plugins/monitord-evidently (the README's set-up installs it)"),
+    "/v1/report": ("monitord-evidently",
+                   "pip install -e ./plugins/monitord-evidently (the README's set-up installs it)"),
 }
 
 

@@ -33,7 +33,9 @@ class Window:
         return "count" if self.count is not None else "time"
 
     def describe(self) -> str:
-        return f"the last {self.count} predictions" if self.count is not None else f"the predictions of the last {self.text}"
+        if self.count is not None:
+            return f"the last {self.count} predictions"
+        return f"the predictions of the last {self.text}"
 
 
 def parse_window(text: str) -> Window:

@@ -69,7 +69,8 @@ def test_the_report_page_is_html(served: DaemonProcess) -> None:
 
 
 def test_the_report_as_json_by_query_or_by_accept(served: DaemonProcess) -> None:
-    for url, accept in ((f"/v1/report?window={IMAGES}&format=json", None), (f"/v1/report?window={IMAGES}", "application/json")):
+    asked = ((f"/v1/report?window={IMAGES}&format=json", None), (f"/v1/report?window={IMAGES}", "application/json"))
+    for url, accept in asked:
         status, content_type, body = get(served.url + url, accept=accept)
         assert (status, content_type) == (200, "application/json"), body[:500]
         document = json.loads(body)
