@@ -41,6 +41,7 @@ from monitord.inference.role import InferenceRole, StartupError
 from monitord.memory_bound import allocate_large_blocks_by_mmap
 from monitord.metrics import Metrics
 from monitord.monitor.role import MonitorRole
+from monitord.plugin_routes import add_plugin_routes
 from monitord.plugins import PluginHost
 from monitord.settings import Settings, SinkSpec
 from monitord.state_files import prepare_state_dir
@@ -96,6 +97,7 @@ class Daemon:
         self.sinks: list[Sink] = []
         add_api_routes(self.app, settings, self.metrics, self.readiness, self.transport, self._detector_status,
                        self.instance)
+        add_plugin_routes(self.app, plugins, settings)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -105,6 +105,20 @@ def register_transports(register: Register) -> None:
 
 
 @hookspec
+def register_routes(register: Register) -> None:
+    """Add ``GET`` routes to the daemon's HTTP server, by path (``register(path, factory)``).
+
+    ``factory(context: monitord.plugin_routes.RouteContext) -> handler``, where ``handler``
+    is an aiohttp handler, ``async def handler(request) -> web.StreamResponse``, answering
+    ``GET`` (and ``HEAD``) on ``path``. ``context.settings`` are the daemon's settings. The
+    routes are added before the server starts; a path under ``/v1/`` is behind
+    ``http.token`` like the daemon's own. The handler runs on the event loop: anything
+    slow (reading files, computing a report) goes to a thread (``asyncio.to_thread``).
+    monitord-evidently adds ``GET /v1/report`` this way.
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add subcommands to the ``monitord`` command-line interface.
 

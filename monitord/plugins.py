@@ -24,7 +24,7 @@ log = logging.getLogger("monitord.plugins")
 
 ENTRY_POINT_GROUP = "monitord"
 LOAD_PLUGINS_ENV = "MONITORD_LOAD_PLUGINS"
-KINDS = ("source", "model", "detector", "sink", "transport")
+KINDS = ("source", "model", "detector", "sink", "transport", "route")
 
 
 class PluginError(Exception):
@@ -42,7 +42,7 @@ class PluginInfo:
 
 @dataclass(frozen=True)
 class Registration:
-    """One thing a plugin registered: a source, model, detector, sink or command."""
+    """One thing a plugin registered: a source, model, detector, sink, transport, route or command."""
 
     name: str
     kind: str

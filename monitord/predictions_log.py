@@ -20,6 +20,15 @@ from monitord.items import Prediction
 from monitord.state_files import create_private_file, make_private, make_private_folder
 
 
+#: The live log's name in the state folder; rotated ones add ``.1``, ``.2``, ... (oldest last).
+FILE_NAME = "predictions.jsonl"
+
+
+def predictions_log_path(state_dir: Path) -> Path:
+    """Where the monitor writes the predictions log of ``state_dir``."""
+    return Path(state_dir) / FILE_NAME
+
+
 def _rotate_privately(source: str, destination: str) -> None:
     """The rotating handler's ``rotator``: move the full file aside and create the next one
     0600, which the handler then opens for appending (it would create it with the umask's mode)."""

@@ -25,7 +25,7 @@ from monitord.metrics import Metrics
 from monitord.monitor.estimated_accuracy import EstimatedAccuracy
 from monitord.monitor.monitor import Monitor
 from monitord.monitor.runner import MonitorRunner
-from monitord.predictions_log import PredictionsLog
+from monitord.predictions_log import PredictionsLog, predictions_log_path
 from monitord.reference_cache import ReferenceCache, activate
 from monitord.settings import Settings
 from monitord.snapshots import DetectorSnapshots, reference_fingerprint
@@ -123,4 +123,4 @@ class MonitorRole:
         options = self.settings.predictions_log
         if not options.enabled:
             return None
-        return PredictionsLog(Path(self.settings.state_dir) / "predictions.jsonl", options.max_bytes, options.backups)
+        return PredictionsLog(predictions_log_path(Path(self.settings.state_dir)), options.max_bytes, options.backups)
