@@ -133,7 +133,11 @@ def test_the_plot_is_drawn(executed: Executed) -> None:
 
 @pytest.mark.skipif(not REPORT_PLUGIN.is_dir(), reason=f"{REPORT_PLUGIN.relative_to(ROOT)} (monitord report) is "
                                                        "not in this tree yet")
-def test_the_report_is_written_for_both_streams(executed: Executed) -> None:
+def test_the_report_agrees_with_the_detectors(executed: Executed) -> None:
+    *_, verdicts = tagged(executed.notebook, REPORT_TAG)
+    drifted = result(verdicts)
+    assert drifted["clean"] == []
+    assert {"confidence", "entropy"} <= set(drifted["rotated"])
     for stream in ("clean", "rotated"):
         report = executed.work_folder() / f"report-{stream}.html"
         assert report.stat().st_size > 0, report
