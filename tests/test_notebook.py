@@ -75,8 +75,8 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> Executed:
     tmp = tmp_path_factory.mktemp("walkthrough")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TMPDIR", str(tmp))
-        # Limits per cell and for the kernel's start, for a loaded machine: the whole notebook
-        # took 20 s on two idle cores.
+        # Limits per cell and for the kernel's start, for a loaded machine: the whole notebook's
+        # cells took 33 s on two shared cores (benchmarks/RESULTS.md).
         NotebookClient(notebook, timeout=300, startup_timeout=120, kernel_name="python3",
                        resources={"metadata": {"path": str(tmp)}}).execute()
     return Executed(notebook, tmp)
