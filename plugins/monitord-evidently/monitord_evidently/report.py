@@ -137,6 +137,15 @@ def _quality(frames: Frames, class_names: tuple[str, ...]) -> tuple[Any, dict[st
     labelled = frames.current[frames.current[LABEL].isin(known)][[PREDICTED, LABEL]].reset_index(drop=True)
     if labelled.empty:
         return None, None
+    correct = int((labelled[LABEL] == labelled[PREDICTED]).sum())
+    summary: dict[str, Any] = {"labelled": len(labelled), "correct": correct, "accuracy": correct / len(labelled)}
+    classes = set(labelled[LABEL]) | set(labelled[PREDICTED])
+    if len(classes) < 3:
+        # Evidently 0.7.23 takes two classes for a binary task and fails (KeyError) on any
+        # other labels than its own; one class has no quality metrics worth drawing.
+        summary["note"] = (f"Evidently's classification dashboard needs labelled predictions of at least three "
+                           f"classes; this window has {len(labelled)} of {', '.join(sorted(map(str, classes)))}")
+        return None, summary
     from evidently import DataDefinition, Dataset, MulticlassClassification, Report
     from evidently.presets import ClassificationPreset
 
@@ -147,8 +156,6 @@ def _quality(frames: Frames, class_names: tuple[str, ...]) -> tuple[Any, dict[st
         warnings.simplefilter("ignore", UserWarning)
         snapshot = Report([ClassificationPreset()]).run(Dataset.from_pandas(labelled, data_definition=definition),
                                                         None)
-    correct = int((labelled[LABEL] == labelled[PREDICTED]).sum())
-    summary = {"labelled": len(labelled), "correct": correct, "accuracy": correct / len(labelled)}
     return snapshot, summary
 
 
@@ -179,7 +186,8 @@ def _page(document: dict[str, Any], drift_frame: str, quality_frame: str | None)
         for name, verdict in sorted(document["signals"].items()))
     quality = document["quality"]
     quality_line = ("no labelled predictions in the window: no classification quality" if quality is None else
-                    f"{quality['labelled']} labelled predictions, accuracy {quality['accuracy']:.3f}")
+                    f"{quality['labelled']} labelled predictions, accuracy {quality['accuracy']:.3f}"
+                    + (f" ({quality['note']})" if "note" in quality else ""))
     verdict = f"drift in {len(drifted)} of {len(document['signals'])} columns: {', '.join(drifted)}" if drifted \
         else f"no drift in any of {len(document['signals'])} columns"
     # Evidently's embeddable form leaves its <iframe> open (it expects to end a notebook
