@@ -12,7 +12,8 @@ processed; Prometheus's ``monitord`` targets are up and the shipped rules loaded
 digits drive a detector to drift, Prometheus's ``MonitordDriftDetected`` fires and
 Alertmanager holds it (and the daemon's own ``MonitordDrift``); then ``down -v`` leaves no
 container, volume or network of the project. Every wait polls for its condition. Exits 0 when
-all held, 1 when a check failed, 3 when no Docker engine answers. Grafana is not started (it
+all held, 1 when a check failed, 3 when no Docker engine answers. The status page answers
+on every process, and the Evidently report (single stack) finds the inverted digits' drift. Grafana is not started (it
 has no Debian package; its image cannot be pulled here).
 
 Needs the project's Python environment (the digits come from monitord_torchvision) and, for
@@ -70,14 +71,15 @@ class Stack:
     monitor_port: int  # where /v1/detectors answers
     inbox_service: str
     targets: int  # Prometheus targets of job monitord
+    report_port: int | None  # where GET /v1/report has the predictions log and the model
     timings: dict[str, float] = field(default_factory=dict)
 
 
 STACKS = {
     "single": Stack("single", "monitord-smoke", "docker-compose.yml", "docker-compose.local.yml",
-                    {"monitord": 8000}, 8000, "monitord", 1),
+                    {"monitord": 8000}, 8000, "monitord", 1, 8000),
     "scale": Stack("scale", "monitord-smoke-scale", "docker-compose.scale.yml", "docker-compose.scale.local.yml",
-                   {"inference-a": 8001, "inference-b": 8002}, 8010, "inference-a", 3),
+                   {"inference-a": 8001, "inference-b": 8002}, 8010, "inference-a", 3, None),
 }
 
 
@@ -261,16 +263,20 @@ def check_inbox(running: RunningStack, clean: list[tuple[int, bytes]]) -> None:
     service = running.stack.inbox_service
     container = running.container(service)
     label, png = clean[1]
+    # The label's folder made by the container's user first: docker cp creates folders as
+    # root, and the daemon could then not move the file out of it.
+    run("docker", "exec", container, "mkdir", "-p", f"/var/lib/monitord/inbox/{label}", capture=True)
     with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / str(label)).mkdir()
-        (Path(folder) / str(label) / "smoke.png").write_bytes(png)
-        # docker cp copies the folder <label>/ into the inbox volume: inbox/<label>/smoke.png.
-        run("docker", "cp", str(Path(folder) / str(label)), f"{container}:/var/lib/monitord/inbox/", capture=True)
+        (Path(folder) / "smoke.png").write_bytes(png)
+        run("docker", "cp", str(Path(folder) / "smoke.png"), f"{container}:/var/lib/monitord/inbox/{label}/smoke.png",
+            capture=True)
     port = running.stack.inference[service]
     wait_for("the inbox file processed", lambda: folder_images(port) >= 1, 120, running.logs)
     processed = f"/var/lib/monitord/state/processed/{label}/smoke.png.json"
-    wait_for(f"{processed} in the state volume",
-             lambda: run("docker", "exec", container, "test", "-f", processed, check=False).returncode == 0,
+    wait_for(f"{processed} in the state volume and the file gone from the inbox",
+             lambda: run("docker", "exec", container, "sh", "-c",
+                         f"test -f {processed} && ! test -e /var/lib/monitord/inbox/{label}/smoke.png",
+                         check=False).returncode == 0,
              60, running.logs)
     log(f"inbox/{label}/smoke.png processed into {processed}")
 
@@ -333,6 +339,23 @@ def check_drift_alert(running: RunningStack, inverted: list[tuple[int, bytes]]) 
     log("MonitordDriftDetected fired in Prometheus and reached Alertmanager, with the daemon's MonitordDrift")
 
 
+def check_pages(running: RunningStack) -> None:
+    """The status page and its data; the Evidently report where the predictions log and the model are."""
+    for port in sorted({*running.stack.inference.values(), running.stack.monitor_port}):
+        status, body = http(f"http://127.0.0.1:{port}/")
+        if status != 200 or b"<title>monitord status</title>" not in body:
+            raise SmokeFailure(f"GET / on :{port}: HTTP {status} {body[:200]!r}")
+        get_json(f"http://127.0.0.1:{port}/v1/status")
+    log("status page and /v1/status answer on every process")
+    if running.stack.report_port is None:
+        return
+    url = f"http://127.0.0.1:{running.stack.report_port}/v1/report?format=json"
+    report = wait_for("/v1/report", lambda: get_json(url), 120, running.logs)
+    if not report["drifted"]:
+        raise SmokeFailure(f"the Evidently report on the inverted digits found no drift: {report['signals']}")
+    log(f"Evidently report: drift on {', '.join(report['drifted'])}")
+
+
 def check_stack(stack: Stack, images: str, keep: bool, clean: list, inverted: list) -> None:
     running = RunningStack(stack, images)
     running.down()  # a stack left by an interrupted run
@@ -346,6 +369,7 @@ def check_stack(stack: Stack, images: str, keep: bool, clean: list, inverted: li
         check_inbox(running, clean)
         check_prometheus(running)
         check_drift_alert(running, inverted)
+        check_pages(running)
     finally:
         if not keep:
             started_down = time.monotonic()

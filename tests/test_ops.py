@@ -247,7 +247,7 @@ def test_the_local_override_builds_every_pulled_image_from_the_local_base(base: 
             assert "ARG BASE_IMAGE=monitord-base:bookworm" in (context / "Dockerfile").read_text()
 
 
-@pytest.mark.parametrize("plugin", ["monitord-torchvision", "monitord-drift", "monitord-redis"])
+@pytest.mark.parametrize("plugin", ["monitord-torchvision", "monitord-drift", "monitord-redis", "monitord-evidently"])
 def test_the_image_installs_every_first_party_plugin(plugin: str) -> None:
     assert f"plugins/{plugin}" in copy_sources()
     run = " ".join(args for name, args in dockerfile_instructions() if name == "RUN")
