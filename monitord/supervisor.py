@@ -35,6 +35,16 @@ from pathlib import Path
 
 from monitord.settings import Settings
 
+#: Under ``<state_dir>``, a folder per child process, named as the child (``monitor``,
+#: ``inference-1``, ...): its state folder.
+PROCESSES_FOLDER = "processes"
+MONITOR = "monitor"
+
+
+def child_state_dir(state_dir: Path, name: str) -> Path:
+    """The state folder the supervisor gives its child ``name``."""
+    return Path(state_dir) / PROCESSES_FOLDER / name
+
 log = logging.getLogger("monitord.supervisor")
 
 #: Seconds before a child that died is started again, doubling up to ``MAX_RESTART_DELAY``.
@@ -133,7 +143,6 @@ class Supervisor:
 
         count = self.settings.pipeline.workers
         instance = self.settings.alerts.instance or default_instance(self.settings.http.host, self.settings.http.port)
-        processes = self.state_dir / "processes"
         metrics = self.state_dir / "metrics"
         shutil.rmtree(metrics, ignore_errors=True)  # values of processes long gone
         metrics.mkdir(mode=0o700, parents=True)
@@ -148,15 +157,15 @@ class Supervisor:
         }
         if self.config is not None:
             common["MONITORD_CONFIG"] = str(Path(self.config).resolve())
-        children = [Child("monitor", {**common, "MONITORD_ROLE": "monitor",
-                                      "MONITORD_STATE_DIR": str(processes / "monitor"),
+        children = [Child(MONITOR, {**common, "MONITORD_ROLE": "monitor",
+                                      "MONITORD_STATE_DIR": str(child_state_dir(self.state_dir, MONITOR)),
                                       "MONITORD_HTTP__HOST": "127.0.0.1", "MONITORD_HTTP__PORT": "0",
                                       "MONITORD_LOG_TAG": "monitor"})]
         for index in range(1, count + 1):
             children.append(Child(f"inference-{index}", {
                 **common,
                 "MONITORD_ROLE": "inference",
-                "MONITORD_STATE_DIR": str(processes / f"inference-{index}"),
+                "MONITORD_STATE_DIR": str(child_state_dir(self.state_dir, f"inference-{index}")),
                 "MONITORD_HTTP__REUSE_PORT": "true",
                 "MONITORD_FOLDER__SHARE": f"{index}/{count}",
                 "MONITORD_FOLDER__LEDGER": str(self.state_dir / "ledger.sqlite3"),

@@ -8,10 +8,11 @@ driver's path, so selenium-manager never runs (it would try to download a browse
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
-import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,13 +58,13 @@ def console_errors(driver: Any) -> list[dict]:
     return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 60, message: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something true (returned), or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.1)
+def save_small_png(png: bytes, path: Path, colours: int, max_width: int | None = None) -> None:
+    """A screenshot for the README: at most ``max_width`` wide, reduced to ``colours``: a small PNG."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        small = image.convert("RGB")
+    if max_width is not None:
+        small.thumbnail((max_width, small.height))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    small.quantize(colors=colours).save(path, format="PNG", optimize=True)

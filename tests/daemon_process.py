@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -139,11 +140,13 @@ def wait_http_ok(url: str, process: subprocess.Popen, log, timeout: float, name:
     raise AssertionError(f"{name} not ready after {timeout}s:\n{log()}")
 
 
-def wait_for(predicate, timeout: float = 60, interval: float = 0.1, message: str = "condition") -> None:
+def wait_for(predicate, timeout: float = 60, interval: float = 0.1, message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something true (returned), or fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return
+        value = predicate()
+        if value:
+            return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from browser import console_errors, start_browser, wait_until
-from daemon_process import post_multipart
+from browser import console_errors, save_small_png, start_browser
+from daemon_process import post_multipart, wait_for
 from servers import get_json
 
 from monitord_torchvision.digits import digit_png_bytes, held_out_digits
@@ -104,7 +104,7 @@ def images_ok(server) -> float:
 def test_the_page_shows_what_the_api_says_and_follows_images_as_they_arrive(daemon, browser) -> None:
     server = daemon('sources = ["http"]\n[status_page]\nsample_seconds = 0.5\n')
     browser.get(server.url + "/")
-    wait_until(lambda: browser.execute_script("return document.body.dataset.painted === 'true'"),
+    wait_for(lambda: browser.execute_script("return document.body.dataset.painted === 'true'"),
                message="the page's first paint with data")
     assert text(browser, "#images-total") == "0"
     names = [state["name"] for state in get_json(server.url + "/v1/detectors")["detectors"]]
@@ -113,13 +113,13 @@ def test_the_page_shows_what_the_api_says_and_follows_images_as_they_arrive(daem
     # Images arrive: the page's count follows while they do, polling by itself.
     clean = digits(0, 200)
     asyncio.run(post_and_label(server.url, clean[:40]))
-    wait_until(lambda: text(browser, "#images-total") not in ("0", ""), message="the page to count new images")
+    wait_for(lambda: text(browser, "#images-total") not in ("0", ""), message="the page to count new images")
     asyncio.run(post_and_label(server.url, clean[40:]))
     inverted = digits(200, 200, invert=True)  # the model is confidently wrong: input detectors drift
     asyncio.run(post_and_label(server.url, inverted))
     total = images_ok(server)
     assert total == 400
-    wait_until(lambda: text(browser, "#images-total") == "400", message="the page to show all 400 images")
+    wait_for(lambda: text(browser, "#images-total") == "400", message="the page to show all 400 images")
 
     # Nothing arrives any more: the page's numbers are the API's and the metrics'.
     detectors = {state["name"]: state for state in get_json(server.url + "/v1/detectors")["detectors"]}
@@ -141,7 +141,7 @@ def test_the_page_shows_what_the_api_says_and_follows_images_as_they_arrive(daem
                if name == "monitord_drift_events_total" and dict(labels)["level"] == "drift" and value > 0}
     assert drifted and all(f"{name} (critical)" in text(browser, "#alerts") for name in drifted)
     # The history has been drawn, and recent images are shown by predicted class.
-    wait_until(lambda: browser.execute_script(
+    wait_for(lambda: browser.execute_script(
         "return document.querySelectorAll('#detectors .card svg path.statistic').length"), message="history lines")
     thumbnails = browser.execute_script(
         "return [...document.querySelectorAll('#thumbnails img')].map(i => i.src.slice(0, 22))")
@@ -154,13 +154,8 @@ def test_the_page_shows_what_the_api_says_and_follows_images_as_they_arrive(daem
 
 def write_screenshot(driver, path: Path) -> None:
     """The whole page, scaled to 960 pixels wide and reduced to 64 colours: a small PNG."""
-    from PIL import Image
-
     driver.set_window_size(1280, driver.execute_script("return document.documentElement.scrollHeight") + 100)
-    image = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
-    image.thumbnail((960, 4000))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.quantize(64).save(path, optimize=True)
+    save_small_png(driver.get_screenshot_as_png(), path, colours=64, max_width=960)
 
 
 def test_behind_a_token_the_page_shows_nothing_until_the_token_is_given(daemon, browser) -> None:
@@ -169,7 +164,7 @@ def test_behind_a_token_the_page_shows_nothing_until_the_token_is_given(daemon, 
         urllib.request.urlopen(server.url + "/v1/status", timeout=5)
     assert refused.value.code == 401
     browser.get(server.url + "/")
-    wait_until(lambda: browser.execute_script("return !document.getElementById('login').hidden"),
+    wait_for(lambda: browser.execute_script("return !document.getElementById('login').hidden"),
                message="the token prompt")
     assert browser.execute_script("return document.getElementById('content').hidden") is True
     assert page_detectors(browser) == {} and text(browser, "#images-total") == ""
@@ -178,19 +173,19 @@ def test_behind_a_token_the_page_shows_nothing_until_the_token_is_given(daemon, 
 
     browser.find_element(By.ID, "token").send_keys("wrong-token-0123456789")
     browser.find_element(By.CSS_SELECTOR, "#login button").click()
-    wait_until(lambda: "refused" in text(browser, "#login-error"), message="the refusal of a wrong token")
+    wait_for(lambda: "refused" in text(browser, "#login-error"), message="the refusal of a wrong token")
     assert page_detectors(browser) == {}
 
     browser.find_element(By.ID, "token").send_keys(TOKEN)
     browser.find_element(By.CSS_SELECTOR, "#login button").click()
-    wait_until(lambda: browser.execute_script("return document.body.dataset.painted === 'true'"),
+    wait_for(lambda: browser.execute_script("return document.body.dataset.painted === 'true'"),
                message="the page's data once the token is given")
     request = urllib.request.Request(server.url + "/v1/detectors", headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request, timeout=5) as response:
         names = [state["name"] for state in json.loads(response.read())["detectors"]]
     assert sorted(page_detectors(browser)) == sorted(names)
     asyncio.run(post_and_label(server.url, digits(0, 20), {"Authorization": f"Bearer {TOKEN}"}))
-    wait_until(lambda: text(browser, "#images-total") == "20", message="the page to count images behind the token")
+    wait_for(lambda: text(browser, "#images-total") == "20", message="the page to count images behind the token")
     assert TOKEN not in browser.current_url
     assert browser.execute_script("return sessionStorage.getItem('monitord.token')") == TOKEN
     # The only console errors are the two refusals (no token, then the wrong one).
@@ -213,10 +208,10 @@ def test_first_paint_with_ten_detectors_and_a_full_history(daemon, browser, reco
     server = daemon('sources = ["http"]\n[status_page]\nsample_seconds = 0.1\nhistory_seconds = 36\n'
                     + TEN_DETECTORS)
     asyncio.run(post_and_label(server.url, digits(0, 100)))
-    wait_until(lambda: len(get_json(server.url + "/v1/status")["history"]["samples"]) >= 360, timeout=120,
+    wait_for(lambda: len(get_json(server.url + "/v1/status")["history"]["samples"]) >= 360, timeout=120,
                message="a full history of 360 samples")
     browser.get(server.url + "/")
-    wait_until(lambda: browser.execute_script("return document.body.dataset.painted === 'true'"),
+    wait_for(lambda: browser.execute_script("return document.body.dataset.painted === 'true'"),
                message="the page's first paint with data")
     assert len(page_detectors(browser)) == 10
     timing = browser.execute_script("""

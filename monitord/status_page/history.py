@@ -12,10 +12,8 @@ import math
 from collections import deque
 from typing import Any
 
+from monitord.detectors import LEVEL_VALUES
 from monitord.status_page.readings import finite
-
-#: ``monitord_drift_level``'s values.
-LEVELS = {"ok": 0, "warning": 1, "drift": 2}
 
 
 class History:
@@ -51,7 +49,7 @@ def sample_of(time: float, status: dict[str, Any] | None, rates: tuple[float | N
     if status is not None:
         sample["detectors"] = {
             state["name"]: [finite(state.get("statistic")), finite(state.get("threshold")),
-                            LEVELS.get(state.get("level"), 0)]
+                            LEVEL_VALUES.get(state.get("level"), 0)]
             for state in status.get("detectors", [])
         }
         sample["accuracy"] = finite((status.get("accuracy") or {}).get("value"))

@@ -1,9 +1,10 @@
 """The predictions of a window, read from the daemon's predictions log (newest first).
 
 The monitor writes ``<state_dir>/predictions.jsonl`` and rotates it to ``.1``, ``.2``, ...
-(``monitord.predictions_log``); a window may reach into the rotated files. Reading starts
-at the end of the live file and stops as soon as the window is full, so a report on the
-last thousand predictions reads a thousand lines, not the whole log.
+(``monitord.predictions_log``); a window may reach into the rotated files. Files are read
+newest first and lines parsed from the end back, stopping once the window is full: a
+report on the last thousand predictions parses a thousand lines, and opens an older file
+only when the newer ones hold fewer.
 
 With ``pipeline.workers`` the supervisor gives each process a state folder of its own
 under ``<state_dir>/processes/`` and the log is the monitor's
@@ -20,6 +21,7 @@ from typing import Any, Iterator
 
 import orjson
 from monitord.predictions_log import predictions_log_path
+from monitord.supervisor import MONITOR, PROCESSES_FOLDER, child_state_dir
 
 from monitord_evidently.errors import ReportError
 from monitord_evidently.window import Window
@@ -38,16 +40,12 @@ class LoggedPredictions:
     newest: str | None = field(default=None)
 
 
-#: The monitor's state folder under ``<state_dir>/processes/`` (``monitord.supervisor``).
-WORKERS_FOLDER, MONITOR_FOLDER = "processes", "monitor"
-
-
 def live_log(state_dir: Path) -> Path:
     """Where the monitor of a daemon with this ``state_dir`` writes its predictions log."""
     state_dir = Path(state_dir)
-    candidates = [state_dir, state_dir / WORKERS_FOLDER / MONITOR_FOLDER]
-    if state_dir.parent.name == WORKERS_FOLDER:  # one of the supervisor's inference processes
-        candidates.append(state_dir.parent / MONITOR_FOLDER)
+    candidates = [state_dir, child_state_dir(state_dir, MONITOR)]
+    if state_dir.parent.name == PROCESSES_FOLDER:  # one of the supervisor's inference processes
+        candidates.append(child_state_dir(state_dir.parent.parent, MONITOR))
     for folder in candidates:
         if predictions_log_path(folder).is_file():
             return predictions_log_path(folder)

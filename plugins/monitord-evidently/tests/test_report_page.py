@@ -9,46 +9,17 @@ a missing browser fails it instead.
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
-import pytest
-
+from browser import console_errors, save_small_png, start_browser
 from digit_logs import DigitRows, write_log
 from monitord_evidently.report import report_for
 from monitord_evidently.window import parse_window
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "images" / "evidently-report.png"
 #: The README's images stay small: a palette of this many colours.
 COLOURS = 48
-
-
-def no_browser(why: str) -> None:
-    if os.environ.get("MONITORD_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{why} (MONITORD_REQUIRE_BROWSER=1)")
-    pytest.skip(why)
-
-
-def browser():
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
-    if missing:
-        no_browser(f"{' and '.join(missing)} missing: install Debian's chromium and chromium-driver")
-    try:
-        from selenium import webdriver
-    except ImportError:
-        no_browser("selenium is not installed: pip install -r requirements-test.txt")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,1000"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # The driver's path is given, so selenium-manager (which downloads) never runs.
-    return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
 
 
 def test_the_report_page_draws_offline_and_matches_its_json(
@@ -57,7 +28,7 @@ def test_the_report_page_draws_offline_and_matches_its_json(
     report = report_for(tmp_path / "state", digits_artifact, parse_window("500"))
     page = tmp_path / "report.html"
     page.write_text(report.html, encoding="utf-8")
-    driver = browser()
+    driver = start_browser(1200, 1000)
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -77,7 +48,7 @@ def test_the_report_page_draws_offline_and_matches_its_json(
         drawn = driver.find_element(By.TAG_NAME, "body").text
         assert "Dataset Drift is detected" in drawn and f"{len(report.document['signals'])}\nColumns" in drawn
         driver.switch_to.default_content()
-        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        errors = console_errors(driver)
         assert errors == [], errors
         if os.environ.get("MONITORD_WRITE_SCREENSHOTS") == "1":
             WebDriverWait(driver, 30).until(lambda d: float(frames[0].get_attribute("height") or 0) > 400)
@@ -85,15 +56,7 @@ def test_the_report_page_draws_offline_and_matches_its_json(
             driver.set_window_size(1200, 1300)
             driver.execute_script("window.scrollTo(0, document.querySelector('#signals').getBoundingClientRect().bottom"
                                   " + window.scrollY - 160)")
-            save_small_png(driver.get_screenshot_as_png(), SCREENSHOT)
+            save_small_png(driver.get_screenshot_as_png(), SCREENSHOT, COLOURS)
     finally:
         driver.quit()
 
-
-def save_small_png(png: bytes, target: Path) -> None:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as image:
-        small = image.convert("RGB").quantize(colors=COLOURS)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    small.save(target, format="PNG", optimize=True)

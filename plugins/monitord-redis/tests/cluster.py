@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from daemon_process import DaemonProcess, free_port
+from daemon_process import DaemonProcess, free_port, wait_for
 from redis_server import RedisServer
 from servers import get_json
 
@@ -52,6 +52,13 @@ class Cluster:
             process.start(wait_ready=False)
         for process in processes:
             process.wait_ready(timeout)
+
+    def inference_and_monitor(self) -> tuple[DaemonProcess, DaemonProcess]:
+        """Inference node ``a`` and monitor ``m``, started side by side, once the monitor holds the lease."""
+        inference, monitor = self.inference("a", start=False), self.monitor("m", start=False)
+        self.start_all(inference, monitor)
+        wait_for(lambda: self.active_monitor_port() is not None, 30, message="an active monitor")
+        return inference, monitor
 
     def drained(self) -> bool:
         """Whether the monitor applied every entry published so far (``counts``)."""

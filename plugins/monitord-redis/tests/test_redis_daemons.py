@@ -303,8 +303,7 @@ def test_a_redis_outage_refuses_work_crashes_nothing_and_loses_nothing_answered(
         tmp_path: Path, redis_server: RedisServer, digits_artifact: Path) -> None:
     cluster = Cluster(tmp_path, redis_server, DIGITS, digits_artifact)
     try:
-        inference, monitor = cluster.inference("a", start=False), cluster.monitor("m", start=False)
-        cluster.start_all(inference, monitor)
+        inference, monitor = cluster.inference_and_monitor()
         images = digits()
         load = Load(images, per_request=8, concurrency=2)
         held_back = 200
@@ -358,8 +357,7 @@ def test_a_redis_outage_refuses_work_crashes_nothing_and_loses_nothing_answered(
 
 def sigterm_mid_load(cluster: Cluster) -> tuple[Load, object]:
     """Post images to an inference process and SIGTERM it once 1,000 were answered."""
-    inference, monitor = cluster.inference("a", start=False), cluster.monitor("m", start=False)
-    cluster.start_all(inference, monitor)
+    inference, monitor = cluster.inference_and_monitor()
     load = Load(digits(), per_request=8, concurrency=4)
 
     async def terminate_mid_load() -> None:

@@ -28,9 +28,7 @@ def test_the_monitor_role_estimates_accuracy_from_the_stream_and_the_inference_n
         tmp_path: Path, redis_server: RedisServer, digits_artifact: Path) -> None:
     cluster = Cluster(tmp_path, redis_server, SETTINGS, digits_artifact)
     try:
-        inference, monitor = cluster.inference("a", start=False), cluster.monitor("m", start=False)
-        cluster.start_all(inference, monitor)
-        wait_for(lambda: cluster.active_monitor_port() is not None, 30, message="an active monitor")
+        inference, monitor = cluster.inference_and_monitor()
         load = Load([data for _, data in held_out_pngs(WINDOW)])
         asyncio.run(load.run(inference.url, "a", WINDOW))
         assert len(load.ok()) == WINDOW, load.statuses

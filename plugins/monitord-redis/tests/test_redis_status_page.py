@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from browser import console_errors, missing_browser, start_browser, wait_until
+from browser import console_errors, missing_browser, start_browser
 from cluster import Cluster, Load
 from daemon_process import wait_for
 from digit_files import held_out_pngs
@@ -32,9 +32,7 @@ def test_each_role_shows_what_it_has_and_notes_what_it_lacks(
         tmp_path: Path, redis_server: RedisServer, digits_artifact: Path) -> None:
     cluster = Cluster(tmp_path, redis_server, SETTINGS, digits_artifact)
     try:
-        inference, monitor = cluster.inference("a", start=False), cluster.monitor("m", start=False)
-        cluster.start_all(inference, monitor)
-        wait_for(lambda: cluster.active_monitor_port() is not None, 30, message="an active monitor")
+        inference, monitor = cluster.inference_and_monitor()
         load = Load([data for _, data in held_out_pngs(IMAGES)])
         asyncio.run(load.run(inference.url, "a", IMAGES))
         assert len(load.ok()) == IMAGES, load.statuses
@@ -70,7 +68,7 @@ def page_says_what_the_monitor_lacks(url: str) -> None:
     driver = start_browser()
     try:
         driver.get(url + "/")
-        wait_until(lambda: driver.execute_script("return document.body.dataset.painted === 'true'"),
+        wait_for(lambda: driver.execute_script("return document.body.dataset.painted === 'true'"),
                    message="the page's first paint with data")
         visible = driver.execute_script("""return ['traffic', 'thumbnails', 'detectors'].map(panel => {
             const note = document.getElementById(panel + '-note');
